@@ -1,0 +1,257 @@
+//! The filter language, in plain Rust: parse and validate a JSON filter, normalize it, and match
+//! it against a [`Session`] (one row of `pg_stat_activity`, already converted). Nothing in here
+//! touches the server, so every rule is unit-tested and fuzzed without one.
+//!
+//! A filter is a JSON object whose keys are all optional and must all hold (AND). See README.md
+//! ("Filter reference") for the user-facing description of every key.
+
+mod error;
+mod interval;
+mod matching;
+mod parse;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+
+pub use error::FilterError;
+pub use interval::parse_interval;
+
+/// Bounds that keep validation and matching cheap whatever a user types.
+pub const MAX_FILTER_BYTES: usize = 64 * 1024;
+/// Levels of `any` / `exclude` nesting.
+pub const MAX_NESTING: usize = 8;
+/// Bytes in one string value (a name, a pattern, an address, an interval).
+pub const MAX_STRING_BYTES: usize = 4 * 1024;
+/// Items in one array value.
+pub const MAX_ARRAY_ITEMS: usize = 10_000;
+/// Compiled size of one regex, in bytes (the regex crate matches in linear time; this bounds memory).
+pub const MAX_REGEX_BYTES: usize = 1 << 20;
+
+/// Backend types that only an exact `backend_type` string or array naming them can select, never
+/// a regex: the pg_cron scheduler would otherwise die to `{"backend_type": {"regex": "."}}`.
+pub const NAMED_ONLY_BACKEND_TYPES: &[&str] = &["pg_cron launcher"];
+
+/// The one backend type a filter selects when it names no `backend_type`.
+pub const DEFAULT_BACKEND_TYPE: &str = "client backend";
+
+/// One backend as the matcher sees it. Timestamps are microseconds on any common epoch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Session {
+    pub pid: i32,
+    pub backend_type: Option<String>,
+    pub usename: Option<String>,
+    pub datname: Option<String>,
+    pub application_name: Option<String>,
+    pub client_hostname: Option<String>,
+    pub state: Option<String>,
+    pub wait_event_type: Option<String>,
+    pub wait_event: Option<String>,
+    pub query: Option<String>,
+    pub client_addr: Option<IpAddr>,
+    /// -1 for a Unix-socket connection, NULL for a process with no client.
+    pub client_port: Option<i32>,
+    pub backend_start: Option<i64>,
+    pub xact_start: Option<i64>,
+    pub query_start: Option<i64>,
+    pub state_change: Option<i64>,
+    /// Owned by a superuser, or by no role at all (PostgreSQL protects those the same way).
+    pub superuser: bool,
+    /// Holds a lock another backend waits for.
+    pub blocking: bool,
+    /// Waits for a lock another backend holds.
+    pub blocked: bool,
+}
+
+/// What the matcher needs besides the session itself.
+#[derive(Debug, Clone, Copy)]
+pub struct MatchContext {
+    /// The calling backend: never a victim.
+    pub self_pid: i32,
+    /// "Now" for the age keys, on the same epoch as the session timestamps.
+    pub now: i64,
+}
+
+/// A validated filter.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub(crate) criteria: Criteria,
+    pub limit: Option<u64>,
+    pub order: Order,
+    pub include_superusers: bool,
+}
+
+/// The text columns a filter can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TextField {
+    Usename,
+    Datname,
+    ApplicationName,
+    ClientHostname,
+    State,
+    BackendType,
+    WaitEventType,
+    WaitEvent,
+    Query,
+}
+
+/// The timestamp columns behind the `min_*_age` keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AgeField {
+    State,
+    Query,
+    Xact,
+    Backend,
+}
+
+/// Which victims `limit` keeps, and the order of the result rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    #[default]
+    OldestBackend,
+    NewestBackend,
+    OldestXact,
+    OldestQuery,
+    OldestState,
+}
+
+/// One AND-node of the filter: the top level, an element of `any`, or `exclude`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Criteria {
+    pub text: Vec<(TextField, TextMatch)>,
+    pub client_addr: Option<AddrList>,
+    pub pid: Option<PidMatch>,
+    pub min_age: Vec<(AgeField, i64)>,
+    pub blocking: Option<bool>,
+    pub blocked: Option<bool>,
+    pub any: Option<Vec<Criteria>>,
+    pub exclude: Option<Box<Criteria>>,
+    pub all: bool,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum TextMatch {
+    Exact(String),
+    OneOf(Vec<String>),
+    Regex(regex::Regex),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PidMatch {
+    One(i32),
+    Many(Vec<i32>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum AddrList {
+    One(AddrMatch),
+    Many(Vec<AddrMatch>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum AddrMatch {
+    Local,
+    Net(ipnet::IpNet),
+}
+
+impl TextField {
+    pub const ALL: [TextField; 9] = [
+        TextField::Usename,
+        TextField::Datname,
+        TextField::ApplicationName,
+        TextField::ClientHostname,
+        TextField::State,
+        TextField::BackendType,
+        TextField::WaitEventType,
+        TextField::WaitEvent,
+        TextField::Query,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            TextField::Usename => "usename",
+            TextField::Datname => "datname",
+            TextField::ApplicationName => "application_name",
+            TextField::ClientHostname => "client_hostname",
+            TextField::State => "state",
+            TextField::BackendType => "backend_type",
+            TextField::WaitEventType => "wait_event_type",
+            TextField::WaitEvent => "wait_event",
+            TextField::Query => "query",
+        }
+    }
+
+    pub fn value(self, s: &Session) -> Option<&str> {
+        match self {
+            TextField::Usename => s.usename.as_deref(),
+            TextField::Datname => s.datname.as_deref(),
+            TextField::ApplicationName => s.application_name.as_deref(),
+            TextField::ClientHostname => s.client_hostname.as_deref(),
+            TextField::State => s.state.as_deref(),
+            TextField::BackendType => s.backend_type.as_deref(),
+            TextField::WaitEventType => s.wait_event_type.as_deref(),
+            TextField::WaitEvent => s.wait_event.as_deref(),
+            TextField::Query => s.query.as_deref(),
+        }
+    }
+}
+
+impl AgeField {
+    pub const ALL: [AgeField; 4] = [
+        AgeField::State,
+        AgeField::Query,
+        AgeField::Xact,
+        AgeField::Backend,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            AgeField::State => "min_state_age",
+            AgeField::Query => "min_query_age",
+            AgeField::Xact => "min_xact_age",
+            AgeField::Backend => "min_backend_age",
+        }
+    }
+
+    pub fn value(self, s: &Session) -> Option<i64> {
+        match self {
+            AgeField::State => s.state_change,
+            AgeField::Query => s.query_start,
+            AgeField::Xact => s.xact_start,
+            AgeField::Backend => s.backend_start,
+        }
+    }
+}
+
+impl Order {
+    pub const ALL: [Order; 5] = [
+        Order::OldestBackend,
+        Order::NewestBackend,
+        Order::OldestXact,
+        Order::OldestQuery,
+        Order::OldestState,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::OldestBackend => "oldest_backend",
+            Order::NewestBackend => "newest_backend",
+            Order::OldestXact => "oldest_xact",
+            Order::OldestQuery => "oldest_query",
+            Order::OldestState => "oldest_state",
+        }
+    }
+}
+
+/// The values `pg_stat_activity.state` can take in PostgreSQL 15; an exact `state` that is none
+/// of them is a typo that would silently match nothing.
+pub const STATES: &[&str] = &[
+    "active",
+    "idle",
+    "idle in transaction",
+    "idle in transaction (aborted)",
+    "fastpath function call",
+    "disabled",
+];

@@ -1,0 +1,3 @@
+use pgrx::prelude::*;
+pub mod filter;
+pgrx::pg_module_magic!();
