@@ -77,7 +77,10 @@ pub enum FilterError {
         range: &'static str,
     },
 
-    #[error("filter key \"{key}\": unknown {what} {value:?} (expected one of {expected}){}", did_you_mean(suggestion))]
+    #[error(
+        "filter key \"{key}\": unknown {what} {value:?} (expected one of {expected}){}",
+        did_you_mean(suggestion)
+    )]
     UnknownValue {
         key: String,
         what: &'static str,

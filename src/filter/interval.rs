@@ -15,7 +15,10 @@ const UNITS: &[(&[&str], f64)] = &[
         &["ms", "msec", "msecs", "millisecond", "milliseconds"],
         1_000.0,
     ),
-    (&["s", "sec", "secs", "second", "seconds"], MICROS_PER_SECOND),
+    (
+        &["s", "sec", "secs", "second", "seconds"],
+        MICROS_PER_SECOND,
+    ),
     (
         &["m", "min", "mins", "minute", "minutes"],
         60.0 * MICROS_PER_SECOND,

@@ -34,15 +34,29 @@ impl Filter {
     }
 
     /// The victims among `sessions`, as indexes, in `order`, at most `limit` of them.
-    pub fn select(&self, sessions: &[Session], ctx: &MatchContext) -> Vec<usize> {
+    pub fn select<S: AsRef<Session>>(&self, sessions: &[S], ctx: &MatchContext) -> Vec<usize> {
+        let session = |i: usize| sessions[i].as_ref();
         let mut victims: Vec<usize> = (0..sessions.len())
-            .filter(|&i| self.matches(&sessions[i], ctx))
+            .filter(|&i| self.matches(session(i), ctx))
             .collect();
-        victims.sort_by(|&a, &b| self.order.compare(&sessions[a], &sessions[b]));
+        victims.sort_by(|&a, &b| self.order.compare(session(a), session(b)));
         if let Some(limit) = self.limit {
             victims.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         }
         victims
+    }
+}
+
+impl AsRef<Session> for Session {
+    fn as_ref(&self) -> &Session {
+        self
+    }
+}
+
+impl Filter {
+    /// Whether matching needs `blocking`/`blocked`, which cost a lock-manager read per backend.
+    pub fn needs_lock_info(&self) -> bool {
+        self.criteria.uses_lock_info()
     }
 }
 
@@ -67,6 +81,16 @@ impl Order {
 }
 
 impl Criteria {
+    fn uses_lock_info(&self) -> bool {
+        self.blocking.is_some()
+            || self.blocked.is_some()
+            || self.any.iter().flatten().any(Criteria::uses_lock_info)
+            || self
+                .exclude
+                .as_deref()
+                .is_some_and(Criteria::uses_lock_info)
+    }
+
     /// `None` when the node does not match; otherwise how the match named the backend type.
     fn eval(&self, s: &Session, now: i64) -> Option<TypeNaming> {
         let mut naming = TypeNaming::None;

@@ -409,11 +409,7 @@ fn parse_pids(key: &str, value: &Value) -> Result<PidMatch, FilterError> {
             ))
         }
         Value::Number(_) => Ok(PidMatch::One(parse_pid(key, value)?)),
-        other => Err(wrong_type(
-            key,
-            "an integer or an array of integers",
-            other,
-        )),
+        other => Err(wrong_type(key, "an integer or an array of integers", other)),
     }
 }
 
@@ -559,10 +555,7 @@ fn criteria_to_json(c: &Criteria) -> Map<String, Value> {
         );
     }
     if let Some(exclude) = &c.exclude {
-        object.insert(
-            "exclude".into(),
-            Value::Object(criteria_to_json(exclude)),
-        );
+        object.insert("exclude".into(), Value::Object(criteria_to_json(exclude)));
     }
     if c.all {
         object.insert("all".into(), Value::Bool(true));

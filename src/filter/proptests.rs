@@ -8,14 +8,38 @@ use serde_json::{json, Map, Value};
 use super::*;
 
 const NOW: i64 = 10_000_000_000;
-const CTX: MatchContext = MatchContext { self_pid: 7, now: NOW };
+const CTX: MatchContext = MatchContext {
+    self_pid: 7,
+    now: NOW,
+};
 
-const NAMES: &[&str] = &["app", "batch", "web", "", "client backend", "walsender", "idle", "active"];
-const TEXT_KEYS: &[&str] = &[
-    "usename", "datname", "application_name", "client_hostname", "state", "backend_type",
-    "wait_event_type", "wait_event", "query",
+const NAMES: &[&str] = &[
+    "app",
+    "batch",
+    "web",
+    "",
+    "client backend",
+    "walsender",
+    "idle",
+    "active",
 ];
-const AGE_KEYS: &[&str] = &["min_state_age", "min_query_age", "min_xact_age", "min_backend_age"];
+const TEXT_KEYS: &[&str] = &[
+    "usename",
+    "datname",
+    "application_name",
+    "client_hostname",
+    "state",
+    "backend_type",
+    "wait_event_type",
+    "wait_event",
+    "query",
+];
+const AGE_KEYS: &[&str] = &[
+    "min_state_age",
+    "min_query_age",
+    "min_xact_age",
+    "min_backend_age",
+];
 
 fn text_value(key: &'static str) -> BoxedStrategy<Value> {
     let pool: Vec<&str> = if key == "state" {
@@ -53,9 +77,8 @@ fn leaf() -> BoxedStrategy<(String, Value)> {
 }
 
 fn node() -> impl Strategy<Value = Value> {
-    let base = proptest::collection::vec(leaf(), 1..4).prop_map(|kv| {
-        Value::Object(kv.into_iter().collect::<Map<String, Value>>())
-    });
+    let base = proptest::collection::vec(leaf(), 1..4)
+        .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<String, Value>>()));
     base.prop_recursive(3, 24, 3, |inner| {
         (
             proptest::collection::vec(leaf(), 0..3),
@@ -97,7 +120,10 @@ fn top_filter() -> impl Strategy<Value = Value> {
 }
 
 fn opt_name() -> impl Strategy<Value = Option<String>> {
-    proptest::option::weighted(0.85, proptest::sample::select(NAMES.to_vec()).prop_map(String::from))
+    proptest::option::weighted(
+        0.85,
+        proptest::sample::select(NAMES.to_vec()).prop_map(String::from),
+    )
 }
 
 fn opt_time() -> impl Strategy<Value = Option<i64>> {
@@ -105,10 +131,22 @@ fn opt_time() -> impl Strategy<Value = Option<i64>> {
 }
 
 fn arb_session() -> impl Strategy<Value = Session> {
-    let names = (opt_name(), opt_name(), opt_name(), opt_name(), opt_name(), opt_name());
+    let names = (
+        opt_name(),
+        opt_name(),
+        opt_name(),
+        opt_name(),
+        opt_name(),
+        opt_name(),
+    );
     let more = (
         opt_name(),
-        proptest::sample::select(vec!["client backend", "walsender", "pg_cron launcher", "autovacuum worker"]),
+        proptest::sample::select(vec![
+            "client backend",
+            "walsender",
+            "pg_cron launcher",
+            "autovacuum worker",
+        ]),
         proptest::sample::select(STATES.to_vec()),
     );
     let addr = proptest::sample::select(vec![
@@ -121,26 +159,28 @@ fn arb_session() -> impl Strategy<Value = Session> {
     let times = (opt_time(), opt_time(), opt_time(), opt_time());
     let flags = (1i32..8, any::<bool>(), any::<bool>(), any::<bool>());
     (names, more, addr, times, flags).prop_map(
-        |((u, d, a, h, wt, w), (q, bt, st), (ca, cp), (bs, xs, qs, sc), (pid, su, bl, bd))| Session {
-            pid,
-            backend_type: Some(bt.to_string()),
-            usename: u,
-            datname: d,
-            application_name: a,
-            client_hostname: h,
-            state: Some(st.to_string()),
-            wait_event_type: wt,
-            wait_event: w,
-            query: q,
-            client_addr: ca.map(|s| s.parse().unwrap()),
-            client_port: cp,
-            backend_start: bs,
-            xact_start: xs,
-            query_start: qs,
-            state_change: sc,
-            superuser: su,
-            blocking: bl,
-            blocked: bd,
+        |((u, d, a, h, wt, w), (q, bt, st), (ca, cp), (bs, xs, qs, sc), (pid, su, bl, bd))| {
+            Session {
+                pid,
+                backend_type: Some(bt.to_string()),
+                usename: u,
+                datname: d,
+                application_name: a,
+                client_hostname: h,
+                state: Some(st.to_string()),
+                wait_event_type: wt,
+                wait_event: w,
+                query: q,
+                client_addr: ca.map(|s| s.parse().unwrap()),
+                client_port: cp,
+                backend_start: bs,
+                xact_start: xs,
+                query_start: qs,
+                state_change: sc,
+                superuser: su,
+                blocking: bl,
+                blocked: bd,
+            }
         },
     )
 }
@@ -174,7 +214,9 @@ fn ref_addr(s: &Session, want: &str) -> bool {
     match want {
         "local" => s.client_addr.is_none() && s.client_port == Some(-1),
         "0.0.0.0/0" => s.client_addr.is_some_and(|a| a.is_ipv4()),
-        "10.0.0.0/8" => s.client_addr.is_some_and(|a| a.to_string().starts_with("10.")),
+        "10.0.0.0/8" => s
+            .client_addr
+            .is_some_and(|a| a.to_string().starts_with("10.")),
         exact => s.client_addr.is_some_and(|a| a.to_string() == exact),
     }
 }
@@ -190,9 +232,9 @@ fn ref_node(f: &Map<String, Value>, s: &Session) -> (bool, u8) {
                     (_, None) => false,
                     (Value::String(want), Some(a)) => want == a,
                     (Value::Array(list), Some(a)) => list.iter().any(|w| w == a),
-                    (Value::Object(o), Some(a)) => {
-                        regex::Regex::new(o["regex"].as_str().unwrap()).unwrap().is_match(a)
-                    }
+                    (Value::Object(o), Some(a)) => regex::Regex::new(o["regex"].as_str().unwrap())
+                        .unwrap()
+                        .is_match(a),
                     _ => unreachable!(),
                 };
                 if hit && k == "backend_type" {
@@ -298,8 +340,17 @@ fn arb_json() -> impl Strategy<Value = Value> {
     let key = prop_oneof![
         proptest::sample::select(TEXT_KEYS.to_vec()).prop_map(String::from),
         proptest::sample::select(vec![
-            "pid", "client_addr", "any", "exclude", "all", "limit", "order", "regex",
-            "include_superusers", "min_state_age", "blocking",
+            "pid",
+            "client_addr",
+            "any",
+            "exclude",
+            "all",
+            "limit",
+            "order",
+            "regex",
+            "include_superusers",
+            "min_state_age",
+            "blocking",
         ])
         .prop_map(String::from),
         ".{0,12}",

@@ -111,7 +111,10 @@ fn client_addr_forms() {
     assert!(matches(json!({"client_addr": "::/0"}), &v6));
     assert!(!matches(json!({"client_addr": "0.0.0.0/0"}), &v6));
     assert!(matches(json!({"client_addr": "10.0.0.0/8"}), &mapped));
-    assert!(matches(json!({"client_addr": ["local", "10.1.2.3"]}), &local));
+    assert!(matches(
+        json!({"client_addr": ["local", "10.1.2.3"]}),
+        &local
+    ));
     assert!(matches(json!({"client_addr": ["local", "10.1.2.3"]}), &tcp));
 }
 
@@ -183,14 +186,20 @@ fn safety_defaults() {
     let mut su = session(20);
     su.superuser = true;
     assert!(!matches(json!({"all": true}), &su));
-    assert!(matches(json!({"all": true, "include_superusers": true}), &su));
+    assert!(matches(
+        json!({"all": true, "include_superusers": true}),
+        &su
+    ));
 
     let mut walsender = session(21);
     walsender.backend_type = Some("walsender".into());
     assert!(!matches(json!({"all": true}), &walsender));
     assert!(!matches(json!({"usename": "app"}), &walsender));
     assert!(matches(json!({"backend_type": "walsender"}), &walsender));
-    assert!(matches(json!({"backend_type": {"regex": "wal"}}), &walsender));
+    assert!(matches(
+        json!({"backend_type": {"regex": "wal"}}),
+        &walsender
+    ));
     // Naming the type in one branch of `any` does not open the other branches to it.
     assert!(matches(
         json!({"any": [{"backend_type": "walsender"}, {"usename": "x"}]}),
@@ -259,21 +268,39 @@ fn refusals_name_the_problem() {
         (json!("x"), "not a string"),
         (json!(1), "not a number"),
         (json!({}), "no criterion"),
-        (json!({"aplication_name": "x"}), "did you mean \"application_name\""),
+        (
+            json!({"aplication_name": "x"}),
+            "did you mean \"application_name\"",
+        ),
         (json!({"usernam": "x"}), "did you mean \"usename\""),
-        (json!({"bogus_key_entirely": 1}), "unknown filter key \"bogus_key_entirely\""),
+        (
+            json!({"bogus_key_entirely": 1}),
+            "unknown filter key \"bogus_key_entirely\"",
+        ),
         (json!({"usename": 1}), "\"usename\" must be a string"),
         (json!({"usename": [1]}), "\"usename[0]\" must be a string"),
-        (json!({"usename": [null]}), "\"usename[0]\" must be a string, not null"),
+        (
+            json!({"usename": [null]}),
+            "\"usename[0]\" must be a string, not null",
+        ),
         (json!({"usename": []}), "must not be an empty array"),
-        (json!({"usename": {"regexp": "x"}}), "did you mean \"regex\""),
+        (
+            json!({"usename": {"regexp": "x"}}),
+            "did you mean \"regex\"",
+        ),
         (json!({"usename": {"regex": 1}}), "usename.regex"),
         (json!({"query": {"regex": "("}}), "invalid regex"),
         (json!({"query": {"regex": "(a)\\1"}}), "invalid regex"),
-        (json!({"state": "idle in transation"}), "did you mean \"idle in transaction\""),
+        (
+            json!({"state": "idle in transation"}),
+            "did you mean \"idle in transaction\"",
+        ),
         (json!({"client_addr": "10.0.0/33"}), "not an IP address"),
         (json!({"client_addr": "10.0.0.0/33"}), "not an IP address"),
-        (json!({"client_addr": 10}), "\"client_addr\" must be an address"),
+        (
+            json!({"client_addr": 10}),
+            "\"client_addr\" must be an address",
+        ),
         (json!({"pid": "12"}), "\"pid\" must be an integer"),
         (json!({"pid": 1.5}), "not a fractional number"),
         (json!({"pid": 0}), "out of range"),
@@ -281,30 +308,60 @@ fn refusals_name_the_problem() {
         (json!({"pid": 3_000_000_000u64}), "out of range"),
         (json!({"pid": [1, "2"]}), "\"pid[1]\" must be an integer"),
         (json!({"min_state_age": -5}), "must not be negative"),
-        (json!({"min_state_age": "-5 minutes"}), "must not be negative"),
+        (
+            json!({"min_state_age": "-5 minutes"}),
+            "must not be negative",
+        ),
         (json!({"min_state_age": "5 minuts"}), "not a valid interval"),
         (json!({"min_state_age": true}), "interval string"),
-        (json!({"min_query_age": 9_223_372_036_854_775_807i64}), "out of range"),
+        (
+            json!({"min_query_age": 9_223_372_036_854_775_807i64}),
+            "out of range",
+        ),
         (json!({"blocking": "yes"}), "true or false"),
         (json!({"all": false}), "must be true"),
         (json!({"all": true, "limit": 0}), "positive integer"),
         (json!({"all": true, "limit": -1}), "positive integer"),
         (json!({"all": true, "limit": "1"}), "positive integer"),
         (json!({"all": true, "order": "oldest"}), "unknown order"),
-        (json!({"all": true, "order": "newest_backnd"}), "did you mean \"newest_backend\""),
-        (json!({"any": {"usename": "x"}}), "\"any\" must be an array of filters"),
+        (
+            json!({"all": true, "order": "newest_backnd"}),
+            "did you mean \"newest_backend\"",
+        ),
+        (
+            json!({"any": {"usename": "x"}}),
+            "\"any\" must be an array of filters",
+        ),
         (json!({"any": []}), "must not be an empty array"),
         (json!({"any": [1]}), "\"any[0]\" must be a filter object"),
-        (json!({"any": [{}]}), "filter at \"any[0]\" has no criterion"),
-        (json!({"any": [{"all": true, "limit": 1}]}), "\"any[0].limit\" is only allowed at the top level"),
-        (json!({"exclude": [1]}), "\"exclude\" must be a filter object"),
+        (
+            json!({"any": [{}]}),
+            "filter at \"any[0]\" has no criterion",
+        ),
+        (
+            json!({"any": [{"all": true, "limit": 1}]}),
+            "\"any[0].limit\" is only allowed at the top level",
+        ),
+        (
+            json!({"exclude": [1]}),
+            "\"exclude\" must be a filter object",
+        ),
         (json!({"exclude": {"usename": "x"}}), "no criterion"),
-        (json!({"all": true, "include_superusers": "yes"}), "true or false"),
-        (json!({"usename": "x".repeat(MAX_STRING_BYTES + 1)}), "the limit is 4096"),
+        (
+            json!({"all": true, "include_superusers": "yes"}),
+            "true or false",
+        ),
+        (
+            json!({"usename": "x".repeat(MAX_STRING_BYTES + 1)}),
+            "the limit is 4096",
+        ),
     ];
     for (filter, needle) in cases {
         let message = err(filter.clone());
-        assert!(message.contains(needle), "{filter}: {message:?} lacks {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{filter}: {message:?} lacks {needle:?}"
+        );
     }
 }
 
@@ -325,14 +382,23 @@ fn nesting_is_bounded() {
 #[test]
 fn text_level_refusals() {
     let too_big = format!("{{\"usename\": \"{}\"}}", "x".repeat(MAX_FILTER_BYTES));
-    assert!(matches!(Filter::parse_str(&too_big), Err(FilterError::TooLarge { .. })));
+    assert!(matches!(
+        Filter::parse_str(&too_big),
+        Err(FilterError::TooLarge { .. })
+    ));
     assert_eq!(
         Filter::parse_str(r#"{"pid": 1, "pid": 2}"#).unwrap_err(),
         FilterError::DuplicateKey { key: "pid".into() }
     );
     let deep = format!("{{\"usename\": {}1{}}}", "[".repeat(200), "]".repeat(200));
-    assert!(matches!(Filter::parse_str(&deep), Err(FilterError::InvalidJson(_))));
-    assert!(matches!(Filter::parse_str("{"), Err(FilterError::InvalidJson(_))));
+    assert!(matches!(
+        Filter::parse_str(&deep),
+        Err(FilterError::InvalidJson(_))
+    ));
+    assert!(matches!(
+        Filter::parse_str("{"),
+        Err(FilterError::InvalidJson(_))
+    ));
     assert!(matches!(
         Filter::parse_str(r#"{"pid": 1e400}"#),
         Err(FilterError::InvalidJson(_))

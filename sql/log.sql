@@ -1,0 +1,53 @@
+-- The audit trail: one row per non-preview result row (GUC pg_reaper.audit). Written by
+-- pg_reaper as the owner of this table, in the caller's transaction. A signal cannot be rolled
+-- back; these rows can. The `pg_reaper:` server-log line is the record that always stays.
+CREATE TABLE reaper.log (
+    logged_at        timestamptz NOT NULL,
+    caller           text        NOT NULL,
+    run_as           text        NOT NULL,
+    policy           text,
+    action           text        NOT NULL,
+    outcome          text        NOT NULL,
+    pid              integer,
+    backend_start    timestamptz,
+    usename          text,
+    datname          text,
+    application_name text,
+    client_addr      inet,
+    backend_type     text,
+    state            text,
+    query            text,
+    waited_ms        bigint,
+    detail           text
+);
+CREATE INDEX log_logged_at_idx ON reaper.log (logged_at);
+REVOKE ALL ON reaper.log FROM PUBLIC;
+
+COMMENT ON TABLE reaper.log IS
+    'pg_reaper audit trail: who signalled which backend, when, why and with what outcome';
+COMMENT ON COLUMN reaper.log.caller IS 'the role that called the function';
+COMMENT ON COLUMN reaper.log.run_as IS 'the role whose privileges signalled (a policy''s owner)';
+COMMENT ON COLUMN reaper.log.policy IS 'the policy that acted; NULL for a direct call';
+
+-- The trail outlives a dump and restore.
+SELECT pg_catalog.pg_extension_config_dump('reaper.log', '');
+
+CREATE FUNCTION reaper.purge_log(older_than interval) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    purged bigint;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a non-negative interval, got %', coalesce(older_than::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    DELETE FROM reaper.log WHERE logged_at < now() - older_than;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    RETURN purged;
+END
+$$;
+REVOKE ALL ON FUNCTION reaper.purge_log(interval) FROM PUBLIC;
+COMMENT ON FUNCTION reaper.purge_log(interval) IS
+    'Delete reaper.log rows older than the interval; returns how many (needs DELETE on reaper.log)';

@@ -1,0 +1,59 @@
+-- Stored policies: the rules a DBA writes once and schedules (see README, "Policies").
+CREATE TABLE reaper.policies (
+    name       text        PRIMARY KEY,
+    filter     jsonb       NOT NULL,
+    action     text        NOT NULL DEFAULT 'terminate',
+    timeout_ms bigint      NOT NULL DEFAULT 0,
+    grace_ms   bigint      NOT NULL DEFAULT 0,
+    enabled    boolean     NOT NULL DEFAULT true,
+    -- A policy signals with its owner's privileges, whoever runs it.
+    owner      regrole     NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
+    note       text,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+REVOKE ALL ON reaper.policies FROM PUBLIC;
+
+-- Policies are configuration: pg_dump keeps their rows.
+SELECT pg_catalog.pg_extension_config_dump('reaper.policies', '');
+
+COMMENT ON TABLE reaper.policies IS
+    'pg_reaper policies: run by reaper.run_policies(), each with its owner''s privileges';
+COMMENT ON COLUMN reaper.policies.filter IS 'a pg_reaper filter (see reaper.validate_filter)';
+COMMENT ON COLUMN reaper.policies.action IS 'terminate, cancel or cancel_then_terminate';
+COMMENT ON COLUMN reaper.policies.owner IS
+    'the role whose privileges the policy signals with; only its members may write the policy';
+
+-- Refuses what run_policies could not run, and owners the writer may not act for.
+CREATE FUNCTION reaper.policies_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM reaper.validate_filter(NEW.filter);
+    IF NEW.action NOT IN ('terminate', 'cancel', 'cancel_then_terminate') THEN
+        RAISE EXCEPTION 'unknown policy action "%"', NEW.action
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use terminate, cancel or cancel_then_terminate.';
+    END IF;
+    IF NEW.timeout_ms < 0 OR NEW.grace_ms < 0 THEN
+        RAISE EXCEPTION 'policy "%": timeout_ms and grace_ms must not be negative', NEW.name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT pg_has_role(current_user, NEW.owner, 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied to write policy "%" owned by role %', NEW.name, NEW.owner
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A policy''s owner must be a role you are a member of.';
+    END IF;
+    IF TG_OP = 'UPDATE'
+       AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = OLD.owner)
+       AND NOT pg_has_role(current_user, OLD.owner, 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied to change policy "%" owned by role %', OLD.name, OLD.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER policies_check
+    BEFORE INSERT OR UPDATE ON reaper.policies
+    FOR EACH ROW EXECUTE FUNCTION reaper.policies_check();

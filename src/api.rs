@@ -1,0 +1,142 @@
+//! The SQL functions, each a thin call into the pipeline. Argument checks that are not about
+//! the filter (NULLs, negative durations) live here; everything else is in `filter`.
+
+use std::time::Duration;
+
+use pgrx::prelude::*;
+
+use crate::filter::{Filter, FilterError};
+use crate::jsonb_arg::JsonbText;
+use crate::pipeline::{self, Action};
+use crate::policy;
+use crate::report::{Actor, Columns, PolicyColumns, ResultRow};
+
+/// The result columns every signalling function returns, in the contract's order.
+/// `$prefix` names columns that come before them (`policy` for the policy functions); the
+/// body yields rows already converted to the tuple.
+macro_rules! result_table {
+    ($(#[$meta:meta])* fn $name:ident($($args:tt)*) $([$($prefix:tt)*])? $body:block) => {
+        $(#[$meta])*
+        #[pg_extern(volatile, parallel_unsafe)]
+        fn $name($($args)*) -> TableIterator<
+            'static,
+            (
+                $($($prefix)*)?
+                name!(pid, i32),
+                name!(backend_start, Option<TimestampWithTimeZone>),
+                name!(usename, Option<String>),
+                name!(datname, Option<String>),
+                name!(application_name, Option<String>),
+                name!(client_addr, Option<pgrx::Inet>),
+                name!(backend_type, Option<String>),
+                name!(state, Option<String>),
+                name!(query, Option<String>),
+                name!(outcome, String),
+                name!(waited_ms, i64),
+                name!(detail, Option<String>),
+                name!(wait_event_type, Option<String>),
+                name!(wait_event, Option<String>),
+                name!(xact_start, Option<TimestampWithTimeZone>),
+                name!(query_start, Option<TimestampWithTimeZone>),
+                name!(state_change, Option<TimestampWithTimeZone>),
+            ),
+        > {
+            TableIterator::new($body)
+        }
+    };
+}
+
+result_table! {
+    /// Every backend the filter selects, signalling none.
+    fn preview_matching(filter: Option<JsonbText>) {
+        columns(pipeline::run(&parse(filter), Action::Preview, &Actor::caller()))
+    }
+}
+
+result_table! {
+    /// pg_cancel_backend for every backend the filter selects.
+    fn cancel_matching(filter: Option<JsonbText>) {
+        columns(pipeline::run(&parse(filter), Action::Cancel, &Actor::caller()))
+    }
+}
+
+result_table! {
+    /// pg_terminate_backend for every backend the filter selects; with timeout_ms > 0, waits
+    /// for all of them together until that deadline.
+    fn terminate_matching(filter: Option<JsonbText>, timeout_ms: default!(Option<i64>, 0)) {
+        let filter = parse(filter);
+        let timeout = duration("timeout_ms", timeout_ms);
+        columns(pipeline::run(&filter, Action::Terminate { timeout }, &Actor::caller()))
+    }
+}
+
+result_table! {
+    /// Cancel every match, wait up to grace_ms for them to stop matching, terminate the rest.
+    fn cancel_then_terminate(
+        filter: Option<JsonbText>,
+        grace_ms: Option<i64>,
+        timeout_ms: default!(Option<i64>, 0),
+    ) {
+        let filter = parse(filter);
+        let grace = duration("grace_ms", grace_ms);
+        let timeout = duration("timeout_ms", timeout_ms);
+        let action = Action::CancelThenTerminate { grace, timeout };
+        columns(pipeline::run(&filter, action, &Actor::caller()))
+    }
+}
+
+result_table! {
+    /// Every enabled policy in name order, each with its owner's privileges.
+    fn run_policies() [name!(policy, String),] {
+        policy_columns(policy::run(None))
+    }
+}
+
+result_table! {
+    /// One policy, by name.
+    fn run_policy(name: Option<String>) [name!(policy, String),] {
+        let name = name.unwrap_or_else(|| refuse("policy name must not be NULL"));
+        policy_columns(policy::run(Some(&name)))
+    }
+}
+
+fn columns(rows: Vec<ResultRow>) -> impl Iterator<Item = Columns> {
+    rows.into_iter().map(ResultRow::into_columns)
+}
+
+fn policy_columns(rows: Vec<(String, ResultRow)>) -> impl Iterator<Item = PolicyColumns> {
+    rows.into_iter()
+        .map(|(policy, row)| row.into_policy_columns(policy))
+}
+
+/// The normalized filter, or the error the signalling functions would raise for it.
+#[pg_extern(immutable, parallel_safe)]
+fn validate_filter(filter: Option<JsonbText>) -> pgrx::JsonB {
+    pgrx::JsonB(parse(filter).to_json())
+}
+
+fn parse(filter: Option<JsonbText>) -> Filter {
+    let parsed = match filter {
+        None => Err(FilterError::Null),
+        Some(JsonbText(text)) => Filter::parse_str(&text),
+    };
+    parsed.unwrap_or_else(|e| refuse(&e.to_string()))
+}
+
+fn duration(name: &str, ms: Option<i64>) -> Duration {
+    match ms {
+        None => refuse(&format!("{name} must not be NULL")),
+        Some(ms) if ms < 0 => refuse(&format!("{name} must not be negative, got {ms}")),
+        Some(ms) => Duration::from_millis(ms as u64),
+    }
+}
+
+/// Bad input: SQLSTATE 22023, raised before anything is signalled.
+pub fn refuse(message: &str) -> ! {
+    ereport!(
+        PgLogLevel::ERROR,
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        message.to_string()
+    );
+    unreachable!()
+}

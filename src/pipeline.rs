@@ -1,0 +1,248 @@
+//! The pipeline every SQL function runs: filter → activity snapshot → (re-check → signal →
+//! wait) → report and audit.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pgrx::prelude::*;
+
+use crate::activity::{Backend, Snapshot};
+use crate::filter::{Filter, MatchContext};
+use crate::report::{self, Actor, Outcome, ResultRow};
+use crate::signal::{self, Delivery, Signal};
+
+/// How often the escalation's grace period re-reads pg_stat_activity.
+const GRACE_POLL: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Preview,
+    Cancel,
+    Terminate { timeout: Duration },
+    CancelThenTerminate { grace: Duration, timeout: Duration },
+}
+
+impl Action {
+    /// The name in `reaper.policies.action` and `reaper.log.action`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Preview => "preview",
+            Action::Cancel => "cancel",
+            Action::Terminate { .. } => "terminate",
+            Action::CancelThenTerminate { .. } => "cancel_then_terminate",
+        }
+    }
+}
+
+/// Runs `action` on every backend `filter` selects, with the current role's privileges.
+pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
+    let snapshot = Snapshot::take(filter.needs_lock_info());
+    let victims: Vec<Backend> = filter
+        .select(&snapshot.backends, &context(&snapshot))
+        .into_iter()
+        .map(|i| snapshot.backends[i].clone())
+        .collect();
+    let rows = match action {
+        Action::Preview => victims
+            .into_iter()
+            .map(|b| ResultRow::new(b, Outcome::Matched, None))
+            .collect(),
+        Action::Cancel => signal_all(filter, victims, Signal::Cancel, actor),
+        Action::Terminate { timeout } => terminate(filter, victims, timeout, actor),
+        Action::CancelThenTerminate { grace, timeout } => {
+            cancel_then_terminate(filter, victims, grace, timeout, actor)
+        }
+    };
+    if action != Action::Preview {
+        report::audit(&rows, action.name(), actor);
+    }
+    rows
+}
+
+fn context(snapshot: &Snapshot) -> MatchContext {
+    MatchContext {
+        self_pid: unsafe { pg_sys::MyProcPid },
+        now: snapshot.taken_at,
+    }
+}
+
+/// Why a victim is no longer one when it is looked at again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    Exited,
+    PidReused,
+    StoppedMatching,
+}
+
+impl Lost {
+    fn describe(self) -> &'static str {
+        match self {
+            Lost::Exited => "exited",
+            Lost::PidReused => "its pid was reused by another backend",
+            Lost::StoppedMatching => "no longer matched the filter",
+        }
+    }
+}
+
+/// The victim as a fresh snapshot sees it (same pid, same backend_start, still matching), or
+/// why it is no longer a victim.
+fn recheck<'s>(
+    filter: &Filter,
+    victim: &Backend,
+    fresh: &HashMap<i32, &'s Backend>,
+    ctx: &MatchContext,
+) -> Result<&'s Backend, Lost> {
+    match fresh.get(&victim.session.pid) {
+        None => Err(Lost::Exited),
+        Some(b) if b.session.backend_start != victim.session.backend_start => Err(Lost::PidReused),
+        Some(b) if !filter.matches(&b.session, ctx) => Err(Lost::StoppedMatching),
+        Some(b) => Ok(b),
+    }
+}
+
+fn index(snapshot: &Snapshot) -> HashMap<i32, &Backend> {
+    snapshot
+        .backends
+        .iter()
+        .map(|b| (b.session.pid, b))
+        .collect()
+}
+
+/// Re-checks every victim on one fresh snapshot, then signals each that still qualifies.
+fn signal_all(
+    filter: &Filter,
+    victims: Vec<Backend>,
+    signal: Signal,
+    actor: &Actor,
+) -> Vec<ResultRow> {
+    if victims.is_empty() {
+        return Vec::new();
+    }
+    let fresh = Snapshot::take(filter.needs_lock_info());
+    let ctx = context(&fresh);
+    let index = index(&fresh);
+    victims
+        .into_iter()
+        .map(|victim| {
+            let backend = match recheck(filter, &victim, &index, &ctx) {
+                Ok(b) => b.clone(),
+                Err(lost) => {
+                    let why = format!("{} before it was signalled", lost.describe());
+                    return ResultRow::new(victim, Outcome::Vanished, Some(why));
+                }
+            };
+            match signal::send(backend.session.pid, signal) {
+                Delivery::Delivered => {
+                    report::log_signal(signal, &backend, actor);
+                    let outcome = match signal {
+                        Signal::Cancel => Outcome::Cancelled,
+                        Signal::Terminate => Outcome::Signalled,
+                    };
+                    ResultRow::new(backend, outcome, None)
+                }
+                Delivery::Gone => ResultRow::new(
+                    backend,
+                    Outcome::Vanished,
+                    Some(format!(
+                        "{} before it was signalled",
+                        Lost::Exited.describe()
+                    )),
+                ),
+                Delivery::Denied(why) => ResultRow::new(backend, Outcome::Denied, Some(why)),
+            }
+        })
+        .collect()
+}
+
+/// Signals all victims, then confirms their exit against one deadline.
+fn terminate(
+    filter: &Filter,
+    victims: Vec<Backend>,
+    timeout: Duration,
+    actor: &Actor,
+) -> Vec<ResultRow> {
+    let mut rows = signal_all(filter, victims, Signal::Terminate, actor);
+    if timeout.is_zero() {
+        return rows;
+    }
+    let waiting: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].outcome == Outcome::Signalled)
+        .collect();
+    let pids: Vec<i32> = waiting
+        .iter()
+        .map(|&i| rows[i].backend.session.pid)
+        .collect();
+    let gone_after = signal::wait_for_exit(&pids, Instant::now(), timeout);
+    for (&i, gone) in waiting.iter().zip(gone_after) {
+        let row = &mut rows[i];
+        match gone {
+            Some(after) => {
+                row.outcome = Outcome::Terminated;
+                row.waited_ms = after.as_millis() as i64;
+            }
+            None => {
+                row.outcome = Outcome::TimedOut;
+                row.waited_ms = timeout.as_millis() as i64;
+                row.detail = Some(format!(
+                    "still running {} ms after the signal",
+                    row.waited_ms
+                ));
+            }
+        }
+    }
+    rows
+}
+
+/// Ask nicely, then insist: cancel every victim, give them up to `grace` to stop matching
+/// (watching them all against one deadline), and terminate those that still match.
+fn cancel_then_terminate(
+    filter: &Filter,
+    victims: Vec<Backend>,
+    grace: Duration,
+    timeout: Duration,
+    actor: &Actor,
+) -> Vec<ResultRow> {
+    let mut rows = signal_all(filter, victims, Signal::Cancel, actor);
+    let mut watching: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].outcome == Outcome::Cancelled)
+        .collect();
+    let started = Instant::now();
+    let still_matching = loop {
+        let fresh = Snapshot::take(filter.needs_lock_info());
+        let ctx = context(&fresh);
+        let index = index(&fresh);
+        let mut still = Vec::new();
+        for i in watching {
+            match recheck(filter, &rows[i].backend, &index, &ctx) {
+                Ok(b) => still.push((i, b.clone())),
+                // The cancel did its job: the session lives, and is left alone.
+                Err(Lost::StoppedMatching) => {
+                    rows[i].detail = Some("stopped matching after the cancel".into());
+                }
+                Err(lost) => {
+                    rows[i].outcome = Outcome::Vanished;
+                    rows[i].detail = Some(format!("{} after the cancel", lost.describe()));
+                }
+            }
+        }
+        let elapsed = started.elapsed();
+        if still.is_empty() || elapsed >= grace {
+            break still;
+        }
+        watching = still.iter().map(|(i, _)| *i).collect();
+        signal::sleep_interruptibly(GRACE_POLL.min(grace - elapsed));
+    };
+    let grace_ms = started.elapsed().as_millis() as i64;
+    let (indexes, backends): (Vec<usize>, Vec<Backend>) = still_matching.into_iter().unzip();
+    for (i, row) in indexes
+        .into_iter()
+        .zip(terminate(filter, backends, timeout, actor))
+    {
+        // waited_ms counts the grace period too: the whole time the victim was given.
+        rows[i] = ResultRow {
+            waited_ms: row.waited_ms + grace_ms,
+            ..row
+        };
+    }
+    rows
+}

@@ -1,0 +1,138 @@
+//! Stored policies (`reaper.policies`): each runs the same pipeline as a direct call, with its
+//! owner's privileges, in its own subtransaction so that one broken policy stops no other.
+
+use std::time::Duration;
+
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use pgrx::spi::SpiResult;
+
+use crate::filter::Filter;
+use crate::pipeline::{self, Action};
+use crate::report::{self, Actor, ResultRow};
+use crate::role;
+use crate::signal::in_subtransaction;
+
+const POLICIES_SQL: &str = "\
+SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
+       p.enabled
+  FROM reaper.policies p
+ WHERE $1::pg_catalog.text IS NULL OR p.name = $1
+ ORDER BY p.name";
+
+/// One row of `reaper.policies`.
+struct Policy {
+    name: String,
+    filter: String,
+    action: String,
+    timeout_ms: i64,
+    grace_ms: i64,
+    owner: pg_sys::Oid,
+    enabled: bool,
+}
+
+/// Runs every enabled policy in name order (or only `only`), returning each result row with
+/// its policy's name.
+pub fn run(only: Option<&str>) -> Vec<(String, ResultRow)> {
+    let policies = load(only);
+    if let Some(name) = only {
+        if policies.is_empty() {
+            crate::api::refuse(&format!("policy \"{name}\" does not exist"));
+        }
+    }
+    let caller = role::current();
+    let mut rows = Vec::new();
+    for policy in policies {
+        if !policy.enabled {
+            notice!("pg_reaper: policy \"{}\" is disabled; skipped", policy.name);
+            continue;
+        }
+        let actor = Actor {
+            caller,
+            run_as: policy.owner,
+            policy: Some(policy.name.clone()),
+        };
+        match in_subtransaction(|| run_one(&policy, &actor)) {
+            Ok(result) => rows.extend(result.into_iter().map(|r| (policy.name.clone(), r))),
+            Err(CaughtError::PostgresError(e))
+                if e.sql_error_code() == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+                    || e.sql_error_code() == PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN =>
+            {
+                CaughtError::PostgresError(e).rethrow()
+            }
+            Err(e) => report_failure(&policy, &actor, &failure_message(&e)),
+        }
+    }
+    rows
+}
+
+fn load(only: Option<&str>) -> Vec<Policy> {
+    Spi::connect(|client| -> SpiResult<Vec<Policy>> {
+        let mut policies = Vec::new();
+        for row in client.select(POLICIES_SQL, None, &[only.into()])? {
+            policies.push(Policy {
+                name: row.get(1)?.unwrap_or_default(),
+                filter: row.get(2)?.unwrap_or_default(),
+                action: row.get(3)?.unwrap_or_default(),
+                timeout_ms: row.get(4)?.unwrap_or_default(),
+                grace_ms: row.get(5)?.unwrap_or_default(),
+                owner: row.get(6)?.unwrap_or(pg_sys::InvalidOid),
+                enabled: row.get(7)?.unwrap_or(false),
+            });
+        }
+        Ok(policies)
+    })
+    .unwrap_or_else(|e| error!("pg_reaper: could not read reaper.policies: {e}"))
+}
+
+/// Validates again what the table's trigger validated: the row may predate this version, or
+/// its owner may have been dropped since.
+fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
+    if !role_exists(policy.owner) {
+        error!(
+            "its owner (role oid {}) no longer exists",
+            policy.owner.to_u32()
+        );
+    }
+    let filter =
+        Filter::parse_str(&policy.filter).unwrap_or_else(|e| error!("its filter is invalid: {e}"));
+    let millis = |ms: i64| Duration::from_millis(ms.max(0) as u64);
+    let action = match policy.action.as_str() {
+        "terminate" => Action::Terminate {
+            timeout: millis(policy.timeout_ms),
+        },
+        "cancel" => Action::Cancel,
+        "cancel_then_terminate" => Action::CancelThenTerminate {
+            grace: millis(policy.grace_ms),
+            timeout: millis(policy.timeout_ms),
+        },
+        other => error!("its action \"{other}\" is unknown"),
+    };
+    role::run_as(policy.owner, false, || {
+        pipeline::run(&filter, action, actor)
+    })
+}
+
+fn role_exists(role: pg_sys::Oid) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = $1)",
+        &[role.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+fn failure_message(e: &CaughtError) -> String {
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
+        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
+}
+
+/// A failed policy: a WARNING for whoever ran it (and the server log), and a `failed` row in
+/// `reaper.log`.
+fn report_failure(policy: &Policy, actor: &Actor, message: &str) {
+    warning!("pg_reaper: policy \"{}\" failed: {message}", policy.name);
+    report::audit_failure(&policy.action, actor, &format!("policy failed: {message}"));
+}
