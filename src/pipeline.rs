@@ -36,6 +36,7 @@ impl Action {
 
 /// Runs `action` on every backend `filter` selects, with the current role's privileges.
 pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
+    let audit = action != Action::Preview && report::audit_enabled();
     let snapshot = Snapshot::take(filter.needs_lock_info());
     let victims: Vec<Backend> = filter
         .select(&snapshot.backends, &context(&snapshot))
@@ -53,7 +54,7 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
             cancel_then_terminate(filter, victims, grace, timeout, actor)
         }
     };
-    if action != Action::Preview {
+    if audit {
         report::audit(&rows, action.name(), actor);
     }
     rows

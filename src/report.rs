@@ -114,9 +114,27 @@ SELECT pg_catalog.clock_timestamp(), $1, $2, $3, $4, u.outcome, u.pid, u.backend
        AS u(outcome, pid, backend_start, usename, datname, application_name, client_addr,
             backend_type, state, query, waited_ms, detail)";
 
+/// Whether this call writes audit rows. Asked before anything is signalled, so that a
+/// read-only transaction fails up front rather than after its signals; on a standby there is
+/// no writing at all, and the server-log line is the only record.
+pub fn audit_enabled() -> bool {
+    if !guc::AUDIT.get() || unsafe { pg_sys::RecoveryInProgress() } {
+        return false;
+    }
+    if unsafe { pg_sys::XactReadOnly } {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            "pg_reaper cannot write its audit rows in a read-only transaction; nothing was signalled",
+            "Run it in a read-write transaction, or have a superuser turn pg_reaper.audit off."
+        );
+    }
+    true
+}
+
 /// Writes one `reaper.log` row per result row, in the caller's transaction.
 pub fn audit(rows: &[ResultRow], action: &str, actor: &Actor) {
-    if rows.is_empty() || !guc::AUDIT.get() {
+    if rows.is_empty() {
         return;
     }
     let col = |f: &dyn Fn(&ResultRow) -> Option<String>| -> Vec<Option<String>> {
@@ -163,7 +181,7 @@ pub fn audit(rows: &[ResultRow], action: &str, actor: &Actor) {
 
 /// A `failed` row for something that signalled nothing (a policy that could not run).
 pub fn audit_failure(action: &str, actor: &Actor, detail: &str) {
-    if !guc::AUDIT.get() {
+    if !audit_enabled() {
         return;
     }
     write_log(
