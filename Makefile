@@ -61,7 +61,7 @@ integration-test: install
 
 # ---- show and measure ---------------------------------------------------------------------
 demo: install
-	$(CARGO) run --release -q -p pg_reaper_integration --bin demo
+	bash pgrx-tests/demo.sh
 
 bench: install
 	$(CARGO) run --release -q -p pg_reaper_integration --bin bench -- BENCHMARKS.md

@@ -1,3 +1,7 @@
+-- Everyone may call the functions: they signal only what the caller could signal by hand.
+-- The tables stay closed to PUBLIC; the DBA grants.
+GRANT USAGE ON SCHEMA reaper TO PUBLIC;
+
 -- The audit trail: one row per non-preview result row (GUC pg_reaper.audit). Written by
 -- pg_reaper as the owner of this table, in the caller's transaction. A signal cannot be rolled
 -- back; these rows can. The `pg_reaper:` server-log line is the record that always stays.

@@ -2,7 +2,7 @@
 //! (so it sees exactly what that role may see) and converted into the matcher's plain
 //! [`Session`] struct.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use pgrx::prelude::*;
@@ -23,11 +23,13 @@ const BLOCKING_SQL: &str = ", pg_catalog.pg_blocking_pids(a.pid)";
 
 const FROM_SQL: &str = " FROM pg_catalog.pg_stat_activity a";
 
-/// One backend: what the matcher reads, plus the client address as PostgreSQL prints it.
+/// One backend: what the matcher reads, the client address as PostgreSQL prints it, and its
+/// start time even where the caller may not see it, to tell a reused pid from the original.
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub session: Session,
     pub client_addr_text: Option<String>,
+    pub started_at: Option<i64>,
 }
 
 impl AsRef<Session> for Backend {
@@ -81,6 +83,7 @@ impl Snapshot {
                     xact_start: ts(14)?,
                     query_start: ts(15)?,
                     state_change: ts(16)?,
+                    client_backend: false, // from the status array below
                     superuser: is_superuser_like(usesysid),
                     blocking: false,
                     blocked: false,
@@ -92,7 +95,18 @@ impl Snapshot {
                 backends.push(Backend {
                     session,
                     client_addr_text,
+                    started_at: None,
                 });
+            }
+            // The query above loaded this transaction's copy of the backend status array; it
+            // knows every backend's type and start, which pg_stat_activity hides from roles
+            // without rights over it. Used only to restrict and to identify, never shown.
+            let status = backend_status();
+            for b in backends.iter_mut() {
+                if let Some(&(client, started_at)) = status.get(&b.session.pid) {
+                    b.session.client_backend = client;
+                    b.started_at = Some(started_at);
+                }
             }
             if with_lock_info {
                 let blockers: HashSet<i32> = blocked_by.iter().flatten().copied().collect();
@@ -106,6 +120,19 @@ impl Snapshot {
         .unwrap_or_else(|e| error!("pg_reaper: could not read pg_stat_activity: {e}"));
         Snapshot { backends, taken_at }
     }
+}
+
+/// pid → (is a client backend, start time), from the status array pg_stat_activity reads.
+fn backend_status() -> HashMap<i32, (bool, i64)> {
+    let count = unsafe { pg_sys::pgstat_fetch_stat_numbackends() };
+    (1..=count)
+        .filter_map(|i| unsafe { pg_sys::pgstat_fetch_stat_local_beentry(i).as_ref() })
+        .map(|local| {
+            let st = &local.backendStatus;
+            let client = st.st_backendType == pg_sys::BackendType::B_BACKEND;
+            (st.st_procpid, (client, st.st_proc_start_timestamp))
+        })
+        .collect()
 }
 
 /// PostgreSQL protects a process with no role like a superuser's (signalfuncs.c); so do we.

@@ -95,7 +95,7 @@ fn recheck<'s>(
 ) -> Result<&'s Backend, Lost> {
     match fresh.get(&victim.session.pid) {
         None => Err(Lost::Exited),
-        Some(b) if b.session.backend_start != victim.session.backend_start => Err(Lost::PidReused),
+        Some(b) if b.started_at != victim.started_at => Err(Lost::PidReused),
         Some(b) if !filter.matches(&b.session, ctx) => Err(Lost::StoppedMatching),
         Some(b) => Ok(b),
     }

@@ -69,6 +69,7 @@ pub fn send(pid: i32, signal: Signal) -> Delivery {
 
 /// Runs `f` in a subtransaction: committed when it returns, rolled back when it raises, the
 /// error handed back. The pattern of PL/pgSQL's exception blocks.
+#[allow(clippy::result_large_err)] // the error is rare and handled at once
 pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtError> {
     unsafe {
         let memory_context = pg_sys::CurrentMemoryContext;

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use super::{
     AddrList, AddrMatch, Criteria, Filter, MatchContext, Order, PidMatch, Session, TextField,
-    TextMatch, DEFAULT_BACKEND_TYPE, NAMED_ONLY_BACKEND_TYPES,
+    TextMatch, NAMED_ONLY_BACKEND_TYPES,
 };
 
 /// How a successful match named the session's backend type. Non-client backends are only
@@ -27,8 +27,8 @@ impl Filter {
             return false;
         };
         match s.backend_type.as_deref() {
-            Some(DEFAULT_BACKEND_TYPE) => true,
             Some(t) if NAMED_ONLY_BACKEND_TYPES.contains(&t) => naming == TypeNaming::Exact,
+            _ if s.client_backend => true,
             _ => naming >= TypeNaming::Regex,
         }
     }

@@ -34,9 +34,6 @@ pub const MAX_REGEX_BYTES: usize = 1 << 20;
 /// a regex: the pg_cron scheduler would otherwise die to `{"backend_type": {"regex": "."}}`.
 pub const NAMED_ONLY_BACKEND_TYPES: &[&str] = &["pg_cron launcher"];
 
-/// The one backend type a filter selects when it names no `backend_type`.
-pub const DEFAULT_BACKEND_TYPE: &str = "client backend";
-
 /// One backend as the matcher sees it. Timestamps are microseconds on any common epoch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Session {
@@ -57,6 +54,9 @@ pub struct Session {
     pub xact_start: Option<i64>,
     pub query_start: Option<i64>,
     pub state_change: Option<i64>,
+    /// Is a `client backend`, even where the caller may not see `backend_type` (another role's
+    /// session): the safe default selects only these, whatever the caller can see.
+    pub client_backend: bool,
     /// Owned by a superuser, or by no role at all (PostgreSQL protects those the same way).
     pub superuser: bool,
     /// Holds a lock another backend waits for.

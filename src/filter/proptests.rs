@@ -163,6 +163,7 @@ fn arb_session() -> impl Strategy<Value = Session> {
             Session {
                 pid,
                 backend_type: Some(bt.to_string()),
+                client_backend: bt == "client backend",
                 usename: u,
                 datname: d,
                 application_name: a,

@@ -36,6 +36,7 @@ fn session(pid: i32) -> Session {
         query: Some("SELECT 1".into()),
         client_addr: Some("10.1.2.3".parse().unwrap()),
         client_port: Some(5000),
+        client_backend: true,
         backend_start: Some(NOW - 3_600 * SEC),
         xact_start: None,
         query_start: Some(NOW - 60 * SEC),
@@ -193,6 +194,7 @@ fn safety_defaults() {
 
     let mut walsender = session(21);
     walsender.backend_type = Some("walsender".into());
+    walsender.client_backend = false;
     assert!(!matches(json!({"all": true}), &walsender));
     assert!(!matches(json!({"usename": "app"}), &walsender));
     assert!(matches(json!({"backend_type": "walsender"}), &walsender));
@@ -212,12 +214,31 @@ fn safety_defaults() {
 
     let mut cron = session(22);
     cron.backend_type = Some("pg_cron launcher".into());
+    cron.client_backend = false;
     cron.superuser = true;
     let everything = json!({"backend_type": {"regex": ""}, "include_superusers": true});
     assert!(!matches(everything, &cron), "regex never selects pg_cron");
     assert!(matches(
         json!({"backend_type": "pg_cron launcher", "include_superusers": true}),
         &cron
+    ));
+
+    // Another role's session, seen without privileges: backend_type is hidden (NULL), but it
+    // is known to be a client backend, so it can be selected (and then PostgreSQL decides).
+    let mut hidden = session(23);
+    hidden.backend_type = None;
+    hidden.state = None;
+    assert!(matches(json!({"usename": "app"}), &hidden));
+    assert!(!matches(
+        json!({"usename": "app", "state": "idle"}),
+        &hidden
+    ));
+    let mut hidden_walsender = hidden.clone();
+    hidden_walsender.client_backend = false;
+    assert!(!matches(json!({"usename": "app"}), &hidden_walsender));
+    assert!(!matches(
+        json!({"backend_type": {"regex": ""}}),
+        &hidden_walsender
     ));
 }
 

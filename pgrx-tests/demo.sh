@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# make demo: a throwaway cluster, a handful of realistic sessions, and pg_reaper at work on them.
+# Runs as root; the cluster runs as the postgres OS user and is removed at the end.
+set -euo pipefail
+
+BIN=$("${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --bindir)
+DIR=$(mktemp -d /tmp/pg_reaper_demo.XXXXXX)
+PORT=$((20000 + RANDOM % 10000))
+chown postgres "$DIR"
+as_pg() { runuser -u postgres -- "$@"; }
+
+cleanup() {
+    jobs -p | xargs -r kill 2>/dev/null || true
+    as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+echo "==> starting a throwaway PostgreSQL cluster in $DIR (port $PORT)"
+as_pg "$BIN/initdb" -A trust -U postgres -D "$DIR/data" >/dev/null
+cat >>"$DIR/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$DIR'
+EOF
+as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
+
+export PGHOST=$DIR PGPORT=$PORT PGDATABASE=postgres
+PSQL=("$BIN/psql" -X -q -v ON_ERROR_STOP=1)
+sql() { "${PSQL[@]}" -U postgres "$@"; }
+show() { echo; echo "-- $1"; shift; echo "$*" | sed 's/^/   /'; sql -c "$*"; }
+
+sql <<'EOF'
+CREATE EXTENSION pg_reaper;
+CREATE ROLE app LOGIN;
+CREATE ROLE batch LOGIN;
+-- A policy owner needs pg_read_all_stats to see other roles' state and query.
+CREATE ROLE ops LOGIN IN ROLE pg_signal_backend, pg_read_all_stats;
+CREATE TABLE accounts (id int PRIMARY KEY, balance numeric);
+INSERT INTO accounts SELECT g, 100 FROM generate_series(1, 10) g;
+GRANT ALL ON accounts TO app, batch;
+GRANT SELECT ON reaper.log TO ops;
+EOF
+
+# A session that sends $2 and then stays connected, as role $1 with application_name $3.
+hold() {
+    local role=$1 statements=$2 app=$3
+    (echo "$statements"; sleep 600) | PGAPPNAME=$app "${PSQL[@]}" -U "$role" >/dev/null 2>&1 &
+}
+# A session that runs one statement until it ends or is stopped.
+run() {
+    local role=$1 statement=$2 app=$3
+    PGAPPNAME=$app "${PSQL[@]}" -U "$role" -c "$statement" >/dev/null 2>&1 &
+}
+
+echo "==> opening sessions"
+hold app   "BEGIN; SELECT balance FROM accounts WHERE id = 1;" web-checkout   # idle in transaction
+hold app   "SELECT pg_sleep(600);"                              report-daily    # a long query
+hold batch "BEGIN; LOCK TABLE accounts IN ROW EXCLUSIVE MODE; UPDATE accounts SET balance = 0 WHERE id = 2;" nightly-batch
+sleep 0.5
+run  app   "UPDATE accounts SET balance = balance + 1 WHERE id = 2" web-api   # blocked behind nightly-batch
+hold postgres "SELECT 1;" admin-console                                      # a superuser
+hold app   "SELECT 1;" web-idle                                              # plain idle
+sleep 1.5
+
+show "Every client session (pg_stat_activity, as it is)" \
+    "SELECT pid, usename, application_name, state, wait_event_type, left(query, 50) AS query
+       FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() ORDER BY backend_start;"
+
+show "Preview {\"all\": true}: never this session, never the superuser, never background processes" \
+    "SELECT pid, usename, application_name, state, outcome
+       FROM reaper.preview_matching('{\"all\": true}');"
+
+show "A typo is an error, not an empty result (SQLSTATE 22023)" \
+    "SELECT * FROM reaper.preview_matching('{\"state\": \"idle in transation\"}');" || true
+
+show "Who blocks whom?" \
+    "SELECT pid, usename, application_name, state, outcome
+       FROM reaper.preview_matching('{\"any\": [{\"blocking\": true}, {\"blocked\": true}]}');"
+
+show "Cancel the long report: the query stops, the session lives" \
+    "SELECT pid, application_name, outcome, detail
+       FROM reaper.cancel_matching('{\"application_name\": {\"regex\": \"^report-\"}, \"state\": \"active\"}');"
+
+show "Terminate the lock holder and confirm it is gone (one deadline for all victims)" \
+    "SELECT pid, usename, application_name, outcome, waited_ms
+       FROM reaper.terminate_matching('{\"blocking\": true}', 5000);"
+
+show "A role without rights over app's sessions gets 'denied' rows, not an error" \
+    "SET ROLE batch; SELECT pid, usename, outcome, detail
+       FROM reaper.terminate_matching('{\"usename\": \"app\", \"application_name\": {\"regex\": \"^web-\"}}', 1000); RESET ROLE;"
+
+show "A policy, owned by ops (pg_signal_backend), run the way pg_cron would run it" \
+    "INSERT INTO reaper.policies (name, filter, action, timeout_ms, owner, note)
+     VALUES ('idle-tx', '{\"state\": \"idle in transaction\", \"min_state_age\": \"1 second\"}', 'terminate', 5000, 'ops',
+             'idle transactions hold locks');
+     SELECT policy, pid, usename, application_name, outcome, waited_ms FROM reaper.run_policies();"
+
+show "The audit trail: who killed what, when, and why" \
+    "SELECT to_char(logged_at, 'HH24:MI:SS.MS') AS at, caller, run_as, policy, action, outcome, pid, application_name
+       FROM reaper.log ORDER BY logged_at;"
+
+echo
+echo "-- The server log keeps a line per signal, whatever happens to the transaction:"
+grep -o 'pg_reaper: .*' "$DIR/server.log" | sed 's/^/   /'
+
+show "What is left" \
+    "SELECT pid, usename, application_name, state FROM pg_stat_activity
+      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() ORDER BY backend_start;"
+echo
+echo "==> done; stopping the cluster"
