@@ -1,0 +1,95 @@
+//! Preview signals nothing; cancel stops the query and the session lives; terminate signals,
+//! and with a timeout confirms every victim gone.
+
+use pg_reaper_integration::*;
+use std::time::Duration;
+
+#[test]
+fn preview_signals_nothing() {
+    let cluster = Cluster::start();
+    let tag = tag("preview");
+    let idle = cluster.session("postgres", &tag);
+    let (busy, query) = cluster.session("postgres", &tag).busy(&cluster);
+    let mut me = cluster.superuser();
+    let filter = format!(r#"{{"application_name": "{tag}", "include_superusers": true}}"#);
+    let rows = preview(&mut me, &filter);
+    assert_eq!(pids(&rows), sorted(vec![idle.pid, busy.pid]));
+    assert!(rows
+        .iter()
+        .all(|r| r.outcome == "matched" && r.waited_ms == 0 && r.detail.is_none()));
+    assert!(
+        query.still_running_after(Duration::from_millis(300)),
+        "preview must not cancel"
+    );
+    assert!(cluster.alive(idle.pid) && cluster.alive(busy.pid));
+    assert_eq!(idle.run("SELECT 1"), Ended::Ok);
+}
+
+#[test]
+fn cancel_stops_the_query_and_the_session_lives() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("cancel");
+    let (busy, query) = cluster.session("app", &tag).busy(&cluster);
+    let bystander_query = cluster.session("app", "bystander").busy(&cluster);
+    let rows = cancel(
+        &mut cluster.superuser(),
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+    );
+    assert_eq!(pids(&rows), vec![busy.pid]);
+    assert_eq!(rows[0].outcome, "cancelled");
+    assert_eq!(query.wait(), Ended::Error("57014".into()));
+    assert_eq!(
+        busy.run("SELECT 1"),
+        Ended::Ok,
+        "the cancelled session lives on"
+    );
+    assert!(bystander_query
+        .1
+        .still_running_after(Duration::from_millis(100)));
+}
+
+#[test]
+fn terminate_without_wait_signals() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("signalled");
+    let victim = cluster.session("app", &tag);
+    let keeper = cluster.session("app", "keeper");
+    let rows = terminate(
+        &mut cluster.superuser(),
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+        0,
+    );
+    assert_eq!(pids(&rows), vec![victim.pid]);
+    assert_eq!(rows[0].outcome, "signalled");
+    assert_eq!(rows[0].waited_ms, 0);
+    assert!(cluster.wait_gone(victim.pid));
+    assert!(cluster.alive(keeper.pid));
+}
+
+#[test]
+fn terminate_with_timeout_confirms_every_victim() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("confirm");
+    let victims: Vec<Session> = (0..8).map(|_| cluster.session("app", &tag)).collect();
+    let (busy, query) = cluster.session("app", &tag).busy(&cluster);
+    let keeper = cluster.session("app", "keeper");
+    let rows = terminate(
+        &mut cluster.superuser(),
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+        5000,
+    );
+    let mut expected: Vec<i32> = victims.iter().map(|s| s.pid).collect();
+    expected.push(busy.pid);
+    assert_eq!(pids(&rows), sorted(expected));
+    for row in &rows {
+        assert_eq!(row.outcome, "terminated", "{row:?}");
+        assert!((0..5000).contains(&row.waited_ms), "{row:?}");
+        // Confirmed means gone by the time the call returns.
+        assert!(!cluster.alive(row.pid), "{row:?}");
+    }
+    assert_eq!(query.wait(), Ended::Closed);
+    assert!(cluster.alive(keeper.pid));
+}
