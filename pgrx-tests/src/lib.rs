@@ -307,7 +307,7 @@ pub enum Ended {
     Ok,
     /// The server raised this SQLSTATE (57014: cancelled).
     Error(String),
-    /// The connection was closed under it (terminated).
+    /// The backend was terminated under it: FATAL 57P01, or the connection just closed.
     Closed,
 }
 
@@ -334,8 +334,10 @@ impl Session {
                 let ended = match client.batch_execute(&sql) {
                     Ok(()) => Ended::Ok,
                     Err(e) => match e.code() {
-                        Some(code) => Ended::Error(code.code().to_string()),
-                        None => Ended::Closed,
+                        Some(code) if code.code() != "57P01" => {
+                            Ended::Error(code.code().to_string())
+                        }
+                        _ => Ended::Closed,
                     },
                 };
                 let closed = ended == Ended::Closed || client.is_closed();
