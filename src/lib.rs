@@ -24,6 +24,19 @@ pgrx::extension_sql_file!(
     name = "policies",
     requires = [api::validate_filter]
 );
+pgrx::extension_sql_file!(
+    "../sql/comments.sql",
+    name = "comments",
+    requires = [
+        api::preview_matching,
+        api::cancel_matching,
+        api::terminate_matching,
+        api::cancel_then_terminate,
+        api::validate_filter,
+        api::run_policies,
+        api::run_policy
+    ]
+);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -105,7 +105,8 @@ pub fn wait_for_exit(
     started: Instant,
     timeout: Duration,
 ) -> Vec<Option<Duration>> {
-    let deadline = started + timeout;
+    // A timeout too large to add is a wait without deadline (still cancellable).
+    let deadline = started.checked_add(timeout);
     let mut gone_after: Vec<Option<Duration>> = vec![None; pending.len()];
     loop {
         let now = Instant::now();
@@ -114,10 +115,11 @@ pub fn wait_for_exit(
                 *gone = Some(now.duration_since(started));
             }
         }
-        if gone_after.iter().all(Option::is_some) || now >= deadline {
+        let left = deadline.map_or(POLL, |d| d.saturating_duration_since(now));
+        if gone_after.iter().all(Option::is_some) || left.is_zero() {
             return gone_after;
         }
-        sleep_interruptibly(POLL.min(deadline - now));
+        sleep_interruptibly(POLL.min(left));
     }
 }
 

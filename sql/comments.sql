@@ -1,0 +1,15 @@
+-- What \df+ and \dt+ tell a DBA.
+COMMENT ON FUNCTION reaper.preview_matching(jsonb) IS
+    'The backends a pg_reaper filter selects, one row each; signals nothing';
+COMMENT ON FUNCTION reaper.cancel_matching(jsonb) IS
+    'pg_cancel_backend for every backend the filter selects; one row per backend with its outcome';
+COMMENT ON FUNCTION reaper.terminate_matching(jsonb, bigint) IS
+    'pg_terminate_backend for every backend the filter selects; with timeout_ms > 0, confirms their exit against one deadline';
+COMMENT ON FUNCTION reaper.cancel_then_terminate(jsonb, bigint, bigint) IS
+    'Cancel every match, wait up to grace_ms for them to stop matching, terminate those that still match';
+COMMENT ON FUNCTION reaper.validate_filter(jsonb) IS
+    'The normalized filter, or the 22023 error the signalling functions would raise for it';
+COMMENT ON FUNCTION reaper.run_policies() IS
+    'Run every enabled policy of reaper.policies in name order, each with its owner''s privileges';
+COMMENT ON FUNCTION reaper.run_policy(text) IS
+    'Run one policy of reaper.policies, with its owner''s privileges';
