@@ -108,9 +108,7 @@ fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
         },
         other => error!("its action \"{other}\" is unknown"),
     };
-    role::run_as(policy.owner, false, || {
-        pipeline::run(&filter, action, actor)
-    })
+    role::run_as(policy.owner, true, || pipeline::run(&filter, action, actor))
 }
 
 fn role_exists(role: pg_sys::Oid) -> bool {
