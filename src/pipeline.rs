@@ -119,6 +119,14 @@ fn signal_all(
     if victims.is_empty() {
         return Vec::new();
     }
+    let delay = Duration::from_millis(crate::guc::RECHECK_DELAY_MS.get().max(0) as u64);
+    let until = Instant::now() + delay;
+    while let Some(left) = until
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    {
+        signal::sleep_interruptibly(left);
+    }
     let fresh = Snapshot::take(filter.needs_lock_info());
     let ctx = context(&fresh);
     let index = index(&fresh);

@@ -1,0 +1,108 @@
+//! The identity re-check between choosing the victims and signalling them. The hidden setting
+//! `pg_reaper.recheck_delay_ms` widens that window so that a test can change a victim in it.
+
+use pg_reaper_integration::*;
+use std::time::{Duration, Instant};
+
+/// Runs terminate_matching with a pause before the re-check, from a background session, and
+/// returns its rows once `during` has run in the window.
+fn terminate_with_window(cluster: &Cluster, filter: &str, during: impl FnOnce()) -> Vec<Row> {
+    let filter = filter.to_string();
+    let mut caller = cluster.superuser();
+    caller
+        .batch_execute("SET pg_reaper.recheck_delay_ms = 1500")
+        .unwrap();
+    let handle = std::thread::spawn(move || {
+        let rows = terminate(&mut caller, &filter, 2000);
+        (rows, caller)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    let (rows, _caller) = handle.join().unwrap();
+    rows
+}
+
+#[test]
+fn a_victim_that_exits_first_is_vanished_without_warning() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("exits");
+    let victim = cluster.session("app", &tag);
+    let pid = victim.pid;
+    let rows = terminate_with_window(
+        &cluster,
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+        || {
+            drop(victim);
+            assert!(cluster.wait_gone(pid));
+        },
+    );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].pid, pid);
+    assert_eq!(rows[0].outcome, "vanished");
+    assert_eq!(
+        rows[0].detail.as_deref(),
+        Some("exited before it was signalled")
+    );
+    let log = cluster.server_log();
+    assert!(
+        !log.contains("is not a PostgreSQL backend process"),
+        "{log}"
+    );
+    assert!(!log.contains(&format!("pg_reaper: terminate pid={pid}")));
+}
+
+#[test]
+fn a_victim_that_stops_matching_is_spared() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("stops");
+    let victim = cluster.session("app", &tag).idle_in_transaction();
+    let filter = format!(r#"{{"application_name": "{tag}", "state": "idle in transaction"}}"#);
+    let rows = terminate_with_window(&cluster, &filter, || {
+        assert_eq!(victim.run("COMMIT"), Ended::Ok);
+    });
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].outcome, "vanished");
+    assert_eq!(
+        rows[0].detail.as_deref(),
+        Some("no longer matched the filter before it was signalled")
+    );
+    assert_eq!(
+        victim.run("SELECT 1"),
+        Ended::Ok,
+        "the session was not signalled"
+    );
+}
+
+#[test]
+fn a_cancelled_caller_stops_promptly_and_signals_nothing() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("cancelled_caller");
+    let victim = cluster.session("app", &tag);
+    let mut caller = cluster.superuser();
+    caller
+        .batch_execute("SET pg_reaper.recheck_delay_ms = 60000; SET statement_timeout = '300ms'")
+        .unwrap();
+    let started = Instant::now();
+    let err = call(
+        &mut caller,
+        "reaper.terminate_matching($1::text::jsonb, 5000)",
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+    )
+    .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(victim.run("SELECT 1"), Ended::Ok, "nothing was signalled");
+    caller.batch_execute("RESET statement_timeout").unwrap();
+    let logged: i64 = caller
+        .query_one("SELECT count(*) FROM reaper.log", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 0);
+}
