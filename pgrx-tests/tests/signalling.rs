@@ -93,3 +93,35 @@ fn terminate_with_timeout_confirms_every_victim() {
     assert_eq!(query.wait(), Ended::Closed);
     assert!(cluster.alive(keeper.pid));
 }
+
+#[test]
+fn a_victim_slower_than_the_timeout_is_timed_out() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("timed_out");
+    let slow = cluster.session("app", &tag);
+    let quick = cluster.session("app", &tag);
+    // A stopped process cannot act on SIGTERM until it is continued.
+    let stop = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &slow.pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    stop("-STOP");
+    let rows = terminate(
+        &mut cluster.superuser(),
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+        300,
+    );
+    stop("-CONT");
+    let outcome = |pid: i32| rows.iter().find(|r| r.pid == pid).expect("a row").clone();
+    let slow_row = outcome(slow.pid);
+    assert_eq!(slow_row.outcome, "timed_out");
+    assert_eq!(slow_row.waited_ms, 300);
+    assert_eq!(outcome(quick.pid).outcome, "terminated");
+    // Continued, it acts on the signal it was sent.
+    assert!(cluster.wait_gone(slow.pid));
+}
