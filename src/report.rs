@@ -220,48 +220,36 @@ pub fn timestamp(micros: Option<i64>) -> Option<TimestampWithTimeZone> {
     micros.and_then(|m| TimestampWithTimeZone::try_from(m).ok())
 }
 
-/// The SQL result columns, in the order `api` declares them.
-pub type Columns = (
-    i32,
-    Option<TimestampWithTimeZone>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<pgrx::Inet>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-    i64,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<TimestampWithTimeZone>,
-    Option<TimestampWithTimeZone>,
-    Option<TimestampWithTimeZone>,
-);
+/// The Rust side of the SQL result columns, in the order `api` declares them, after `$prefix`.
+macro_rules! columns {
+    ($($prefix:ty,)*) => {
+        (
+            $($prefix,)*
+            i32,
+            Option<TimestampWithTimeZone>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<pgrx::Inet>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            String,
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<TimestampWithTimeZone>,
+            Option<TimestampWithTimeZone>,
+            Option<TimestampWithTimeZone>,
+        )
+    };
+}
+
+pub type Columns = columns!();
 
 /// `policy` and then the same columns, for the policy functions.
-pub type PolicyColumns = (
-    String,
-    i32,
-    Option<TimestampWithTimeZone>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<pgrx::Inet>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    String,
-    i64,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<TimestampWithTimeZone>,
-    Option<TimestampWithTimeZone>,
-    Option<TimestampWithTimeZone>,
-);
+pub type PolicyColumns = columns!(String,);
 
 impl ResultRow {
     pub fn into_policy_columns(self, policy: String) -> PolicyColumns {
