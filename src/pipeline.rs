@@ -38,10 +38,11 @@ impl Action {
 pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
     let audit = action != Action::Preview && report::audit_enabled();
     let snapshot = Snapshot::take(filter.needs_lock_info());
-    let victims: Vec<Backend> = filter
-        .select(&snapshot.backends, &context(&snapshot))
+    let chosen = filter.select(&snapshot.backends, &context(&snapshot));
+    let mut backends: Vec<Option<Backend>> = snapshot.backends.into_iter().map(Some).collect();
+    let victims: Vec<Backend> = chosen
         .into_iter()
-        .map(|i| snapshot.backends[i].clone())
+        .filter_map(|i| backends[i].take())
         .collect();
     let rows = match action {
         Action::Preview => victims
