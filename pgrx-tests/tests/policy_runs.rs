@@ -1,0 +1,277 @@
+//! Stored policies: actions, order, disabled ones, validation, owner privileges, failures.
+
+use pg_reaper_integration::*;
+use postgres::SimpleQueryMessage;
+
+fn run_policies(client: &mut Client) -> Vec<Row> {
+    call(client, "reaper.run_policies()", "").expect("run_policies")
+}
+
+fn insert_policy(client: &mut Client, name: &str, filter: &str, rest: &str) {
+    client
+        .execute(
+            &format!(
+                "INSERT INTO reaper.policies (name, filter{}) VALUES ($1, $2::text::jsonb{})",
+                if rest.is_empty() {
+                    ""
+                } else {
+                    ", action, timeout_ms, grace_ms, owner"
+                },
+                if rest.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {rest}")
+                }
+            ),
+            &[&name, &filter],
+        )
+        .unwrap_or_else(|e| panic!("insert {name}: {e}"));
+}
+
+#[test]
+fn each_action_runs_in_name_order_and_disabled_policies_do_nothing() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let cancel_me = cluster.session("app", "p_cancel").busy(&cluster);
+    let terminate_me = cluster.session("app", "p_terminate");
+    let escalate_me = cluster.session("app", "p_escalate").idle_in_transaction();
+    let disabled_target = cluster.session("app", "p_disabled");
+    let mut su = cluster.superuser();
+    insert_policy(
+        &mut su,
+        "b-terminate",
+        r#"{"application_name": "p_terminate"}"#,
+        "'terminate', 5000, 0, 'postgres'",
+    );
+    insert_policy(
+        &mut su,
+        "a-cancel",
+        r#"{"application_name": "p_cancel"}"#,
+        "'cancel', 0, 0, 'postgres'",
+    );
+    insert_policy(
+        &mut su,
+        "c-escalate",
+        r#"{"application_name": "p_escalate", "state": "idle in transaction"}"#,
+        "'cancel_then_terminate', 5000, 200, 'postgres'",
+    );
+    insert_policy(
+        &mut su,
+        "d-disabled",
+        r#"{"application_name": "p_disabled"}"#,
+        "",
+    );
+    su.batch_execute("UPDATE reaper.policies SET enabled = false WHERE name = 'd-disabled'")
+        .unwrap();
+
+    let rows = run_policies(&mut su);
+    let policies: Vec<&str> = rows.iter().map(|r| r.policy.as_deref().unwrap()).collect();
+    assert_eq!(policies, vec!["a-cancel", "b-terminate", "c-escalate"]);
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(outcomes, vec!["cancelled", "terminated", "terminated"]);
+    assert_eq!(cancel_me.1.wait(), Ended::Error("57014".into()));
+    assert_eq!(cancel_me.0.run("SELECT 1"), Ended::Ok);
+    assert!(!cluster.alive(terminate_me.pid));
+    assert!(!cluster.alive(escalate_me.pid));
+    assert_eq!(disabled_target.run("SELECT 1"), Ended::Ok);
+
+    // run_policy runs one, by name; a disabled one is skipped.
+    let again = cluster.session("app", "p_terminate");
+    let rows = call(&mut su, "reaper.run_policy('b-terminate')", "").unwrap();
+    assert_eq!(pids(&rows), vec![again.pid]);
+    assert_eq!(rows[0].policy.as_deref(), Some("b-terminate"));
+    assert!(call(&mut su, "reaper.run_policy('d-disabled')", "")
+        .unwrap()
+        .is_empty());
+    assert_eq!(disabled_target.run("SELECT 1"), Ended::Ok);
+}
+
+#[test]
+fn invalid_policies_are_refused() {
+    let cluster = Cluster::start();
+    let mut su = cluster.superuser();
+    for (sql, needle) in [
+        (
+            "INSERT INTO reaper.policies (name, filter) VALUES ('x', '{\"aplication_name\": \"a\"}')",
+            "did you mean \"application_name\"",
+        ),
+        ("INSERT INTO reaper.policies (name, filter) VALUES ('x', '{}')", "no criterion"),
+        (
+            "INSERT INTO reaper.policies (name, filter, action) VALUES ('x', '{\"all\": true}', 'kill')",
+            "unknown policy action",
+        ),
+        (
+            "INSERT INTO reaper.policies (name, filter, timeout_ms) VALUES ('x', '{\"all\": true}', -1)",
+            "must not be negative",
+        ),
+    ] {
+        let err = su.batch_execute(sql).unwrap_err();
+        let db = err.as_db_error().unwrap();
+        assert_eq!(db.code().code(), "22023", "{sql}");
+        assert!(db.message().contains(needle), "{sql}: {}", db.message());
+    }
+    su.batch_execute(
+        "INSERT INTO reaper.policies (name, filter) VALUES ('ok', '{\"usename\": \"a\"}')",
+    )
+    .unwrap();
+    let err = su
+        .batch_execute("UPDATE reaper.policies SET filter = '{\"usename\": 1}' WHERE name = 'ok'")
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("22023"));
+    let normalized: String = su
+        .query_one(
+            "SELECT reaper.validate_filter('{\"min_state_age\": \"1 min\", \"all\": true}')::text",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        normalized,
+        r#"{"all": true, "order": "oldest_backend", "min_state_age": 60000, "include_superusers": false}"#
+    );
+}
+
+#[test]
+fn a_policy_signals_with_its_owners_privileges() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    cluster.create_role("weak", "");
+    cluster.create_role("ops", "IN ROLE pg_signal_backend, pg_read_all_stats");
+    let protected = cluster.session("app", "o_weak");
+    let target = cluster.session("app", "o_ops");
+    let mut su = cluster.superuser();
+    insert_policy(
+        &mut su,
+        "weak-owned",
+        r#"{"application_name": "o_weak"}"#,
+        "'terminate', 2000, 0, 'weak'",
+    );
+    insert_policy(
+        &mut su,
+        "ops-owned",
+        r#"{"application_name": "o_ops"}"#,
+        "'terminate', 2000, 0, 'ops'",
+    );
+    // Run by a superuser, as pg_cron would.
+    let rows = run_policies(&mut su);
+    let by_policy = |p: &str| {
+        rows.iter()
+            .find(|r| r.policy.as_deref() == Some(p))
+            .unwrap()
+            .clone()
+    };
+    let weak = by_policy("weak-owned");
+    assert_eq!(weak.outcome, "denied");
+    assert!(weak.detail.unwrap().contains("pg_signal_backend"));
+    assert_eq!(protected.run("SELECT 1"), Ended::Ok);
+    assert_eq!(by_policy("ops-owned").outcome, "terminated");
+    assert!(!cluster.alive(target.pid));
+    let run_as: Vec<String> = su
+        .query("SELECT run_as FROM reaper.log ORDER BY policy DESC", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(run_as, vec!["weak", "ops"]);
+}
+
+#[test]
+fn nobody_writes_a_policy_for_a_role_they_are_not_a_member_of() {
+    let cluster = Cluster::start();
+    cluster.create_role("mallory", "");
+    cluster.create_role("ops", "IN ROLE pg_signal_backend");
+    let mut su = cluster.superuser();
+    su.batch_execute("GRANT INSERT, UPDATE, SELECT ON reaper.policies TO mallory")
+        .unwrap();
+    insert_policy(
+        &mut su,
+        "ops-policy",
+        r#"{"usename": "app"}"#,
+        "'terminate', 0, 0, 'ops'",
+    );
+    let mut mallory = cluster.connect("mallory");
+    let forged = mallory.batch_execute(
+        "INSERT INTO reaper.policies (name, filter, owner) VALUES ('forged', '{\"all\": true}', 'ops')",
+    );
+    assert_eq!(forged.unwrap_err().code().map(|c| c.code()), Some("42501"));
+    let hijack = mallory.batch_execute(
+        "UPDATE reaper.policies SET filter = '{\"all\": true}' WHERE name = 'ops-policy'",
+    );
+    assert_eq!(hijack.unwrap_err().code().map(|c| c.code()), Some("42501"));
+    let steal = mallory
+        .batch_execute("UPDATE reaper.policies SET owner = 'mallory' WHERE name = 'ops-policy'");
+    assert_eq!(steal.unwrap_err().code().map(|c| c.code()), Some("42501"));
+    // Their own policy is fine, and defaults to them.
+    mallory
+        .batch_execute("INSERT INTO reaper.policies (name, filter) VALUES ('mine', '{\"usename\": \"mallory\"}')")
+        .unwrap();
+    let owner: String = su
+        .query_one(
+            "SELECT owner::text FROM reaper.policies WHERE name = 'mine'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "mallory");
+    // PUBLIC has no rights on the table.
+    cluster.create_role("nobody", "");
+    let err = cluster
+        .connect("nobody")
+        .batch_execute("SELECT * FROM reaper.policies")
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("42501"));
+}
+
+#[test]
+fn a_failing_policy_warns_logs_and_stops_no_other() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    cluster.create_role("gone", "");
+    let target = cluster.session("app", "f_target");
+    let mut su = cluster.superuser();
+    insert_policy(
+        &mut su,
+        "a-orphan",
+        r#"{"all": true}"#,
+        "'terminate', 0, 0, 'gone'",
+    );
+    insert_policy(
+        &mut su,
+        "b-works",
+        r#"{"application_name": "f_target"}"#,
+        "'terminate', 2000, 0, 'postgres'",
+    );
+    su.batch_execute("DROP ROLE gone").unwrap();
+
+    let messages = su
+        .simple_query("SELECT policy, pid, outcome FROM reaper.run_policies()")
+        .unwrap();
+    let rows: Vec<(String, String)> = messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((r.get(0).unwrap().to_string(), r.get(2).unwrap().to_string()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![("b-works".to_string(), "terminated".to_string())]
+    );
+    assert!(!cluster.alive(target.pid));
+    assert!(cluster
+        .server_log()
+        .contains("WARNING:  pg_reaper: policy \"a-orphan\" failed"));
+    let failed: (String, String) = {
+        let r = su
+            .query_one(
+                "SELECT outcome, detail FROM reaper.log WHERE policy = 'a-orphan'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(failed.0, "failed");
+    assert!(failed.1.contains("no longer exists"), "{}", failed.1);
+}
