@@ -1,0 +1,252 @@
+//! The audit trail: reaper.log rows, the server-log lines, the settings that govern them, and
+//! pg_dump keeping the configuration.
+
+use pg_reaper_integration::*;
+use std::process::Command;
+
+#[test]
+fn direct_calls_are_logged_row_for_row_and_previews_are_not() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    cluster.create_role("dba", "IN ROLE pg_signal_backend, pg_read_all_stats");
+    let tag = tag("audited");
+    let victims: Vec<Session> = (0..3).map(|_| cluster.session("app", &tag)).collect();
+    let mut dba = cluster.connect("dba");
+    let filter = format!(r#"{{"application_name": "{tag}"}}"#);
+    assert_eq!(preview(&mut dba, &filter).len(), 3);
+    let rows = terminate(&mut dba, &filter, 3000);
+    assert_eq!(rows.len(), 3);
+
+    let mut su = cluster.superuser();
+    let logged = su
+        .query(
+            "SELECT caller, run_as, policy, action, outcome, pid, usename, application_name, waited_ms \
+               FROM reaper.log ORDER BY pid",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        logged.len(),
+        3,
+        "one row per result row; the preview wrote none"
+    );
+    let mut expected: Vec<i32> = victims.iter().map(|s| s.pid).collect();
+    expected.sort();
+    for (row, pid) in logged.iter().zip(expected) {
+        assert_eq!(row.get::<_, String>(0), "dba");
+        assert_eq!(row.get::<_, String>(1), "dba");
+        assert_eq!(row.get::<_, Option<String>>(2), None);
+        assert_eq!(row.get::<_, String>(3), "terminate");
+        assert_eq!(row.get::<_, String>(4), "terminated");
+        assert_eq!(row.get::<_, i32>(5), pid);
+        assert_eq!(row.get::<_, String>(6), "app");
+        assert_eq!(row.get::<_, String>(7), tag);
+        let waited = rows.iter().find(|r| r.pid == pid).unwrap().waited_ms;
+        assert_eq!(row.get::<_, i64>(8), waited);
+    }
+    // Each signal has its server-log line, naming the caller.
+    let log = cluster.server_log();
+    for s in &victims {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("pg_reaper: terminate pid={} ", s.pid)))
+            .unwrap_or_else(|| panic!("no log line for {}", s.pid));
+        assert!(
+            line.contains(r#"user="app""#) && line.contains(r#"by role="dba""#),
+            "{line}"
+        );
+        assert!(line.contains(&format!(r#"application="{tag}""#)), "{line}");
+    }
+    assert_eq!(
+        log.matches("pg_reaper: ").count(),
+        3,
+        "the preview logged nothing"
+    );
+}
+
+#[test]
+fn callers_need_no_rights_on_the_log_and_cannot_read_or_forge_it() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("self_service");
+    let mine = cluster.session("app", &tag);
+    let mut app = cluster.connect("app");
+    let rows = terminate(
+        &mut app,
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+        2000,
+    );
+    assert_eq!(
+        rows[0].outcome, "terminated",
+        "a role may end its own sessions"
+    );
+    assert!(!cluster.alive(mine.pid));
+    for sql in [
+        "SELECT * FROM reaper.log",
+        "INSERT INTO reaper.log (logged_at, caller, run_as, action, outcome) VALUES (now(), 'x', 'x', 'x', 'x')",
+        "DELETE FROM reaper.log",
+    ] {
+        let err = app.batch_execute(sql).unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{sql}");
+    }
+    let n: i64 = cluster
+        .superuser()
+        .query_one("SELECT count(*) FROM reaper.log WHERE caller = 'app'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn a_rollback_removes_the_rows_but_not_the_signal_nor_the_server_log_line() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("rolled_back");
+    let victim = cluster.session("app", &tag);
+    let mut su = cluster.superuser();
+    let mut tx = su.transaction().unwrap();
+    let filter = format!(r#"{{"application_name": "{tag}"}}"#);
+    let n = tx
+        .query(
+            "SELECT * FROM reaper.terminate_matching($1::text::jsonb, 2000)",
+            &[&filter],
+        )
+        .unwrap()
+        .len();
+    assert_eq!(n, 1);
+    tx.rollback().unwrap();
+    assert!(!cluster.alive(victim.pid), "a signal cannot be rolled back");
+    let logged: i64 = su
+        .query_one("SELECT count(*) FROM reaper.log", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 0);
+    assert!(cluster
+        .server_log()
+        .contains(&format!("pg_reaper: terminate pid={} ", victim.pid)));
+}
+
+#[test]
+fn the_settings_turn_the_records_off_and_only_superusers_may() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("quiet");
+    let victim = cluster.session("app", &tag);
+    let mut su = cluster.superuser();
+    su.batch_execute("SET pg_reaper.audit = off; SET pg_reaper.log_actions = off")
+        .unwrap();
+    let rows = terminate(
+        &mut su,
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+        2000,
+    );
+    assert_eq!(rows[0].outcome, "terminated");
+    su.batch_execute("RESET pg_reaper.audit").unwrap();
+    let logged: i64 = su
+        .query_one("SELECT count(*) FROM reaper.log", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 0);
+    assert!(!cluster
+        .server_log()
+        .contains(&format!("pid={}", victim.pid)));
+
+    let mut app = cluster.connect("app");
+    preview(&mut app, r#"{"pid": 1}"#); // loads the library, and with it the settings
+    for setting in [
+        "pg_reaper.audit",
+        "pg_reaper.log_actions",
+        "pg_reaper.recheck_delay_ms",
+    ] {
+        let err = app
+            .batch_execute(&format!("SET {setting} = 0"))
+            .unwrap_err();
+        assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{setting}");
+    }
+}
+
+#[test]
+fn a_read_only_transaction_is_refused_before_anything_is_signalled() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("read_only");
+    let victim = cluster.session("app", &tag);
+    let mut su = cluster.superuser();
+    su.batch_execute("SET default_transaction_read_only = on")
+        .unwrap();
+    let err = call(
+        &mut su,
+        "reaper.terminate_matching($1::text::jsonb, 2000)",
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+    )
+    .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("25006"));
+    assert_eq!(victim.run("SELECT 1"), Ended::Ok);
+    // A preview writes nothing and is fine.
+    assert_eq!(
+        preview(&mut su, &format!(r#"{{"application_name": "{tag}"}}"#)).len(),
+        1
+    );
+}
+
+#[test]
+fn purge_log_deletes_older_rows_and_counts_them() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("purge");
+    let _victims: Vec<Session> = (0..4).map(|_| cluster.session("app", &tag)).collect();
+    let mut su = cluster.superuser();
+    terminate(
+        &mut su,
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+        2000,
+    );
+    let none: i64 = su
+        .query_one("SELECT reaper.purge_log('1 day')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(none, 0);
+    let all: i64 = su
+        .query_one("SELECT reaper.purge_log('0 seconds')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(all, 4);
+    let left: i64 = su
+        .query_one("SELECT count(*) FROM reaper.log", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn pg_dump_keeps_the_policies() {
+    let cluster = Cluster::start();
+    let mut su = cluster.superuser();
+    su.batch_execute(
+        "INSERT INTO reaper.policies (name, filter, action, timeout_ms, note) \
+         VALUES ('keep-me', '{\"usename\": \"batch\"}', 'cancel', 0, 'survives a dump')",
+    )
+    .unwrap();
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_dump"])
+        .args([
+            "-h",
+            cluster.dir.to_str().unwrap(),
+            "-p",
+            &cluster.port.to_string(),
+        ])
+        .args(["-U", "postgres", "-d", "postgres"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dump.contains("COPY reaper.policies"),
+        "no policies in the dump"
+    );
+    assert!(dump.contains("keep-me") && dump.contains("survives a dump"));
+}
