@@ -1,0 +1,228 @@
+//! The soak: pgbench load, 20 reconnecting targets, 10 idle keepers, and terminate_matching on
+//! the targets every 100 ms. Nothing but the targets dies, nothing crashes, memory stays flat.
+//! `PG_REAPER_SOAK_SECS` sets the length (`make test`: 15 s; `make soak`: 60 s).
+
+use pg_reaper_integration::*;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TARGETS: usize = 20;
+const KEEPERS: usize = 10;
+const BENCH_CLIENTS: u32 = 16;
+const MEMORY_CALLS: usize = 10_000;
+
+/// The caller backend's private memory: RssAnon from /proc (shared buffers excluded), and the
+/// total of its memory contexts.
+fn memory(caller: &mut Client, pid: i32) -> (u64, i64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let anon_kb = status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let contexts: i64 = caller
+        .query_one(
+            "SELECT sum(total_bytes)::bigint FROM pg_backend_memory_contexts",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    (anon_kb, contexts)
+}
+
+fn pgbench(cluster: &Cluster, args: &[&str]) -> std::process::Child {
+    Command::new("/usr/lib/postgresql/15/bin/pgbench")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "bench",
+        ])
+        .args(args)
+        .arg("postgres")
+        .env("PGAPPNAME", "pgbench")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pgbench")
+}
+
+#[test]
+fn soak_under_load() {
+    let secs: u64 = std::env::var("PG_REAPER_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let cluster = Cluster::start_with(Options {
+        max_connections: 200,
+        ..Options::default()
+    });
+    cluster.create_role("app", "");
+    cluster.create_role("bench", "");
+    cluster
+        .superuser()
+        .batch_execute("GRANT CREATE ON SCHEMA public TO bench")
+        .unwrap();
+    let init = pgbench(&cluster, &["-i", "-s", "2", "-q"])
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let postmaster_start = cluster.postmaster_start();
+
+    let keepers: Vec<Session> = (0..KEEPERS)
+        .map(|_| cluster.session("app", "soak_keeper"))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reconnects = Arc::new(AtomicU64::new(0));
+    let targets: Vec<_> = (0..TARGETS)
+        .map(|_| {
+            let (stop, reconnects) = (stop.clone(), reconnects.clone());
+            let port = cluster.port;
+            std::thread::spawn(move || {
+                let connect = || {
+                    let mut config = postgres::Config::new();
+                    config
+                        .host("127.0.0.1")
+                        .port(port)
+                        .user("app")
+                        .dbname("postgres")
+                        .application_name("soak_target");
+                    config.connect(NoTls)
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut c) = connect() else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    while !stop.load(Ordering::Relaxed)
+                        && c.batch_execute("SELECT pg_sleep(0.01)").is_ok()
+                    {}
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let bench = pgbench(
+        &cluster,
+        &[
+            "-c",
+            &BENCH_CLIENTS.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &secs.to_string(),
+            "-n",
+        ],
+    );
+
+    let mut caller = cluster.superuser();
+    let caller_pid: i32 = caller
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let filter = r#"{"application_name": "soak_target"}"#;
+    terminate(&mut caller, filter, 1000); // warm up before measuring
+    let before = memory(&mut caller, caller_pid);
+    let (mut calls, mut rows_seen, mut terminated) = (0u64, 0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(secs) {
+        let rows = terminate(&mut caller, filter, 1000);
+        calls += 1;
+        for row in &rows {
+            assert_eq!(
+                row.application_name.as_deref(),
+                Some("soak_target"),
+                "{row:?}"
+            );
+            assert_eq!(row.usename.as_deref(), Some("app"), "{row:?}");
+            assert!(
+                ["terminated", "vanished", "timed_out"].contains(&row.outcome.as_str()),
+                "{row:?}"
+            );
+            terminated += u64::from(row.outcome == "terminated");
+        }
+        rows_seen += rows.len() as u64;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let bench = bench.wait_with_output().unwrap();
+    for t in targets {
+        t.join().unwrap();
+    }
+    // Then many calls back to back, matching nothing, to see whether memory creeps.
+    let nobody = r#"{"application_name": "nobody at all"}"#;
+    for i in 0..MEMORY_CALLS {
+        if i % 2 == 0 {
+            preview(&mut caller, nobody);
+        } else {
+            terminate(&mut caller, nobody, 1000);
+        }
+    }
+    let after = memory(&mut caller, caller_pid);
+
+    let bench_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&bench.stdout),
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    assert!(bench.status.success(), "pgbench failed:\n{bench_out}");
+    assert!(
+        !bench_out.contains("aborted"),
+        "a pgbench client was killed:\n{bench_out}"
+    );
+    let tps = bench_out
+        .lines()
+        .find(|l| l.starts_with("tps"))
+        .unwrap_or("tps = ?")
+        .to_string();
+    for k in &keepers {
+        assert_eq!(k.run("SELECT 1"), Ended::Ok, "keeper {} was killed", k.pid);
+    }
+    assert_eq!(
+        cluster.postmaster_start(),
+        postmaster_start,
+        "the postmaster restarted"
+    );
+    let log = cluster.server_log();
+    assert!(!log.contains("terminated by signal"), "a backend crashed");
+    assert!(!log.contains("was terminated by"), "a backend crashed");
+    assert!(terminated > 0 && calls > 0);
+    let growth_kb = after.0 as i64 - before.0 as i64;
+    let context_growth = after.1 - before.1;
+    assert!(growth_kb < 2048, "caller RssAnon grew {growth_kb} kB");
+    assert!(
+        context_growth < 1 << 20,
+        "caller memory contexts grew {context_growth} bytes"
+    );
+
+    record_figures(
+        "40-soak",
+        &format!(
+            "## Soak\n\n{secs} s of pgbench ({BENCH_CLIENTS} clients, {tps}), {TARGETS} reconnecting target \
+             sessions and {KEEPERS} idle keepers, with `terminate_matching` on the targets every 100 ms:\n\n\
+             | | |\n| --- | ---: |\n\
+             | calls | {calls} |\n| result rows | {rows_seen} |\n| targets terminated | {terminated} |\n\
+             | target reconnections | {} |\n| keepers alive at the end | {}/{KEEPERS} |\n\
+             | pgbench clients killed | 0 |\n| postmaster restarts, crashes | 0 |\n\n\
+             Every result row named a target session. Memory of the calling backend, before the soak and \
+             after it plus {MEMORY_CALLS} more calls (preview and terminate, matching nothing):\n\n\
+             | | before | after |\n| --- | ---: | ---: |\n\
+             | RssAnon | {} kB | {} kB |\n| memory contexts | {} kB | {} kB |\n",
+            reconnects.load(Ordering::Relaxed),
+            keepers.len(),
+            before.0,
+            after.0,
+            before.1 / 1024,
+            after.1 / 1024
+        ),
+    );
+}
