@@ -15,11 +15,13 @@ SOAK_SECS      ?= 60
 REPORT_DIR     := target/reliability
 CARGO          ?= cargo
 
+SHELL          := /bin/bash
+
 export PG_CONFIG
 # Backtraces would end up in the DETAIL of every error the server reports.
 unexport RUST_BACKTRACE
 
-.PHONY: all deps install test unit-test pg-test integration-test reliability-report demo bench soak fuzz lint clean
+.PHONY: all deps install test test-all unit-test pg-test integration-test reliability-report demo bench soak fuzz lint clean
 
 all: install
 
@@ -51,7 +53,13 @@ install: deps
 	$(CARGO) pgrx install --release --pg-config $(PG_CONFIG)
 
 # ---- tests --------------------------------------------------------------------------------
-test: unit-test pg-test integration-test reliability-report
+# The whole suite, then one closing line that counts every test of every runner.
+test: deps
+	@mkdir -p target
+	@set -o pipefail; $(MAKE) --no-print-directory test-all 2>&1 | tee target/test.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log
+
+test-all: unit-test pg-test integration-test reliability-report
 
 # The pure filter module: unit and property tests, no server.
 unit-test: deps
@@ -65,14 +73,15 @@ unit-test: deps
 fuzz: deps
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --lib -p pg_reaper filter::proptests
 
-# #[pg_test]s inside a server that cargo-pgrx starts (as the postgres OS user).
+# #[pg_test]s inside a server that cargo-pgrx starts (as the postgres OS user); the pure
+# filter tests ran above.
 pg-test: deps
-	$(CARGO) pgrx test pg15 --runas postgres --pgdata $(PGRX_TEST_DATA)
+	$(CARGO) pgrx test pg15 tests::pg_ --runas postgres --pgdata $(PGRX_TEST_DATA)
 
 # Multi-session tests: each test file starts its own throwaway cluster. (The soak runs briefly
 # here; `make soak` runs it for SOAK_SECS.)
 integration-test: install
-	$(CARGO) test --release -p pg_reaper_integration --no-fail-fast -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --release -p pg_reaper_integration --tests --no-fail-fast -- --test-threads=$(TEST_THREADS)
 
 soak: install
 	PG_REAPER_SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release -p pg_reaper_integration --test soak -- --nocapture
