@@ -71,7 +71,12 @@ unit-test: deps
 
 # The long property-test run.
 fuzz: deps
+	@mkdir -p $(REPORT_DIR)
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --lib -p pg_reaper filter::proptests
+	@printf '## Long property-test run\n\n%s\n' \
+	    "\`make fuzz\` on $$(date -u +%Y-%m-%d): the four properties held for $(FUZZ_CASES) generated cases each ($$(( 4 * $(FUZZ_CASES) )) in all)." \
+	    > $(REPORT_DIR)/11-fuzz.md
+	$(MAKE) --no-print-directory reliability-report
 
 # #[pg_test]s inside a server that cargo-pgrx starts (as the postgres OS user); the pure
 # filter tests ran above.

@@ -251,7 +251,7 @@ fn every_bad_filter_is_refused_and_nothing_is_signalled() {
              terminate_matching, cancel_then_terminate and validate_filter, plus 9 bad arguments: \
              {checked} refused calls, every one with SQLSTATE 22023 and a message naming the problem; \
              the two target sessions (one idle, one running a query) were untouched and nothing was \
-             logged. Slowest refusal (a 1 MiB filter): {:.1} ms.\n\n\
+             logged. Slowest refusal: {:.1} ms (the largest input is a 1 MiB filter).\n\n\
              Bounds (documented in the README): filter text 64 KiB, `any`/`exclude` nesting 8, \
              strings 4 KiB, arrays 10,000 items, compiled regex 1 MiB, JSON nesting 128.\n",
             cases.len(),
