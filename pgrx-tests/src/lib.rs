@@ -459,6 +459,11 @@ pub fn terminate(client: &mut Client, filter: &str, timeout_ms: i64) -> Vec<Row>
     call(client, &f, filter).expect("terminate")
 }
 
+/// The single number a `SELECT count(*) ...` returns.
+pub fn count(client: &mut Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).expect(sql).get(0)
+}
+
 /// The pids of `rows`, sorted.
 pub fn pids(rows: &[Row]) -> Vec<i32> {
     let mut p: Vec<i32> = rows.iter().map(|r| r.pid).collect();

@@ -89,11 +89,10 @@ fn callers_need_no_rights_on_the_log_and_cannot_read_or_forge_it() {
         let err = app.batch_execute(sql).unwrap_err();
         assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{sql}");
     }
-    let n: i64 = cluster
-        .superuser()
-        .query_one("SELECT count(*) FROM reaper.log WHERE caller = 'app'", &[])
-        .unwrap()
-        .get(0);
+    let n: i64 = count(
+        &mut cluster.superuser(),
+        "SELECT count(*) FROM reaper.log WHERE caller = 'app'",
+    );
     assert_eq!(n, 1);
 }
 
@@ -116,10 +115,7 @@ fn a_rollback_removes_the_rows_but_not_the_signal_nor_the_server_log_line() {
     assert_eq!(n, 1);
     tx.rollback().unwrap();
     assert!(!cluster.alive(victim.pid), "a signal cannot be rolled back");
-    let logged: i64 = su
-        .query_one("SELECT count(*) FROM reaper.log", &[])
-        .unwrap()
-        .get(0);
+    let logged: i64 = count(&mut su, "SELECT count(*) FROM reaper.log");
     assert_eq!(logged, 0);
     assert!(cluster
         .server_log()
@@ -142,10 +138,7 @@ fn the_settings_turn_the_records_off_and_only_superusers_may() {
     );
     assert_eq!(rows[0].outcome, "terminated");
     su.batch_execute("RESET pg_reaper.audit").unwrap();
-    let logged: i64 = su
-        .query_one("SELECT count(*) FROM reaper.log", &[])
-        .unwrap()
-        .get(0);
+    let logged: i64 = count(&mut su, "SELECT count(*) FROM reaper.log");
     assert_eq!(logged, 0);
     assert!(!cluster
         .server_log()
@@ -211,10 +204,7 @@ fn purge_log_deletes_older_rows_and_counts_them() {
         .unwrap()
         .get(0);
     assert_eq!(all, 4);
-    let left: i64 = su
-        .query_one("SELECT count(*) FROM reaper.log", &[])
-        .unwrap()
-        .get(0);
+    let left: i64 = count(&mut su, "SELECT count(*) FROM reaper.log");
     assert_eq!(left, 0);
 }
 

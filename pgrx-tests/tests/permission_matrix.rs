@@ -216,16 +216,10 @@ fn nobody_gains_a_right_through_the_extension() {
     let cluster = Cluster::start();
     cluster.create_role("mallory", "");
     let mut su = cluster.superuser();
-    let definers: i64 = su
-        .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_proc p \
+    let definers: i64 = count(&mut su, "SELECT count(*) FROM pg_catalog.pg_proc p \
                JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid \
                JOIN pg_catalog.pg_extension e ON d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.refobjid = e.oid \
-              WHERE e.extname = 'pg_reaper' AND p.prosecdef",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+              WHERE e.extname = 'pg_reaper' AND p.prosecdef");
     assert_eq!(definers, 0, "no SECURITY DEFINER function");
 
     // Mallory's own pg_stat_activity and signal functions, first in her search_path.
@@ -261,9 +255,6 @@ fn nobody_gains_a_right_through_the_extension() {
         assert_eq!(rows[0].outcome, "denied", "{call_sql}");
     }
     assert_eq!(target.run("SELECT 1"), Ended::Ok);
-    let calls: i64 = mallory
-        .query_one("SELECT count(*) FROM evil.calls", &[])
-        .unwrap()
-        .get(0);
+    let calls: i64 = count(&mut mallory, "SELECT count(*) FROM evil.calls");
     assert_eq!(calls, 0, "none of mallory's functions ran");
 }

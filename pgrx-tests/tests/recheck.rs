@@ -100,9 +100,6 @@ fn a_cancelled_caller_stops_promptly_and_signals_nothing() {
     );
     assert_eq!(victim.run("SELECT 1"), Ended::Ok, "nothing was signalled");
     caller.batch_execute("RESET statement_timeout").unwrap();
-    let logged: i64 = caller
-        .query_one("SELECT count(*) FROM reaper.log", &[])
-        .unwrap()
-        .get(0);
+    let logged: i64 = count(&mut caller, "SELECT count(*) FROM reaper.log");
     assert_eq!(logged, 0);
 }

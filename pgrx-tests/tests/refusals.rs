@@ -234,10 +234,7 @@ fn every_bad_filter_is_refused_and_nothing_is_signalled() {
     );
     assert_eq!(idle.run("SELECT 1"), Ended::Ok);
     assert!(cluster.alive(busy.pid));
-    let logged: i64 = me
-        .query_one("SELECT count(*) FROM reaper.log", &[])
-        .unwrap()
-        .get(0);
+    let logged: i64 = count(&mut me, "SELECT count(*) FROM reaper.log");
     assert_eq!(logged, 0, "nothing was signalled, nothing logged");
     assert!(
         slowest < Duration::from_secs(2),
