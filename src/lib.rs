@@ -71,11 +71,62 @@ mod tests {
         Spi::run("SELECT * FROM reaper.preview_matching('{\"aplication_name\": \"x\"}')").unwrap();
     }
 
+    /// The result columns are a contract: names and order, for every signalling function.
+    #[pg_test]
+    fn result_columns_follow_the_contract() {
+        let core = "pid,backend_start,usename,datname,application_name,client_addr,backend_type,\
+                    state,query,outcome,waited_ms,detail,wait_event_type,wait_event,xact_start,\
+                    query_start,state_change";
+        for (function, inputs, prefix) in [
+            ("preview_matching", "filter", ""),
+            ("cancel_matching", "filter", ""),
+            ("terminate_matching", "filter,timeout_ms", ""),
+            ("cancel_then_terminate", "filter,grace_ms,timeout_ms", ""),
+            ("run_policies", "", "policy,"),
+            ("run_policy", "name", "policy,"),
+        ] {
+            let sql = format!(
+                "SELECT array_to_string(p.proargnames, ',') FROM pg_catalog.pg_proc p \
+                  WHERE p.pronamespace = 'reaper'::regnamespace AND p.proname = '{function}'"
+            );
+            let names = Spi::get_one::<String>(&sql).unwrap().unwrap();
+            let sep = if inputs.is_empty() { "" } else { "," };
+            assert_eq!(names, format!("{inputs}{sep}{prefix}{core}"), "{function}");
+        }
+        let volatile = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_catalog.pg_proc p \
+              WHERE p.pronamespace = 'reaper'::regnamespace AND p.proname LIKE '%matching' \
+                AND p.provolatile = 'v' AND p.proparallel = 'u' AND NOT p.prosecdef",
+        )
+        .unwrap();
+        assert_eq!(volatile, Some(3));
+    }
+
+    #[pg_test]
+    fn refusals_carry_sqlstate_22023() {
+        let caught = pgrx::PgTryBuilder::new(|| {
+            Spi::run("SELECT reaper.validate_filter('{\"limit\": 0, \"all\": true}')").unwrap();
+            None
+        })
+        .catch_others(|e| match e {
+            pgrx::pg_sys::panic::CaughtError::PostgresError(r) => {
+                Some((r.sql_error_code(), r.message().to_string()))
+            }
+            _ => None,
+        })
+        .execute();
+        let (code, message) = caught.expect("refused");
+        assert_eq!(code, PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE);
+        assert!(message.contains("\"limit\""), "{message}");
+    }
+
     #[pg_test]
     fn the_caller_never_matches() {
+        // Named by its own pid, with every safety default lifted, the caller is still spared.
         let mine = Spi::get_one::<i64>(
-            "SELECT count(*) FROM reaper.terminate_matching('{\"all\": true, \"include_superusers\": true}')
-              WHERE pid = pg_catalog.pg_backend_pid()",
+            "SELECT count(*) FROM reaper.terminate_matching(pg_catalog.jsonb_build_object(
+                 'pid', pg_catalog.pg_backend_pid(), 'include_superusers', true,
+                 'backend_type', pg_catalog.jsonb_build_object('regex', '')))",
         )
         .unwrap();
         assert_eq!(mine, Some(0));
