@@ -102,21 +102,13 @@ fn a_victim_slower_than_the_timeout_is_timed_out() {
     let slow = cluster.session("app", &tag);
     let quick = cluster.session("app", &tag);
     // A stopped process cannot act on SIGTERM until it is continued.
-    let stop = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &slow.pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    };
-    stop("-STOP");
+    signal_process(slow.pid, "-STOP");
     let rows = terminate(
         &mut cluster.superuser(),
         &format!(r#"{{"application_name": "{tag}"}}"#),
         300,
     );
-    stop("-CONT");
+    signal_process(slow.pid, "-CONT");
     let outcome = |pid: i32| rows.iter().find(|r| r.pid == pid).expect("a row").clone();
     let slow_row = outcome(slow.pid);
     assert_eq!(slow_row.outcome, "timed_out");
@@ -124,4 +116,58 @@ fn a_victim_slower_than_the_timeout_is_timed_out() {
     assert_eq!(outcome(quick.pid).outcome, "terminated");
     // Continued, it acts on the signal it was sent.
     assert!(cluster.wait_gone(slow.pid));
+}
+
+/// Stops (SIGSTOP) or continues (SIGCONT) a backend process, as root.
+fn signal_process(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn a_caller_cancelled_while_waiting_stops_promptly() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    for how in ["statement_timeout", "pg_cancel_backend"] {
+        let tag = tag(&format!("wait_cancelled_{how}"));
+        let slow = cluster.session("app", &tag);
+        signal_process(slow.pid, "-STOP");
+        let caller = cluster.session("postgres", "caller");
+        if how == "statement_timeout" {
+            assert_eq!(caller.run("SET statement_timeout = '300ms'"), Ended::Ok);
+        }
+        let started = std::time::Instant::now();
+        let waiting = caller.start(&format!(
+            "SELECT * FROM reaper.terminate_matching('{{\"application_name\": \"{tag}\"}}', 60000)"
+        ));
+        if how == "pg_cancel_backend" {
+            cluster.wait_until(caller.pid, "a.wait_event = 'Extension'");
+            let mut other = cluster.superuser();
+            other
+                .query_one("SELECT pg_cancel_backend($1)", &[&caller.pid])
+                .unwrap();
+        }
+        assert_eq!(waiting.wait(), Ended::Error("57014".into()), "{how}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{how}: {:?}",
+            started.elapsed()
+        );
+        // The signal was sent (it cannot be taken back, and the server log says so); the
+        // transaction, with its audit rows, is gone; the caller is usable.
+        assert_eq!(caller.run("SELECT 1"), Ended::Ok);
+        assert_eq!(
+            count(&mut cluster.superuser(), "SELECT count(*) FROM reaper.log"),
+            0
+        );
+        assert!(cluster
+            .server_log()
+            .contains(&format!("pg_reaper: terminate pid={} ", slow.pid)));
+        signal_process(slow.pid, "-CONT");
+        assert!(cluster.wait_gone(slow.pid), "{how}");
+    }
 }
