@@ -45,7 +45,8 @@ EOF
 # A session that sends $2 and then stays connected, as role $1 with application_name $3.
 hold() {
     local role=$1 statements=$2 app=$3
-    (echo "$statements"; sleep 600) | PGAPPNAME=$app "${PSQL[@]}" -U "$role" >/dev/null 2>&1 &
+    # No ON_ERROR_STOP here: a cancelled statement must not end the session.
+    (echo "$statements"; sleep 600) | PGAPPNAME=$app "$BIN/psql" -X -q -U "$role" >/dev/null 2>&1 &
 }
 # A session that runs one statement until it ends or is stopped.
 run() {
@@ -90,7 +91,7 @@ show "A role without rights over app's sessions gets 'denied' rows, not an error
     "SET ROLE batch; SELECT pid, usename, outcome, detail
        FROM reaper.terminate_matching('{\"usename\": \"app\", \"application_name\": {\"regex\": \"^web-\"}}', 1000); RESET ROLE;"
 
-show "A policy, owned by ops (pg_signal_backend), run the way pg_cron would run it" \
+show "A policy, owned by ops (pg_signal_backend, pg_read_all_stats), run the way pg_cron would run it" \
     "INSERT INTO reaper.policies (name, filter, action, timeout_ms, owner, note)
      VALUES ('idle-tx', '{\"state\": \"idle in transaction\", \"min_state_age\": \"1 second\"}', 'terminate', 5000, 'ops',
              'idle transactions hold locks');
