@@ -216,6 +216,9 @@ fn cancel_then_terminate(
     let mut watching: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].outcome == Outcome::Cancelled)
         .collect();
+    if watching.is_empty() {
+        return rows;
+    }
     let started = Instant::now();
     let still_matching = loop {
         let fresh = Snapshot::take(filter.needs_lock_info());
