@@ -94,6 +94,14 @@ fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
             policy.owner.to_u32()
         );
     }
+    // Running a policy acts with its owner's privileges: only who could act as the owner may.
+    if !unsafe { pg_sys::is_member_of_role(actor.caller, policy.owner) } {
+        error!(
+            "role \"{}\" may not run it: only members of its owner \"{}\" may",
+            role::name(actor.caller),
+            role::name(policy.owner)
+        );
+    }
     let filter =
         Filter::parse_str(&policy.filter).unwrap_or_else(|e| error!("its filter is invalid: {e}"));
     let millis = |ms: i64| Duration::from_millis(ms.max(0) as u64);

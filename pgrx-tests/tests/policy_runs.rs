@@ -275,3 +275,40 @@ fn a_failing_policy_warns_logs_and_stops_no_other() {
     assert_eq!(failed.0, "failed");
     assert!(failed.1.contains("no longer exists"), "{}", failed.1);
 }
+
+#[test]
+fn only_members_of_the_owner_may_run_a_policy() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    cluster.create_role("intern", "");
+    let target = cluster.session("app", "r_target");
+    let mut su = cluster.superuser();
+    insert_policy(
+        &mut su,
+        "su-owned",
+        r#"{"application_name": "r_target"}"#,
+        "'terminate', 0, 0, 'postgres'",
+    );
+    su.batch_execute("GRANT SELECT ON reaper.policies TO intern")
+        .unwrap();
+    // The intern can read the policy, but running it would lend them the owner's rights.
+    let mut intern = cluster.connect("intern");
+    assert!(call(&mut intern, "reaper.run_policies()", "")
+        .unwrap()
+        .is_empty());
+    assert_eq!(target.run("SELECT 1"), Ended::Ok);
+    assert!(cluster
+        .server_log()
+        .contains(r#"policy "su-owned" failed: role "intern" may not run it"#));
+    let failed = count(
+        &mut su,
+        "SELECT count(*) FROM reaper.log WHERE outcome = 'failed' AND caller = 'intern'",
+    );
+    assert_eq!(failed, 1);
+    // Its owner (here a superuser, as under pg_cron) may.
+    assert_eq!(
+        call(&mut su, "reaper.run_policies()", "").unwrap()[0].outcome,
+        "signalled"
+    );
+    assert!(cluster.wait_gone(target.pid));
+}
