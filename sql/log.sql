@@ -25,6 +25,8 @@ CREATE TABLE reaper.log (
     detail           text
 );
 CREATE INDEX log_logged_at_idx ON reaper.log (logged_at);
+-- "Who killed my session?" asks by pid.
+CREATE INDEX log_pid_idx ON reaper.log (pid);
 REVOKE ALL ON reaper.log FROM PUBLIC;
 
 COMMENT ON TABLE reaper.log IS
