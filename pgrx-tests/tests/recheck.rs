@@ -22,6 +22,17 @@ fn terminate_with_window(cluster: &Cluster, filter: &str, during: impl FnOnce())
     rows
 }
 
+/// Exactly one row: `pid`, vanished, for `why`.
+fn assert_one_vanished(rows: &[Row], pid: i32, why: &str) {
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].pid, pid);
+    assert_eq!(rows[0].outcome, "vanished");
+    assert_eq!(
+        rows[0].detail.as_deref(),
+        Some(format!("{why} before it was signalled").as_str())
+    );
+}
+
 #[test]
 fn a_victim_that_exits_first_is_vanished_without_warning() {
     let cluster = Cluster::start();
@@ -37,13 +48,7 @@ fn a_victim_that_exits_first_is_vanished_without_warning() {
             assert!(cluster.wait_gone(pid));
         },
     );
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].pid, pid);
-    assert_eq!(rows[0].outcome, "vanished");
-    assert_eq!(
-        rows[0].detail.as_deref(),
-        Some("exited before it was signalled")
-    );
+    assert_one_vanished(&rows, pid, "exited");
     let log = cluster.server_log();
     assert!(
         !log.contains("is not a PostgreSQL backend process"),
@@ -62,12 +67,7 @@ fn a_victim_that_stops_matching_is_spared() {
     let rows = terminate_with_window(&cluster, &filter, || {
         assert_eq!(victim.run("COMMIT"), Ended::Ok);
     });
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].outcome, "vanished");
-    assert_eq!(
-        rows[0].detail.as_deref(),
-        Some("no longer matched the filter before it was signalled")
-    );
+    assert_one_vanished(&rows, victim.pid, "no longer matched the filter");
     assert_eq!(
         victim.run("SELECT 1"),
         Ended::Ok,
@@ -132,13 +132,7 @@ fn a_pid_reused_by_a_new_backend_is_never_signalled() {
         },
     );
     let newcomer = newcomer.unwrap();
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].pid, pid);
-    assert_eq!(rows[0].outcome, "vanished");
-    assert_eq!(
-        rows[0].detail.as_deref(),
-        Some("its pid was reused by another backend before it was signalled")
-    );
+    assert_one_vanished(&rows, pid, "its pid was reused by another backend");
     assert_eq!(
         newcomer.run("SELECT 1"),
         Ended::Ok,
