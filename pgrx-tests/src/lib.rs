@@ -3,7 +3,7 @@
 //! server what became of them. Requires the extension to be installed (`make install`).
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -22,8 +22,6 @@ pub struct Options {
     pub max_connections: u32,
     /// Extra postgresql.conf lines.
     pub settings: Vec<String>,
-    /// Run `CREATE EXTENSION pg_reaper` in database postgres.
-    pub create_extension: bool,
 }
 
 impl Default for Options {
@@ -31,7 +29,6 @@ impl Default for Options {
         Options {
             max_connections: 100,
             settings: Vec::new(),
-            create_extension: true,
         }
     }
 }
@@ -119,12 +116,10 @@ impl Cluster {
             "-l",
             cluster.log_path().to_str().unwrap(),
         ]);
-        if options.create_extension {
-            cluster
-                .superuser()
-                .batch_execute("CREATE EXTENSION pg_reaper")
-                .expect("CREATE EXTENSION");
-        }
+        cluster
+            .superuser()
+            .batch_execute("CREATE EXTENSION pg_reaper")
+            .expect("CREATE EXTENSION");
         cluster
     }
 
@@ -248,24 +243,6 @@ impl Cluster {
             .query_one("SELECT pg_postmaster_start_time()::text", &[])
             .unwrap()
             .get(0)
-    }
-
-    /// Restarts the server (to load shared_preload_libraries after CREATE EXTENSION, say).
-    pub fn restart(&self) {
-        self.pg_ctl(&[
-            "-w",
-            "-t",
-            "60",
-            "-m",
-            "fast",
-            "restart",
-            "-l",
-            self.log_path().to_str().unwrap(),
-        ]);
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

@@ -16,7 +16,6 @@ fn main() {
     let cluster = Cluster::start_with(Options {
         max_connections: 1100,
         settings: vec!["shared_buffers = 128MB".into()],
-        ..Options::default()
     });
     // The sessions belong to an ordinary role: pg_reaper leaves superusers' sessions alone.
     cluster.create_role("bench", "");
