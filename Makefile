@@ -83,7 +83,7 @@ fuzz: deps
 pg-test: deps
 	$(CARGO) pgrx test pg15 tests::pg_ --runas postgres --pgdata $(PGRX_TEST_DATA)
 
-# Multi-session tests: each test file starts its own throwaway cluster. (The soak runs briefly
+# Multi-session tests on throwaway clusters (one per test, or shared by a file's tests). (The soak runs briefly
 # here; `make soak` runs it for SOAK_SECS.)
 integration-test: install
 	$(CARGO) test --release -p pg_reaper_integration --tests --no-fail-fast -- --test-threads=$(TEST_THREADS)

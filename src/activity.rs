@@ -255,25 +255,31 @@ fn client(st: &pg_sys::PgBackendStatus) -> Client {
 /// every backend: read only when a filter asks.
 fn add_lock_info(backends: &mut [Backend]) {
     let pids: Vec<i32> = backends.iter().map(|b| b.session.pid).collect();
-    let waits: HashMap<i32, Vec<i32>> = Spi::connect(|client| -> SpiResult<_> {
+    // One (waiter, blocker) pair per row: plain integers, which pgrx reads without copying.
+    // (An array column would be copied into the transaction's memory on every read, and a
+    // grace period re-reads this every few milliseconds.)
+    let pairs: Vec<(i32, i32)> = Spi::connect(|client| -> SpiResult<_> {
         let table = client.select(
-            "SELECT p.pid, pg_catalog.pg_blocking_pids(p.pid) \
-               FROM pg_catalog.unnest($1::pg_catalog.int4[]) AS p(pid)",
+            "SELECT p.pid, b.blocker \
+               FROM pg_catalog.unnest($1::pg_catalog.int4[]) AS p(pid), \
+                    pg_catalog.unnest(pg_catalog.pg_blocking_pids(p.pid)) AS b(blocker)",
             None,
             &[pids.into()],
         )?;
-        let mut waits = HashMap::new();
+        let mut pairs = Vec::with_capacity(table.len());
         for row in table {
-            let pid: i32 = row.get(1)?.unwrap_or_default();
-            waits.insert(pid, row.get::<Vec<i32>>(2)?.unwrap_or_default());
+            pairs.push((
+                row.get(1)?.unwrap_or_default(),
+                row.get(2)?.unwrap_or_default(),
+            ));
         }
-        Ok(waits)
+        Ok(pairs)
     })
     .unwrap_or_else(|e| error!("pg_reaper: could not read pg_blocking_pids: {e}"));
-    let blockers: HashSet<i32> = waits.values().flatten().copied().collect();
+    let waiters: HashSet<i32> = pairs.iter().map(|(waiter, _)| *waiter).collect();
+    let blockers: HashSet<i32> = pairs.iter().map(|(_, blocker)| *blocker).collect();
     for b in backends {
-        let pid = b.session.pid;
-        b.session.blocked = waits.get(&pid).is_some_and(|w| !w.is_empty());
-        b.session.blocking = blockers.contains(&pid);
+        b.session.blocked = waiters.contains(&b.session.pid);
+        b.session.blocking = blockers.contains(&b.session.pid);
     }
 }

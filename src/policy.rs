@@ -17,7 +17,7 @@ const POLICIES_SQL: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
        p.enabled
   FROM reaper.policies p
- WHERE $1::pg_catalog.text IS NULL OR p.name = $1
+ WHERE $1::pg_catalog.text IS NULL OR p.name OPERATOR(pg_catalog.=) $1
  ORDER BY p.name";
 
 /// One row of `reaper.policies`.
@@ -119,14 +119,14 @@ fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
     role::run_as(policy.owner, true, || pipeline::run(&filter, action, actor))
 }
 
+/// Looked up in the syscache, not with SQL: nothing of the caller's search_path is involved.
 fn role_exists(role: pg_sys::Oid) -> bool {
-    Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = $1)",
-        &[role.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    let name = unsafe { pg_sys::GetUserNameFromId(role, true) };
+    if name.is_null() {
+        return false;
+    }
+    unsafe { pg_sys::pfree(name.cast()) };
+    true
 }
 
 fn failure_message(e: &CaughtError) -> String {

@@ -209,7 +209,7 @@ fn write_log(sql: &str, args: &[pgrx::datum::DatumWithOid]) {
 fn log_owner() -> pg_sys::Oid {
     Spi::get_one::<pg_sys::Oid>(
         "SELECT c.relowner FROM pg_catalog.pg_class c \
-          WHERE c.oid = 'reaper.log'::pg_catalog.regclass",
+          WHERE c.oid OPERATOR(pg_catalog.=) 'reaper.log'::pg_catalog.regclass",
     )
     .ok()
     .flatten()

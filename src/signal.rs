@@ -110,6 +110,11 @@ pub fn wait_for_exit(
     let mut gone_after: Vec<Option<Duration>> = vec![None; pending.len()];
     loop {
         let now = Instant::now();
+        // As in PostgreSQL's own wait, a look taken after the deadline does not count: an
+        // exit seen then may have come after it.
+        if deadline.is_some_and(|d| now > d) {
+            return gone_after;
+        }
         for (pid, gone) in pending.iter().zip(gone_after.iter_mut()) {
             if gone.is_none() && !process_exists(*pid) {
                 *gone = Some(now.duration_since(started));

@@ -436,6 +436,36 @@ pub fn terminate(client: &mut Client, filter: &str, timeout_ms: i64) -> Vec<Row>
     call(client, &f, filter).expect("terminate")
 }
 
+/// Runs terminate_matching with a pause (the hidden `pg_reaper.recheck_delay_ms`) before the
+/// re-check, from a background session, and
+/// returns its rows once `during` has run in the window.
+pub fn terminate_with_window(cluster: &Cluster, filter: &str, during: impl FnOnce()) -> Vec<Row> {
+    let filter = filter.to_string();
+    let mut caller = cluster.superuser();
+    caller
+        .batch_execute("SET pg_reaper.recheck_delay_ms = 3000")
+        .unwrap();
+    let handle = std::thread::spawn(move || {
+        let rows = terminate(&mut caller, &filter, 2000);
+        (rows, caller)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    let (rows, _caller) = handle.join().unwrap();
+    rows
+}
+
+/// Exactly one row: `pid`, vanished, for `why`.
+pub fn assert_one_vanished(rows: &[Row], pid: i32, why: &str) {
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].pid, pid);
+    assert_eq!(rows[0].outcome, "vanished");
+    assert_eq!(
+        rows[0].detail.as_deref(),
+        Some(format!("{why} before it was signalled").as_str())
+    );
+}
+
 /// The single number a `SELECT count(*) ...` returns.
 pub fn count(client: &mut Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).expect(sql).get(0)
@@ -458,6 +488,25 @@ pub fn sorted(mut pids: Vec<i32>) -> Vec<i32> {
 /// other's sessions.
 pub fn tag(test: &str) -> String {
     format!("t_{test}")
+}
+
+/// A cluster shared by the tests of one test file (one binary) while they run: the first caller
+/// starts it and runs `setup` on it (roles, databases); it is stopped when the last test holding
+/// it ends, and a caller that then finds none running starts a new one. Only a `Weak` is kept in
+/// the static, because a static is never dropped: holding the cluster there would leave its
+/// postmaster running after the binary exits. Each test must tag its sessions (`tag`) and name
+/// its tag in every filter, so that no test sees or signals another's sessions.
+pub fn shared_cluster(setup: fn(&Cluster)) -> std::sync::Arc<Cluster> {
+    use std::sync::{Arc, Mutex, Weak};
+    static SHARED: Mutex<Weak<Cluster>> = Mutex::new(Weak::new());
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(cluster) = shared.upgrade() {
+        return cluster;
+    }
+    let cluster = Arc::new(Cluster::start());
+    setup(&cluster);
+    *shared = Arc::downgrade(&cluster);
+    cluster
 }
 
 /// Appends a section of figures to the reliability report (assembled into RELIABILITY.md by

@@ -22,11 +22,13 @@ const TARGETS: [Target; 5] = [
 ];
 
 /// (description, role the caller logs in as)
-const CALLERS: [(&str, &str); 4] = [
+const CALLERS: [(&str, &str); 5] = [
     ("superuser", "postgres"),
     ("plain role", "plain"),
     ("pg_signal_backend", "signaller"),
     ("victim's own role", "victim"),
+    // Sees every backend's type (so a launcher can be selected), may signal none of them.
+    ("pg_signal_backend + pg_read_all_stats", "seer"),
 ];
 
 impl Target {
@@ -97,6 +99,7 @@ fn pg_reaper_allows_exactly_what_postgres_allows() {
     cluster.create_role("signaller", "IN ROLE pg_signal_backend");
     cluster.create_role("victim", "");
     cluster.create_role("other", "");
+    cluster.create_role("seer", "IN ROLE pg_signal_backend, pg_read_all_stats");
     let start = cluster.postmaster_start();
 
     let mut pairs = 0;
@@ -113,6 +116,15 @@ fn pg_reaper_allows_exactly_what_postgres_allows() {
                 }
                 filter += "}";
                 let mut c = cluster.connect(caller);
+                // Whether this caller's pg_stat_activity shows the target's backend_type.
+                let type_visible: bool = c
+                    .query_one(
+                        "SELECT count(*) = 1 FROM pg_catalog.pg_stat_activity \
+                          WHERE pid = $1 AND backend_type IS NOT NULL",
+                        &[&pid],
+                    )
+                    .unwrap()
+                    .get(0);
                 let rows = match function {
                     "cancel" => cancel(&mut c, &filter),
                     _ => terminate(&mut c, &filter, 5000),
@@ -140,7 +152,8 @@ fn pg_reaper_allows_exactly_what_postgres_allows() {
                     // Denied — or, for a process the caller may not even see the type of, not
                     // selectable at all. Either way nothing was signalled.
                     match rows.as_slice() {
-                        [] => assert!(kind.backend_type().is_some(), "{what}"),
+                        // Only a launcher whose type the caller cannot see goes unselected.
+                        [] => assert!(kind.backend_type().is_some() && !type_visible, "{what}"),
                         [row] => {
                             assert_eq!(row.outcome, "denied", "{what}");
                             assert!(!row.detail.as_deref().unwrap_or("").is_empty(), "{what}");
@@ -176,7 +189,7 @@ fn pg_reaper_allows_exactly_what_postgres_allows() {
              and target, and each checked on the target itself (query cancelled, backend gone, or untouched). \
              All {pairs} agreed; the postmaster never restarted. (The launchers run with no role or as the bootstrap \
              superuser: a caller that may not see their backend_type cannot select them at all, and PostgreSQL \
-             would deny it anyway.)\n\n{table}",
+             would deny it anyway; a caller with pg_read_all_stats sees them and gets `denied` rows.)\n\n{table}",
             CALLERS.len(),
             TARGETS.len()
         ),
@@ -257,4 +270,275 @@ fn nobody_gains_a_right_through_the_extension() {
     assert_eq!(target.run("SELECT 1"), Ended::Ok);
     let calls: i64 = count(&mut mallory, "SELECT count(*) FROM evil.calls");
     assert_eq!(calls, 0, "none of mallory's functions ran");
+}
+
+/// PostgreSQL's verdict for `caller` on `pid`, asked with pg_cancel_backend inside a
+/// transaction and a savepoint (a cancel is a no-op for an idle session, so nothing changes).
+fn verdict_in_savepoint(c: &mut Client, pid: i32) -> bool {
+    let mut tx = c.transaction().unwrap();
+    let mut sp = tx.savepoint("probe").unwrap();
+    let allowed = match sp.query_one("SELECT pg_catalog.pg_cancel_backend($1)", &[&pid]) {
+        Ok(row) => {
+            assert!(row.get::<_, bool>(0), "pid {pid} not signalled");
+            true
+        }
+        Err(e) => {
+            assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}");
+            false
+        }
+    };
+    sp.rollback().unwrap();
+    tx.rollback().unwrap();
+    allowed
+}
+
+#[test]
+fn in_one_call_every_row_gets_postgres_verdict_and_denied_rows_abort_nothing() {
+    let cluster = Cluster::start();
+    cluster.create_role("plain", "");
+    cluster.create_role("signaller", "IN ROLE pg_signal_backend");
+    cluster.create_role("victim", "");
+    cluster.create_role("other", "");
+    cluster.create_role("seer", "IN ROLE pg_signal_backend, pg_read_all_stats");
+    let start = cluster.postmaster_start();
+    let launchers = r#"{"backend_type": ["autovacuum launcher", "logical replication launcher"]}"#;
+    let (mut rows_checked, mut calls, mut denied_rows) = (0, 0, 0);
+    for (caller_name, caller) in CALLERS {
+        for function in ["cancel", "terminate"] {
+            let tag = tag(&format!("mixed_{caller}_{function}"));
+            // A superuser's session, another role's, the victim role's, and one of the
+            // caller's own role (a second session of the caller's role); all idle.
+            let mut targets: Vec<(String, Session)> = Vec::new();
+            for role in ["postgres", "other", "victim", caller] {
+                if !targets.iter().any(|(r, _)| r == role) {
+                    targets.push((role.to_string(), cluster.session(role, &tag)));
+                }
+            }
+            let mut c = cluster.connect(caller);
+            let expected: Vec<(i32, bool)> = targets
+                .iter()
+                .map(|(_, s)| (s.pid, verdict_in_savepoint(&mut c, s.pid)))
+                .collect();
+            // Sessions by tag (cancel) or by user name (terminate), and, for callers that are
+            // not superusers, the launchers too (PostgreSQL denies them every such caller; a
+            // superuser's launcher verdicts are in the matrix and the test below).
+            let roles: Vec<String> = targets.iter().map(|(r, _)| format!(r#""{r}""#)).collect();
+            let sessions = match function {
+                "cancel" => format!(r#"{{"application_name": "{tag}"}}"#),
+                _ => format!(
+                    r#"{{"usename": [{}], "application_name": "{tag}"}}"#,
+                    roles.join(", ")
+                ),
+            };
+            let with_launchers = caller != "postgres";
+            let filter = if with_launchers {
+                format!(r#"{{"any": [{sessions}, {launchers}], "include_superusers": true}}"#)
+            } else {
+                format!(r#"{{"any": [{sessions}], "include_superusers": true}}"#)
+            };
+            let rows = match function {
+                "cancel" => cancel(&mut c, &filter),
+                _ => terminate(&mut c, &filter, 5000),
+            };
+            calls += 1;
+            let what = format!("{caller_name} {function}: {rows:?}");
+            for (pid, allowed) in &expected {
+                let row = rows
+                    .iter()
+                    .find(|r| r.pid == *pid)
+                    .unwrap_or_else(|| panic!("no row for {pid}: {what}"));
+                if *allowed {
+                    let want = if function == "cancel" {
+                        "cancelled"
+                    } else {
+                        "terminated"
+                    };
+                    assert_eq!(row.outcome, want, "{what}");
+                    if function == "terminate" {
+                        assert!(!cluster.alive(*pid), "{what}");
+                    }
+                } else {
+                    assert_eq!(row.outcome, "denied", "{what}");
+                    assert!(!row.detail.as_deref().unwrap_or("").is_empty(), "{what}");
+                    assert!(cluster.alive(*pid), "{what}");
+                    denied_rows += 1;
+                }
+                rows_checked += 1;
+            }
+            // The launchers: denied when the caller sees their type, absent when it does not;
+            // never signalled.
+            for row in rows
+                .iter()
+                .filter(|r| !expected.iter().any(|(p, _)| *p == r.pid))
+            {
+                assert!(with_launchers, "{what}");
+                assert_eq!(row.outcome, "denied", "{what}");
+                assert!(cluster.alive(row.pid), "{what}");
+                denied_rows += 1;
+                rows_checked += 1;
+            }
+            let seen_launchers = rows.len() - expected.len();
+            if with_launchers {
+                let visible = if caller == "seer" { 2 } else { 0 };
+                assert_eq!(seen_launchers, visible, "{what}");
+            }
+            // Every session that PostgreSQL protected is untouched and usable.
+            for (_, s) in &targets {
+                if expected.iter().any(|(p, a)| *p == s.pid && !a) {
+                    assert_eq!(s.run("SELECT 1"), Ended::Ok, "{what}");
+                }
+            }
+        }
+    }
+    assert_eq!(cluster.postmaster_start(), start);
+    record_figures(
+        "21-permission-mixed",
+        &format!(
+            "## Permission verdicts within one call\n\nFor each of the {} callers and both cancel_matching and \
+             terminate_matching, one call selected a superuser's session, another role's, the victim role's and one \
+             of the caller's own role (and, for callers that are not superusers, both launchers): {calls} calls, \
+             {rows_checked} rows, each outcome equal to PostgreSQL's own pg_cancel_backend verdict for that caller \
+             and target (asked inside a savepoint); {denied_rows} rows were `denied` and none of them stopped the \
+             rest of its set (the allowed victims of the same call were cancelled or gone, the denied ones alive).\n",
+            CALLERS.len()
+        ),
+    );
+}
+
+#[test]
+fn terminating_the_launchers_as_superuser_never_restarts_the_postmaster() {
+    // A cluster of its own: the launchers come back, but nothing else must notice.
+    let cluster = Cluster::start();
+    let start = cluster.postmaster_start();
+    let keeper = cluster.session("postgres", "keeper");
+    let mut su = cluster.superuser();
+    let filter = r#"{"backend_type": ["autovacuum launcher", "logical replication launcher"], "include_superusers": true}"#;
+    let rows = terminate(&mut su, filter, 5000);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r.outcome, "terminated", "{r:?}");
+    }
+    // Both come back (the logical replication launcher after its 5 s restart interval; the
+    // wait is generous, as the timing is the postmaster's business, not pg_reaper's).
+    let deadline = std::time::Instant::now() + 2 * PATIENCE;
+    loop {
+        let back = preview(&mut su, filter);
+        if back.len() == 2 && back.iter().all(|b| !rows.iter().any(|r| r.pid == b.pid)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "launchers not back: {back:?}\n{}",
+            cluster.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        cluster.postmaster_start(),
+        start,
+        "the postmaster restarted"
+    );
+    assert_eq!(keeper.run("SELECT 1"), Ended::Ok);
+    let log = cluster.server_log();
+    assert!(!log.contains("terminated by signal"), "{log}");
+    assert!(
+        !log.contains("terminating any other active server processes"),
+        "{log}"
+    );
+    assert!(!log.contains("all server processes terminated"), "{log}");
+}
+
+#[test]
+fn search_path_operators_and_functions_of_the_caller_never_run() {
+    let cluster = Cluster::start();
+    cluster.create_role("mallory", "");
+    let su_target = cluster.session("postgres", "sp_target");
+    let own_target = cluster.session("mallory", "sp_target");
+    let mut su = cluster.superuser();
+    su.batch_execute("CREATE SCHEMA evil AUTHORIZATION mallory")
+        .unwrap();
+    let mut mallory = cluster.connect("mallory");
+    // Everything pg_reaper could look up by name, shadowed in mallory's schema, each recording
+    // that it ran: a pg_stat_activity table with a forged row, the signal functions, the
+    // catalog functions it uses, and the equality operators its SQL could use unqualified.
+    let forged_pid = su_target.pid;
+    mallory
+        .batch_execute(&format!(
+            "CREATE TABLE evil.calls (what text);
+             CREATE TABLE evil.pg_stat_activity AS SELECT * FROM pg_catalog.pg_stat_activity LIMIT 0;
+             INSERT INTO evil.pg_stat_activity (pid, usename, application_name, state, backend_type)
+                  VALUES ({forged_pid}, 'mallory', 'sp_target', 'idle', 'client backend');
+             CREATE FUNCTION evil.pg_terminate_backend(integer, bigint) RETURNS boolean
+                 LANGUAGE sql AS $$ INSERT INTO evil.calls VALUES ('pg_terminate_backend') RETURNING true $$;
+             CREATE FUNCTION evil.pg_terminate_backend(integer) RETURNS boolean
+                 LANGUAGE sql AS $$ INSERT INTO evil.calls VALUES ('pg_terminate_backend/1') RETURNING true $$;
+             CREATE FUNCTION evil.pg_cancel_backend(integer) RETURNS boolean
+                 LANGUAGE sql AS $$ INSERT INTO evil.calls VALUES ('pg_cancel_backend') RETURNING true $$;
+             CREATE FUNCTION evil.pg_blocking_pids(integer) RETURNS integer[]
+                 LANGUAGE sql AS $$ INSERT INTO evil.calls VALUES ('pg_blocking_pids') RETURNING '{{}}'::integer[] $$;
+             CREATE FUNCTION evil.pg_backend_pid() RETURNS integer
+                 LANGUAGE sql AS $$ INSERT INTO evil.calls VALUES ('pg_backend_pid') RETURNING 1 $$;
+             CREATE FUNCTION evil.now() RETURNS timestamptz
+                 LANGUAGE sql AS $$ INSERT INTO evil.calls VALUES ('now') RETURNING pg_catalog.now() $$;
+             CREATE FUNCTION evil.clock_timestamp() RETURNS timestamptz
+                 LANGUAGE sql AS $$ INSERT INTO evil.calls VALUES ('clock_timestamp') RETURNING pg_catalog.now() $$;
+             CREATE FUNCTION evil.eq_oid_regclass(oid, regclass) RETURNS boolean LANGUAGE sql
+                 AS $$ INSERT INTO evil.calls VALUES ('=(oid,regclass)') RETURNING $1 OPERATOR(pg_catalog.=) $2::oid $$;
+             CREATE OPERATOR evil.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = evil.eq_oid_regclass);
+             CREATE FUNCTION evil.eq_oid(oid, oid) RETURNS boolean LANGUAGE sql
+                 AS $$ INSERT INTO evil.calls VALUES ('=(oid,oid)') RETURNING $1 OPERATOR(pg_catalog.=) $2 $$;
+             CREATE OPERATOR evil.= (LEFTARG = oid, RIGHTARG = oid, FUNCTION = evil.eq_oid);
+             CREATE FUNCTION evil.eq_int(integer, integer) RETURNS boolean LANGUAGE sql
+                 AS $$ INSERT INTO evil.calls VALUES ('=(int4,int4)') RETURNING $1 OPERATOR(pg_catalog.=) $2 $$;
+             CREATE OPERATOR evil.= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = evil.eq_int);
+             CREATE FUNCTION evil.eq_text(text, text) RETURNS boolean LANGUAGE sql
+                 AS $$ INSERT INTO evil.calls VALUES ('=(text,text)') RETURNING $1 OPERATOR(pg_catalog.=) $2 $$;
+             CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.eq_text);
+             SET search_path = evil, pg_catalog;"
+        ))
+        .unwrap();
+    // The superuser's session is denied (and not, as the forged row says, mallory's); her own
+    // session is hers to cancel, which also writes audit rows.
+    for call_sql in [
+        "reaper.cancel_matching($1::text::jsonb)",
+        "reaper.terminate_matching($1::text::jsonb, 1000)",
+    ] {
+        let rows = call(
+            &mut mallory,
+            call_sql,
+            r#"{"application_name": "sp_target", "include_superusers": true, "blocked": false}"#,
+        );
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => panic!("{call_sql} failed under mallory's search_path: {e}"),
+        };
+        let su_row = rows.iter().find(|r| r.pid == su_target.pid).expect("a row");
+        assert_eq!(su_row.outcome, "denied", "{call_sql}: {rows:?}");
+        assert_eq!(su_row.usename.as_deref(), Some("postgres"), "{call_sql}");
+        if call_sql.contains("cancel") {
+            let own = rows
+                .iter()
+                .find(|r| r.pid == own_target.pid)
+                .expect("a row");
+            assert_eq!(own.outcome, "cancelled", "{call_sql}: {rows:?}");
+        }
+    }
+    assert_eq!(su_target.run("SELECT 1"), Ended::Ok);
+    assert!(cluster.wait_gone(own_target.pid), "mallory's own session");
+    let ran: Vec<String> = mallory
+        .query(
+            "SELECT what || ' x' || count(*) FROM evil.calls GROUP BY what ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        ran.is_empty(),
+        "mallory's objects ran inside pg_reaper's calls: {ran:?}"
+    );
+    // The audit rows were written as the log's owner, complete.
+    let logged = count(&mut su, "SELECT count(*) FROM reaper.log");
+    assert_eq!(logged, 4, "one audit row per result row");
 }

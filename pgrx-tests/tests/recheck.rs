@@ -4,35 +4,6 @@
 use pg_reaper_integration::*;
 use std::time::{Duration, Instant};
 
-/// Runs terminate_matching with a pause before the re-check, from a background session, and
-/// returns its rows once `during` has run in the window.
-fn terminate_with_window(cluster: &Cluster, filter: &str, during: impl FnOnce()) -> Vec<Row> {
-    let filter = filter.to_string();
-    let mut caller = cluster.superuser();
-    caller
-        .batch_execute("SET pg_reaper.recheck_delay_ms = 3000")
-        .unwrap();
-    let handle = std::thread::spawn(move || {
-        let rows = terminate(&mut caller, &filter, 2000);
-        (rows, caller)
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    during();
-    let (rows, _caller) = handle.join().unwrap();
-    rows
-}
-
-/// Exactly one row: `pid`, vanished, for `why`.
-fn assert_one_vanished(rows: &[Row], pid: i32, why: &str) {
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0].pid, pid);
-    assert_eq!(rows[0].outcome, "vanished");
-    assert_eq!(
-        rows[0].detail.as_deref(),
-        Some(format!("{why} before it was signalled").as_str())
-    );
-}
-
 #[test]
 fn a_victim_that_exits_first_is_vanished_without_warning() {
     let cluster = Cluster::start();
@@ -102,40 +73,4 @@ fn a_cancelled_caller_stops_promptly_and_signals_nothing() {
     caller.batch_execute("RESET statement_timeout").unwrap();
     let logged: i64 = count(&mut caller, "SELECT count(*) FROM reaper.log");
     assert_eq!(logged, 0);
-}
-
-#[test]
-fn a_pid_reused_by_a_new_backend_is_never_signalled() {
-    let cluster = Cluster::start();
-    cluster.create_role("app", "");
-    let tag = tag("reused");
-    let victim = cluster.session("app", &tag);
-    let pid = victim.pid;
-    let mut newcomer = None;
-    let rows = terminate_with_window(
-        &cluster,
-        &format!(r#"{{"application_name": "{tag}"}}"#),
-        || {
-            drop(victim);
-            assert!(cluster.wait_gone(pid));
-            // Make the kernel hand the same pid to the next backend the postmaster forks.
-            for _ in 0..50 {
-                std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
-                    .expect("root can set ns_last_pid");
-                let s = cluster.session("app", &tag);
-                if s.pid == pid {
-                    newcomer = Some(s);
-                    return;
-                }
-            }
-            panic!("could not get pid {pid} reused");
-        },
-    );
-    let newcomer = newcomer.unwrap();
-    assert_one_vanished(&rows, pid, "its pid was reused by another backend");
-    assert_eq!(
-        newcomer.run("SELECT 1"),
-        Ended::Ok,
-        "the new backend was not signalled"
-    );
 }

@@ -175,10 +175,18 @@ fn soak_under_load() {
         String::from_utf8_lossy(&bench.stderr)
     );
     assert!(bench.status.success(), "pgbench failed:\n{bench_out}");
-    assert!(
-        !bench_out.contains("aborted"),
-        "a pgbench client was killed:\n{bench_out}"
-    );
+    for sign in [
+        "aborted",
+        "terminat",
+        "connection to server",
+        "server closed the connection",
+        "FATAL",
+    ] {
+        assert!(
+            !bench_out.contains(sign),
+            "a pgbench client was killed ({sign}):\n{bench_out}"
+        );
+    }
     let tps = bench_out
         .lines()
         .find(|l| l.starts_with("tps"))
@@ -187,6 +195,18 @@ fn soak_under_load() {
     for k in &keepers {
         assert_eq!(k.run("SELECT 1"), Ended::Ok, "keeper {} was killed", k.pid);
     }
+    // The same keeper backends, all there, and no other soak_keeper (none reconnected).
+    let mut keeper_pids: Vec<i32> = caller
+        .query(
+            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE application_name = 'soak_keeper'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    keeper_pids.sort();
+    assert_eq!(keeper_pids, sorted(keepers.iter().map(|k| k.pid).collect()));
     assert_eq!(
         cluster.postmaster_start(),
         postmaster_start,
@@ -195,6 +215,16 @@ fn soak_under_load() {
     let log = cluster.server_log();
     assert!(!log.contains("terminated by signal"), "a backend crashed");
     assert!(!log.contains("was terminated by"), "a backend crashed");
+    assert!(!log.contains("server process (PID"), "a backend crashed");
+    // Every backend pg_reaper signalled was a target: its own log line says so.
+    let signalled: Vec<&str> = log.lines().filter(|l| l.contains("pg_reaper: ")).collect();
+    assert!(!signalled.is_empty());
+    for line in &signalled {
+        assert!(
+            line.contains(r#"user="app""#) && line.contains(r#"application="soak_target""#),
+            "pg_reaper signalled something else: {line}"
+        );
+    }
     assert!(terminated > 0 && calls > 0);
     let growth_kb = after.0 as i64 - before.0 as i64;
     let context_growth = after.1 - before.1;
@@ -218,12 +248,15 @@ fn soak_under_load() {
              | calls | {calls} |\n| result rows | {rows_seen} |\n| targets terminated | {terminated} |\n\
              | target reconnections | {} |\n| keepers alive at the end | {}/{KEEPERS} |\n\
              | pgbench clients killed | 0 |\n| postmaster restarts, crashes | 0 |\n\n\
-             Every result row named a target session. Memory of the calling backend, before the soak and \
+             Every result row, and every `pg_reaper:` line of the server log ({} of them), named a target session; \
+             the keepers were the same {KEEPERS} backends at the end; pgbench reported no aborted client and no \
+             connection error. Memory of the calling backend, before the soak and \
              after it plus {MEMORY_CALLS} more calls (preview and terminate, matching nothing):\n\n\
              | | before | after |\n| --- | ---: | ---: |\n\
              | RssAnon | {} kB | {} kB |\n| memory contexts | {} kB | {} kB |\n",
             reconnects.load(Ordering::Relaxed),
             keepers.len(),
+            signalled.len(),
             before.0,
             after.0,
             before.1 / 1024,

@@ -1,0 +1,399 @@
+//! Fault cases: victims that exit on their own before their signal, callers cancelled or
+//! terminated while they wait, victims slower than the timeout, and a long wait that must not
+//! grow the caller's memory. No WARNING reaches the client, nothing is left half-done, and the
+//! server never restarts.
+
+use pg_reaper_integration::*;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Every NOTICE or WARNING the server sent to this client, as "SEVERITY: message".
+type Notices = Arc<Mutex<Vec<String>>>;
+
+/// A superuser TCP client that collects the notices it receives.
+fn collecting_client(cluster: &Cluster) -> (Client, Notices) {
+    let notices: Notices = Arc::default();
+    let sink = notices.clone();
+    let mut config = postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(cluster.port)
+        .user("postgres")
+        .dbname("postgres")
+        .application_name("faults_caller")
+        .notice_callback(move |n| {
+            sink.lock()
+                .unwrap()
+                .push(format!("{}: {}", n.severity(), n.message()))
+        });
+    let mut client = config.connect(NoTls).expect("connect");
+    // The default, said out loud: NOTICE and above reach the client.
+    client
+        .batch_execute("SET client_min_messages = notice")
+        .unwrap();
+    (client, notices)
+}
+
+/// Stops (SIGSTOP) or continues (SIGCONT) a backend process, as root.
+fn signal_process(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// The caller's private memory (RssAnon, kB) from /proc, as root.
+fn rss_anon_kb(pid: i32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_closed_victim_named_by_pid_gives_no_row_no_error_and_no_warning() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("closed");
+    let gone = cluster.session("app", &tag);
+    let gone_pid = gone.pid;
+    let live = cluster.session("app", &tag);
+    drop(gone);
+    assert!(cluster.wait_gone(gone_pid));
+    let (mut me, notices) = collecting_client(&cluster);
+    for f in [
+        "reaper.preview_matching($1::text::jsonb)",
+        "reaper.cancel_matching($1::text::jsonb)",
+        "reaper.terminate_matching($1::text::jsonb)",
+        "reaper.terminate_matching($1::text::jsonb, 1000)",
+        "reaper.cancel_then_terminate($1::text::jsonb, 100, 1000)",
+    ] {
+        let rows = call(&mut me, f, &format!(r#"{{"pid": {gone_pid}}}"#)).expect(f);
+        assert!(rows.is_empty(), "{f}: {rows:?}");
+    }
+    // The closed pid next to a live one: only the live one is a row.
+    let rows = terminate(
+        &mut me,
+        &format!(r#"{{"pid": [{gone_pid}, {}]}}"#, live.pid),
+        5000,
+    );
+    assert_eq!(pids(&rows), vec![live.pid]);
+    assert_eq!(rows[0].outcome, "terminated");
+    assert!(
+        notices.lock().unwrap().is_empty(),
+        "{:?}",
+        notices.lock().unwrap()
+    );
+    assert!(!cluster
+        .server_log()
+        .contains("is not a PostgreSQL backend process"));
+}
+
+#[test]
+fn a_victim_exiting_before_its_signal_is_vanished_without_warnings() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    for (n, f) in [
+        "reaper.cancel_matching($1::text::jsonb)",
+        "reaper.terminate_matching($1::text::jsonb)",
+        "reaper.terminate_matching($1::text::jsonb, 2000)",
+        "reaper.cancel_then_terminate($1::text::jsonb, 100, 2000)",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tag = tag(&format!("exits_{n}"));
+        let victim = cluster.session("app", &tag);
+        let bystander = cluster.session("app", "bystander");
+        let pid = victim.pid;
+        let (mut me, notices) = collecting_client(&cluster);
+        // Widen the window between choosing the victims and re-checking them.
+        me.batch_execute("SET pg_reaper.recheck_delay_ms = 1500")
+            .unwrap();
+        let filter = format!(r#"{{"application_name": "{tag}"}}"#);
+        let handle = std::thread::spawn(move || (call(&mut me, f, &filter), notices));
+        std::thread::sleep(Duration::from_millis(300));
+        drop(victim);
+        assert!(cluster.wait_gone(pid));
+        let (rows, notices) = handle.join().unwrap();
+        let rows = rows.unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!(pids(&rows), vec![pid], "{f}");
+        assert_eq!(rows[0].outcome, "vanished", "{f}: {rows:?}");
+        assert_eq!(
+            rows[0].detail.as_deref(),
+            Some("exited before it was signalled"),
+            "{f}"
+        );
+        assert!(
+            notices.lock().unwrap().is_empty(),
+            "{f}: {:?}",
+            notices.lock().unwrap()
+        );
+        assert_eq!(bystander.run("SELECT 1"), Ended::Ok, "{f}");
+    }
+    let log = cluster.server_log();
+    assert!(!log.contains("is not a PostgreSQL backend process"));
+    assert!(!log.contains("pg_reaper: "), "nothing was signalled");
+}
+
+#[test]
+fn a_caller_cancelled_in_the_grace_period_stops_promptly_and_escalates_nothing() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    for how in ["statement_timeout", "pg_cancel_backend"] {
+        let tag = tag(&format!("grace_cancelled_{how}"));
+        // An idle transaction ignores the cancel and keeps matching through the grace period.
+        let victim = cluster.session("app", &tag).idle_in_transaction();
+        let caller = cluster.session("postgres", "caller");
+        if how == "statement_timeout" {
+            assert_eq!(caller.run("SET statement_timeout = '300ms'"), Ended::Ok);
+        }
+        let started = Instant::now();
+        let waiting = caller.start(&format!(
+            "SELECT * FROM reaper.cancel_then_terminate('{{\"application_name\": \"{tag}\"}}', 60000, 0)"
+        ));
+        if how == "pg_cancel_backend" {
+            cluster.wait_until(caller.pid, "a.wait_event = 'Extension'");
+            cluster
+                .superuser()
+                .query_one("SELECT pg_cancel_backend($1)", &[&caller.pid])
+                .unwrap();
+        }
+        assert_eq!(waiting.wait(), Ended::Error("57014".into()), "{how}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "{how}: {took:?}");
+        // The caller is usable; the cancel was sent (the log says so) but the terminate never
+        // was: the victim and its transaction live on; the audit rows went with the statement.
+        assert_eq!(caller.run("SELECT 1"), Ended::Ok, "{how}");
+        assert_eq!(victim.run("SELECT 1"), Ended::Ok, "{how}");
+        assert_eq!(victim.run("COMMIT"), Ended::Ok, "{how}");
+        let log = cluster.server_log();
+        assert!(log.contains(&format!("pg_reaper: cancel pid={} ", victim.pid)));
+        assert!(!log.contains(&format!("pg_reaper: terminate pid={} ", victim.pid)));
+        assert_eq!(
+            count(&mut cluster.superuser(), "SELECT count(*) FROM reaper.log"),
+            0,
+            "{how}"
+        );
+    }
+}
+
+#[test]
+fn a_caller_terminated_while_waiting_exits_promptly_and_the_server_lives() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let postmaster = cluster.postmaster_start();
+    for (n, (f, stop_victim)) in [
+        // Waiting for a victim that cannot act on its SIGTERM (stopped).
+        ("terminate_matching('{}', 60000)", true),
+        // Waiting in the grace period for an idle transaction to stop matching.
+        ("cancel_then_terminate('{}', 60000, 1000)", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tag = tag(&format!("caller_killed_{n}"));
+        let victim = cluster.session("app", &tag).idle_in_transaction();
+        if stop_victim {
+            signal_process(victim.pid, "-STOP");
+        }
+        let caller = cluster.session("postgres", "caller");
+        let filter = format!(r#"{{"application_name": "{tag}"}}"#);
+        let started = Instant::now();
+        let waiting = caller.start(&format!(
+            "SELECT * FROM reaper.{}",
+            f.replace("'{}'", &format!("'{filter}'"))
+        ));
+        cluster.wait_until(caller.pid, "a.wait_event = 'Extension'");
+        cluster
+            .superuser()
+            .query_one("SELECT pg_terminate_backend($1)", &[&caller.pid])
+            .unwrap();
+        assert_eq!(waiting.wait(), Ended::Closed, "{f}");
+        assert!(cluster.wait_gone(caller.pid), "{f}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "{f}: {took:?}");
+        if stop_victim {
+            // It was signalled before the caller died; continued, it acts on it.
+            signal_process(victim.pid, "-CONT");
+            assert!(cluster.wait_gone(victim.pid), "{f}");
+        } else {
+            // Only cancelled (a no-op for an idle transaction): never terminated.
+            assert_eq!(victim.run("SELECT 1"), Ended::Ok, "{f}");
+            assert_eq!(victim.run("COMMIT"), Ended::Ok, "{f}");
+        }
+    }
+    assert_eq!(
+        cluster.postmaster_start(),
+        postmaster,
+        "the server restarted"
+    );
+    let log = cluster.server_log();
+    assert!(!log.contains("terminated by signal"), "{log}");
+    assert!(!log.contains("terminating any other active server processes"));
+}
+
+#[test]
+fn victims_slower_than_the_timeout_are_timed_out() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+
+    // Deterministic: a stopped victim cannot act on its signals; the escalation cancels it,
+    // it still matches after the grace period, it is terminated and outlives the timeout.
+    let tag_stopped = tag("escalation_timed_out");
+    let stopped = cluster.session("app", &tag_stopped).idle_in_transaction();
+    let quick = cluster.session("app", &tag_stopped).idle_in_transaction();
+    signal_process(stopped.pid, "-STOP");
+    let rows = call(
+        &mut cluster.superuser(),
+        "reaper.cancel_then_terminate($1::text::jsonb, 200, 300)",
+        &format!(r#"{{"application_name": "{tag_stopped}"}}"#),
+    )
+    .unwrap();
+    signal_process(stopped.pid, "-CONT");
+    let row = |pid: i32| rows.iter().find(|r| r.pid == pid).expect("a row").clone();
+    let slow = row(stopped.pid);
+    assert_eq!(slow.outcome, "timed_out", "{rows:?}");
+    assert!(slow.waited_ms >= 300, "{slow:?}");
+    assert!(!slow.detail.as_deref().unwrap_or("").is_empty());
+    assert_eq!(row(quick.pid).outcome, "terminated", "{rows:?}");
+    assert!(cluster.wait_gone(stopped.pid));
+
+    // Not deterministic: 50 victims and a 1 ms timeout. Each row is terminated (seen gone within
+    // 1 ms) or timed_out (with waited_ms = 1); whichever, every victim goes.
+    let tag_many = tag("many_1ms");
+    let victims: Vec<Session> = (0..50).map(|_| cluster.session("app", &tag_many)).collect();
+    let keeper = cluster.session("app", "keeper");
+    let rows = terminate(
+        &mut cluster.superuser(),
+        &format!(r#"{{"application_name": "{tag_many}"}}"#),
+        1,
+    );
+    assert_eq!(pids(&rows), sorted(victims.iter().map(|s| s.pid).collect()));
+    let timed_out = rows.iter().filter(|r| r.outcome == "timed_out").count();
+    for r in &rows {
+        match r.outcome.as_str() {
+            "terminated" => assert!(r.waited_ms <= 1, "{r:?}"),
+            "timed_out" => {
+                assert_eq!(r.waited_ms, 1, "{r:?}");
+                assert!(r.detail.is_some(), "{r:?}");
+            }
+            _ => panic!("{r:?}"),
+        }
+    }
+    for s in &victims {
+        assert!(cluster.wait_gone(s.pid));
+    }
+    assert_eq!(keeper.run("SELECT 1"), Ended::Ok);
+    println!("50 victims, 1 ms timeout: {timed_out} timed_out");
+}
+
+#[test]
+fn a_long_grace_period_keeps_the_callers_memory_flat() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("long_grace");
+    let victims: Vec<Session> = (0..5)
+        .map(|_| cluster.session("app", &tag).idle_in_transaction())
+        .collect();
+    let caller = cluster.session("postgres", "caller");
+    // Every poll (every 10 ms) re-reads the activity and, for "blocked", pg_blocking_pids.
+    let waiting = caller.start(&format!(
+        "SELECT * FROM reaper.cancel_then_terminate('{{\"application_name\": \"{tag}\", \"blocked\": false}}', 6000, 5000)"
+    ));
+    cluster.wait_until(caller.pid, "a.wait_event = 'Extension'");
+    let mut su = cluster.superuser();
+    let mut measure = || {
+        su.query_one("SELECT pg_log_backend_memory_contexts($1)", &[&caller.pid])
+            .unwrap();
+        rss_anon_kb(caller.pid)
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let rss_early = measure();
+    std::thread::sleep(Duration::from_millis(4000));
+    let rss_late = measure();
+    assert_eq!(waiting.wait(), Ended::Ok);
+    for s in &victims {
+        assert!(!cluster.alive(s.pid), "idle transactions are terminated");
+    }
+    // The two memory-context dumps in the server log, "Grand total: N bytes ...".
+    std::thread::sleep(Duration::from_millis(200));
+    let totals: Vec<i64> = cluster
+        .server_log()
+        .lines()
+        .filter(|l| l.contains(&format!("[{}]", caller.pid)) && l.contains("Grand total: "))
+        .filter_map(|l| {
+            l.split("Grand total: ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(totals.len(), 2, "{totals:?}");
+    let rss_growth = rss_late - rss_early;
+    let context_growth = totals[1] - totals[0];
+    println!(
+        "400 polls: RssAnon {rss_early} -> {rss_late} kB, contexts {} -> {} bytes",
+        totals[0], totals[1]
+    );
+    assert!(rss_growth < 512, "RssAnon grew {rss_growth} kB in 4 s");
+    assert!(
+        context_growth < 64 * 1024,
+        "memory contexts grew {context_growth} bytes in 4 s"
+    );
+}
+
+#[test]
+fn many_calls_in_one_transaction_keep_the_callers_memory_flat() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let _others: Vec<Session> = (0..5).map(|_| cluster.session("app", "other")).collect();
+    let mut me = cluster.superuser();
+    let total = |me: &mut Client| -> i64 {
+        me.query_one(
+            "SELECT sum(total_bytes)::bigint FROM pg_catalog.pg_backend_memory_contexts",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let mut report = Vec::new();
+    for filter in [
+        r#"{"application_name": "nobody"}"#,
+        r#"{"application_name": "nobody", "blocked": false}"#,
+        r#"{"blocking": true, "application_name": "nobody"}"#,
+    ] {
+        me.batch_execute("BEGIN").unwrap();
+        // A first round to warm the caches, then 2000 calls of each function in one
+        // transaction, matching nothing.
+        let body = |n: i32| {
+            format!(
+                "DO $$ DECLARE n bigint; BEGIN FOR i IN 1..{n} LOOP \
+                   SELECT count(*) INTO n FROM reaper.preview_matching('{filter}'); \
+                   SELECT count(*) INTO n FROM reaper.cancel_matching('{filter}'); \
+                   SELECT count(*) INTO n FROM reaper.terminate_matching('{filter}', 1000); \
+                 END LOOP; END $$"
+            )
+        };
+        me.batch_execute(&body(10)).unwrap();
+        let before = total(&mut me);
+        me.batch_execute(&body(2000)).unwrap();
+        let after = total(&mut me);
+        me.batch_execute("COMMIT").unwrap();
+        report.push((filter, before, after));
+    }
+    println!("{report:?}");
+    for (filter, before, after) in report {
+        assert!(
+            after - before < 256 * 1024,
+            "6000 calls with {filter} in one transaction: memory contexts {before} -> {after} bytes"
+        );
+    }
+}
