@@ -186,6 +186,7 @@ fn every_bad_filter_is_refused_and_nothing_is_signalled() {
             validated.unwrap_err().code().map(|c| c.code()),
             Some("22023")
         );
+        checked += 1;
     }
     // The other arguments.
     let good = format!(r#"{{"application_name": "{tag}"}}"#);
