@@ -138,6 +138,16 @@ impl Cluster {
         as_postgres("pg_ctl", &all);
     }
 
+    /// The `pg_reaper:` lines of the server log about backend `pid`.
+    pub fn reaper_lines(&self, pid: i32) -> Vec<String> {
+        let needle = format!(" pid={pid} ");
+        self.server_log()
+            .lines()
+            .filter(|l| l.contains("pg_reaper: ") && l.contains(&needle))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Everything the server has logged so far.
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -431,28 +441,46 @@ pub fn cancel(client: &mut Client, filter: &str) -> Vec<Row> {
     call(client, "reaper.cancel_matching($1::text::jsonb)", filter).expect("cancel")
 }
 
+/// reaper.cancel_then_terminate.
+pub fn escalate(client: &mut Client, filter: &str, grace_ms: i64, timeout_ms: i64) -> Vec<Row> {
+    let f = format!("reaper.cancel_then_terminate($1::text::jsonb, {grace_ms}, {timeout_ms})");
+    call(client, &f, filter).expect("cancel_then_terminate")
+}
+
 pub fn terminate(client: &mut Client, filter: &str, timeout_ms: i64) -> Vec<Row> {
     let f = format!("reaper.terminate_matching($1::text::jsonb, {timeout_ms})");
     call(client, &f, filter).expect("terminate")
 }
 
-/// Runs terminate_matching with a pause (the hidden `pg_reaper.recheck_delay_ms`) before the
-/// re-check, from a background session, and
-/// returns its rows once `during` has run in the window.
-pub fn terminate_with_window(cluster: &Cluster, filter: &str, during: impl FnOnce()) -> Vec<Row> {
+/// Runs `sql` (a pg_reaper call with the filter as $1) from a background superuser session
+/// that pauses (the hidden `pg_reaper.recheck_delay_ms`) between choosing the victims and
+/// re-checking them, runs `during` inside that window, and returns the rows.
+pub fn call_in_recheck_window(
+    cluster: &Cluster,
+    sql: &'static str,
+    filter: &str,
+    during: impl FnOnce(),
+) -> Vec<Row> {
     let filter = filter.to_string();
     let mut caller = cluster.superuser();
     caller
         .batch_execute("SET pg_reaper.recheck_delay_ms = 3000")
         .unwrap();
-    let handle = std::thread::spawn(move || {
-        let rows = terminate(&mut caller, &filter, 2000);
-        (rows, caller)
-    });
+    let handle = std::thread::spawn(move || call(&mut caller, sql, &filter).expect(sql));
     std::thread::sleep(Duration::from_millis(300));
+    let opened = Instant::now();
     during();
-    let (rows, _caller) = handle.join().unwrap();
-    rows
+    assert!(
+        opened.elapsed() < Duration::from_millis(2500),
+        "the change must land inside the window"
+    );
+    handle.join().unwrap()
+}
+
+/// `call_in_recheck_window` for terminate_matching with a 2 s timeout.
+pub fn terminate_with_window(cluster: &Cluster, filter: &str, during: impl FnOnce()) -> Vec<Row> {
+    let sql = "reaper.terminate_matching($1::text::jsonb, 2000)";
+    call_in_recheck_window(cluster, sql, filter, during)
 }
 
 /// Exactly one row: `pid`, vanished, for `why`.
@@ -464,6 +492,41 @@ pub fn assert_one_vanished(rows: &[Row], pid: i32, why: &str) {
         rows[0].detail.as_deref(),
         Some(format!("{why} before it was signalled").as_str())
     );
+}
+
+/// The backend behind `client`.
+pub fn backend_pid(client: &mut Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// The error's SQLSTATE.
+pub fn sqlstate(e: &postgres::Error) -> Option<&str> {
+    e.code().map(|c| c.code())
+}
+
+/// Sends `sig` ("-STOP", "-CONT", ...) to a process, as root: a stopped backend cannot act on
+/// a signal until it is continued.
+pub fn signal_process(pid: i32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A process's private memory (RssAnon, kB, so shared buffers do not count), as root.
+pub fn rss_anon_kb(pid: i32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
 }
 
 /// The single number a `SELECT count(*) ...` returns.

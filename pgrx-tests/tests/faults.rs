@@ -34,27 +34,6 @@ fn collecting_client(cluster: &Cluster) -> (Client, Notices) {
     (client, notices)
 }
 
-/// Stops (SIGSTOP) or continues (SIGCONT) a backend process, as root.
-fn signal_process(pid: i32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
-
-/// The caller's private memory (RssAnon, kB) from /proc, as root.
-fn rss_anon_kb(pid: i32) -> i64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_closed_victim_named_by_pid_gives_no_row_no_error_and_no_warning() {
     let cluster = Cluster::start();

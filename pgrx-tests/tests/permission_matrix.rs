@@ -74,32 +74,26 @@ fn make_target(cluster: &Cluster, kind: Target) -> (i32, Option<(Session, Pendin
     }
 }
 
-/// PostgreSQL's own verdict: may `caller` signal `pid`? Asked with pg_cancel_backend on a twin
-/// (a harmless SIGINT for the launchers), inside a transaction rolled back.
+/// PostgreSQL's own verdict: may `caller` signal a target of this kind? Asked on a twin (a
+/// harmless SIGINT for the launchers).
 fn postgres_allows(cluster: &Cluster, caller: &str, kind: Target) -> bool {
     let (pid, _twin) = make_target(cluster, kind);
-    let mut c = cluster.connect(caller);
-    let result = c.query_one("SELECT pg_catalog.pg_cancel_backend($1)", &[&pid]);
-    match result {
-        Ok(row) => {
-            assert!(row.get::<_, bool>(0), "{caller} -> {kind:?}: not signalled");
-            true
-        }
-        Err(e) => {
-            assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}");
-            false
-        }
-    }
+    verdict_in_savepoint(&mut cluster.connect(caller), pid)
 }
 
-#[test]
-fn pg_reaper_allows_exactly_what_postgres_allows() {
-    let cluster = Cluster::start();
+/// The callers' roles.
+fn create_roles(cluster: &Cluster) {
     cluster.create_role("plain", "");
     cluster.create_role("signaller", "IN ROLE pg_signal_backend");
     cluster.create_role("victim", "");
     cluster.create_role("other", "");
     cluster.create_role("seer", "IN ROLE pg_signal_backend, pg_read_all_stats");
+}
+
+#[test]
+fn pg_reaper_allows_exactly_what_postgres_allows() {
+    let cluster = Cluster::start();
+    create_roles(&cluster);
     let start = cluster.postmaster_start();
 
     let mut pairs = 0;
@@ -295,11 +289,7 @@ fn verdict_in_savepoint(c: &mut Client, pid: i32) -> bool {
 #[test]
 fn in_one_call_every_row_gets_postgres_verdict_and_denied_rows_abort_nothing() {
     let cluster = Cluster::start();
-    cluster.create_role("plain", "");
-    cluster.create_role("signaller", "IN ROLE pg_signal_backend");
-    cluster.create_role("victim", "");
-    cluster.create_role("other", "");
-    cluster.create_role("seer", "IN ROLE pg_signal_backend, pg_read_all_stats");
+    create_roles(&cluster);
     let start = cluster.postmaster_start();
     let launchers = r#"{"backend_type": ["autovacuum launcher", "logical replication launcher"]}"#;
     let (mut rows_checked, mut calls, mut denied_rows) = (0, 0, 0);

@@ -20,13 +20,6 @@ fn cluster() -> Arc<Cluster> {
     })
 }
 
-fn my_pid(client: &mut Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0)
-}
-
 /// Waits until the client backends other than the caller are exactly `expected` (connections
 /// the harness closed may take a moment to leave).
 fn settle(me: &mut Client, expected: &[i32]) {
@@ -52,11 +45,6 @@ fn settle(me: &mut Client, expected: &[i32]) {
     }
 }
 
-/// The error's SQLSTATE.
-fn sqlstate(e: &postgres::Error) -> Option<&str> {
-    e.code().map(|c| c.code())
-}
-
 #[test]
 fn the_caller_is_never_a_victim() {
     // Own cluster: this test signals everything.
@@ -66,7 +54,7 @@ fn the_caller_is_never_a_victim() {
     let app = cluster.session("app", &tag);
     let other_su = cluster.session("postgres", &tag);
     let mut me = cluster.superuser();
-    let me_pid = my_pid(&mut me);
+    let me_pid = backend_pid(&mut me);
     settle(&mut me, &[app.pid, other_su.pid]);
 
     let rows = preview(&mut me, EVERYTHING);
@@ -91,7 +79,7 @@ fn the_caller_is_never_a_victim() {
     assert_eq!(pids(&rows), sorted(vec![app.pid, other_su.pid]));
     assert!(rows.iter().all(|r| r.outcome == "terminated"), "{rows:?}");
     assert_eq!(
-        my_pid(&mut me),
+        backend_pid(&mut me),
         me_pid,
         "the caller lives, on the same backend"
     );
@@ -103,7 +91,7 @@ fn the_caller_is_never_a_victim() {
     )
     .unwrap();
     assert!(rows.iter().all(|r| r.pid != me_pid), "{rows:?}");
-    assert_eq!(my_pid(&mut me), me_pid);
+    assert_eq!(backend_pid(&mut me), me_pid);
 }
 
 #[test]
@@ -113,14 +101,14 @@ fn a_role_ending_its_own_sessions_spares_the_caller() {
     let tag = tag("own_sessions");
     let mine: Vec<Session> = (0..3).map(|_| cluster.session("app", &tag)).collect();
     let mut caller = cluster.connect_as("app", &tag);
-    let caller_pid = my_pid(&mut caller);
+    let caller_pid = backend_pid(&mut caller);
     let filter = format!(r#"{{"application_name": "{tag}", "usename": "app"}}"#);
     let expected = sorted(mine.iter().map(|s| s.pid).collect());
     assert_eq!(pids(&preview(&mut caller, &filter)), expected);
     let rows = terminate(&mut caller, &filter, 5000);
     assert_eq!(pids(&rows), expected);
     assert!(rows.iter().all(|r| r.outcome == "terminated"), "{rows:?}");
-    assert_eq!(my_pid(&mut caller), caller_pid);
+    assert_eq!(backend_pid(&mut caller), caller_pid);
     for s in &mine {
         assert!(!cluster.alive(s.pid));
     }

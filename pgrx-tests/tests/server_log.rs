@@ -19,28 +19,6 @@ fn cluster() -> Arc<Cluster> {
     })
 }
 
-/// The `pg_reaper:` lines of the server log about backend `pid`.
-fn lines_for(cluster: &Cluster, pid: i32) -> Vec<String> {
-    let needle = format!(" pid={pid} ");
-    cluster
-        .server_log()
-        .lines()
-        .filter(|l| l.contains("pg_reaper: ") && l.contains(&needle))
-        .map(str::to_string)
-        .collect()
-}
-
-fn my_pid(client: &mut Client) -> i32 {
-    client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0)
-}
-
-fn sqlstate(e: &postgres::Error) -> Option<&str> {
-    e.code().map(|c| c.code())
-}
-
 #[test]
 fn terminate_logs_one_line_per_victim_naming_everything() {
     let cluster = cluster();
@@ -55,7 +33,7 @@ fn terminate_logs_one_line_per_victim_naming_everything() {
     let in_shop = Session::new(config.connect(NoTls).unwrap());
     let in_postgres = cluster.session("app", &tag);
     let mut dba = cluster.connect("dba");
-    let dba_pid = my_pid(&mut dba);
+    let dba_pid = backend_pid(&mut dba);
     let rows = terminate(
         &mut dba,
         &format!(r#"{{"application_name": "{tag}"}}"#),
@@ -68,7 +46,7 @@ fn terminate_logs_one_line_per_victim_naming_everything() {
     );
     assert!(rows.iter().all(|r| r.outcome == "terminated"), "{rows:?}");
     for (victim, db) in [(&in_shop, "shop"), (&in_postgres, "postgres")] {
-        let lines = lines_for(&cluster, victim.pid);
+        let lines = cluster.reaper_lines(victim.pid);
         assert_eq!(
             lines.len(),
             1,
@@ -88,7 +66,7 @@ fn terminate_logs_one_line_per_victim_naming_everything() {
     let rows = terminate(&mut dba, &format!(r#"{{"application_name": "{tag}"}}"#), 0);
     assert_eq!(pids(&rows), vec![victim.pid]);
     assert_eq!(rows[0].outcome, "signalled");
-    let lines = lines_for(&cluster, victim.pid);
+    let lines = cluster.reaper_lines(victim.pid);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains(&format!(
         r#"pg_reaper: terminate pid={} user="app" database="postgres" application="{tag}" by role="dba""#,
@@ -103,12 +81,12 @@ fn cancel_logs_a_cancel_line() {
     let tag = tag("cancel_line");
     let (busy, query) = cluster.session("app", &tag).busy(&cluster);
     let mut me = cluster.superuser();
-    let me_pid = my_pid(&mut me);
+    let me_pid = backend_pid(&mut me);
     let rows = cancel(&mut me, &format!(r#"{{"application_name": "{tag}"}}"#));
     assert_eq!(pids(&rows), vec![busy.pid]);
     assert_eq!(rows[0].outcome, "cancelled");
     assert_eq!(query.wait(), Ended::Error("57014".into()));
-    let lines = lines_for(&cluster, busy.pid);
+    let lines = cluster.reaper_lines(busy.pid);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
         lines[0].ends_with(&format!(
@@ -135,7 +113,7 @@ fn cancel_then_terminate_logs_both_signals_in_order() {
     .unwrap();
     assert_eq!(pids(&rows), vec![victim.pid]);
     assert_eq!(rows[0].outcome, "terminated");
-    let lines = lines_for(&cluster, victim.pid);
+    let lines = cluster.reaper_lines(victim.pid);
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[0].contains(&format!("pg_reaper: cancel pid={} ", victim.pid)));
     assert!(lines[1].contains(&format!("pg_reaper: terminate pid={} ", victim.pid)));
@@ -171,7 +149,7 @@ fn nothing_is_logged_for_what_was_not_signalled() {
     assert!(query.still_running_after(Duration::from_millis(100)));
     assert_eq!(idle.run("SELECT 1"), Ended::Ok);
     for pid in [idle.pid, busy.pid] {
-        assert_eq!(lines_for(&cluster, pid), Vec::<String>::new());
+        assert_eq!(cluster.reaper_lines(pid), Vec::<String>::new());
     }
 }
 
@@ -202,9 +180,9 @@ fn log_actions_off_silences_that_superuser_session_only() {
     let rows = terminate(&mut quiet, &by_pid(after_reset.pid), 5000);
     assert_eq!(rows[0].outcome, "terminated");
 
-    assert_eq!(lines_for(&cluster, quiet_victim.pid), Vec::<String>::new());
-    assert_eq!(lines_for(&cluster, loud_victim.pid).len(), 1);
-    assert_eq!(lines_for(&cluster, after_reset.pid).len(), 1);
+    assert_eq!(cluster.reaper_lines(quiet_victim.pid), Vec::<String>::new());
+    assert_eq!(cluster.reaper_lines(loud_victim.pid).len(), 1);
+    assert_eq!(cluster.reaper_lines(after_reset.pid).len(), 1);
 }
 
 #[test]
@@ -247,7 +225,7 @@ fn a_plain_role_cannot_turn_the_records_off() {
     );
     assert_eq!(pids(&rows), vec![victim.pid]);
     assert_eq!(rows[0].outcome, "terminated");
-    let lines = lines_for(&cluster, victim.pid);
+    let lines = cluster.reaper_lines(victim.pid);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].ends_with(r#"by role="app""#), "{}", lines[0]);
 }
@@ -274,7 +252,7 @@ fn a_plain_role_cannot_turn_them_off_before_the_library_is_loaded() {
         let rows = terminate(caller, &format!(r#"{{"application_name": "{tag}"}}"#), 5000);
         assert_eq!(pids(&rows), vec![victim.pid], "caller {i}");
         assert_eq!(rows[0].outcome, "terminated");
-        assert_eq!(lines_for(&cluster, victim.pid).len(), 1, "caller {i}");
+        assert_eq!(cluster.reaper_lines(victim.pid).len(), 1, "caller {i}");
         let audited = count(
             &mut cluster.superuser(),
             &format!("SELECT count(*) FROM reaper.log WHERE pid = {}", victim.pid),

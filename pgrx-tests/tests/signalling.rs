@@ -118,16 +118,6 @@ fn a_victim_slower_than_the_timeout_is_timed_out() {
     assert!(cluster.wait_gone(slow.pid));
 }
 
-/// Stops (SIGSTOP) or continues (SIGCONT) a backend process, as root.
-fn signal_process(pid: i32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
-
 #[test]
 fn a_caller_cancelled_while_waiting_stops_promptly() {
     let cluster = Cluster::start();

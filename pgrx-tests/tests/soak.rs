@@ -15,22 +15,12 @@ const MEMORY_CALLS: usize = 10_000;
 
 /// The caller backend's private memory: RssAnon from /proc (shared buffers excluded), and the
 /// total of its memory contexts.
-fn memory(caller: &mut Client, pid: i32) -> (u64, i64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let anon_kb = status
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    let contexts: i64 = caller
-        .query_one(
-            "SELECT sum(total_bytes)::bigint FROM pg_backend_memory_contexts",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    (anon_kb, contexts)
+fn memory(caller: &mut Client, pid: i32) -> (i64, i64) {
+    let contexts = count(
+        caller,
+        "SELECT sum(total_bytes)::bigint FROM pg_backend_memory_contexts",
+    );
+    (rss_anon_kb(pid), contexts)
 }
 
 fn pgbench(cluster: &Cluster, args: &[&str]) -> std::process::Child {
@@ -226,7 +216,7 @@ fn soak_under_load() {
         );
     }
     assert!(terminated > 0 && calls > 0);
-    let growth_kb = after.0 as i64 - before.0 as i64;
+    let growth_kb = after.0 - before.0;
     let context_growth = after.1 - before.1;
     assert!(growth_kb < 2048, "caller RssAnon grew {growth_kb} kB");
     assert!(

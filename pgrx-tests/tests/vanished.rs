@@ -12,22 +12,6 @@ fn cluster() -> Arc<Cluster> {
     shared_cluster(|cluster| cluster.create_role("app", ""))
 }
 
-/// The `pg_reaper:` lines of the server log about backend `pid`.
-fn lines_for(cluster: &Cluster, pid: i32) -> Vec<String> {
-    let needle = format!(" pid={pid} ");
-    cluster
-        .server_log()
-        .lines()
-        .filter(|l| l.contains("pg_reaper: ") && l.contains(&needle))
-        .map(str::to_string)
-        .collect()
-}
-
-fn cancel_then_terminate(client: &mut Client, filter: &str, grace: i64, timeout: i64) -> Vec<Row> {
-    let f = format!("reaper.cancel_then_terminate($1::text::jsonb, {grace}, {timeout})");
-    call(client, &f, filter).expect("cancel_then_terminate")
-}
-
 /// The state pg_stat_activity shows for `pid` now.
 fn state_of(cluster: &Cluster, pid: i32) -> Option<String> {
     cluster
@@ -60,7 +44,7 @@ fn a_session_gone_since_the_preview_is_not_in_the_rows() {
     assert_eq!(pids(&rows), vec![stays.pid], "{rows:?}");
     assert_eq!(rows[0].outcome, "terminated");
     assert!(!cluster.alive(stays.pid));
-    assert_eq!(lines_for(&cluster, leaves_pid), Vec::<String>::new());
+    assert_eq!(cluster.reaper_lines(leaves_pid), Vec::<String>::new());
     assert!(!cluster
         .server_log()
         .contains("is not a PostgreSQL backend process"));
@@ -80,7 +64,7 @@ fn a_session_that_stopped_matching_since_the_preview_is_spared() {
     let rows = terminate(&mut me, &filter, 5000);
     assert!(rows.is_empty(), "{rows:?}");
     assert_eq!(idle_tx.run("SELECT 1"), Ended::Ok);
-    assert_eq!(lines_for(&cluster, idle_tx.pid), Vec::<String>::new());
+    assert_eq!(cluster.reaper_lines(idle_tx.pid), Vec::<String>::new());
 }
 
 #[test]
@@ -90,7 +74,7 @@ fn a_cancel_that_ends_the_match_spares_the_session() {
     let (busy, query) = cluster.session("app", &tag).busy(&cluster);
     let filter = format!(r#"{{"application_name": "{tag}", "state": "active"}}"#);
     let started = Instant::now();
-    let rows = cancel_then_terminate(&mut cluster.superuser(), &filter, 5000, 5000);
+    let rows = escalate(&mut cluster.superuser(), &filter, 5000, 5000);
     let took = started.elapsed();
     assert_eq!(pids(&rows), vec![busy.pid]);
     assert_eq!(rows[0].outcome, "cancelled", "{rows:?}");
@@ -98,7 +82,7 @@ fn a_cancel_that_ends_the_match_spares_the_session() {
     assert_eq!(busy.run("SELECT 1"), Ended::Ok, "the session lives");
     // It stopped matching at once: the escalation does not sit out the grace period.
     assert!(took < Duration::from_millis(4000), "took {took:?}");
-    let lines = lines_for(&cluster, busy.pid);
+    let lines = cluster.reaper_lines(busy.pid);
     assert_eq!(lines.len(), 1, "a cancel, no terminate: {lines:?}");
     assert!(lines[0].contains("pg_reaper: cancel pid="), "{}", lines[0]);
 }
@@ -132,7 +116,7 @@ fn an_idle_transaction_is_not_helped_by_a_cancel_and_is_terminated() {
         r#"{{"application_name": "{tag}", "pid": [{}, {}], "state": ["active", "idle in transaction"]}}"#,
         idle_tx.pid, busy.pid
     );
-    let rows = cancel_then_terminate(&mut me, &filter, 200, 5000);
+    let rows = escalate(&mut me, &filter, 200, 5000);
     assert_eq!(pids(&rows), sorted(vec![idle_tx.pid, busy.pid]));
     let row = |pid: i32| rows.iter().find(|r| r.pid == pid).unwrap().clone();
     let terminated = row(idle_tx.pid);
@@ -160,41 +144,16 @@ fn a_victim_that_exits_after_the_cancel_is_not_terminated() {
     // exit ends the match.
     let filter = format!(r#"{{"application_name": "{tag}"}}"#);
     let started = Instant::now();
-    let rows = cancel_then_terminate(&mut cluster.superuser(), &filter, 5000, 5000);
+    let rows = escalate(&mut cluster.superuser(), &filter, 5000, 5000);
     let took = started.elapsed();
     assert_eq!(query.wait(), Ended::Error("57014".into()));
     assert_eq!(pids(&rows), vec![pid]);
     assert_eq!(rows[0].outcome, "vanished", "{rows:?}");
     assert!(took < Duration::from_millis(4000), "took {took:?}");
     assert!(cluster.wait_gone(pid));
-    let lines = lines_for(&cluster, pid);
+    let lines = cluster.reaper_lines(pid);
     assert_eq!(lines.len(), 1, "the cancel only: {lines:?}");
     assert!(lines[0].contains("pg_reaper: cancel pid="), "{}", lines[0]);
-}
-
-/// Runs `sql` (with the filter as $1) from a background superuser session that pauses
-/// `pg_reaper.recheck_delay_ms` between choosing the victims and re-checking them, runs
-/// `during` in that window, and returns the rows.
-fn with_recheck_window(
-    cluster: &Cluster,
-    sql: &'static str,
-    filter: &str,
-    during: impl FnOnce(),
-) -> Vec<Row> {
-    let filter = filter.to_string();
-    let mut caller = cluster.superuser();
-    caller
-        .batch_execute("SET pg_reaper.recheck_delay_ms = 1500")
-        .unwrap();
-    let handle = std::thread::spawn(move || call(&mut caller, sql, &filter).expect(sql));
-    std::thread::sleep(Duration::from_millis(300));
-    let window_opened = Instant::now();
-    during();
-    assert!(
-        window_opened.elapsed() < Duration::from_millis(1000),
-        "the change must land inside the window"
-    );
-    handle.join().unwrap()
 }
 
 #[test]
@@ -204,7 +163,7 @@ fn a_cancel_victim_that_exits_before_its_signal_is_vanished() {
     let (stays, stays_query) = cluster.session("app", &tag).busy(&cluster);
     let leaves = cluster.session("app", &tag);
     let leaves_pid = leaves.pid;
-    let rows = with_recheck_window(
+    let rows = call_in_recheck_window(
         &cluster,
         "reaper.cancel_matching($1::text::jsonb)",
         &format!(r#"{{"application_name": "{tag}"}}"#),
@@ -223,8 +182,8 @@ fn a_cancel_victim_that_exits_before_its_signal_is_vanished() {
     );
     assert_eq!(row(stays.pid).outcome, "cancelled");
     assert_eq!(stays_query.wait(), Ended::Error("57014".into()));
-    assert_eq!(lines_for(&cluster, leaves_pid), Vec::<String>::new());
-    assert_eq!(lines_for(&cluster, stays.pid).len(), 1);
+    assert_eq!(cluster.reaper_lines(leaves_pid), Vec::<String>::new());
+    assert_eq!(cluster.reaper_lines(stays.pid).len(), 1);
 }
 
 #[test]
@@ -235,7 +194,7 @@ fn one_vanished_victim_does_not_stop_the_others() {
     let middle = cluster.session("app", &tag).idle_in_transaction();
     let last = cluster.session("app", &tag).idle_in_transaction();
     let filter = format!(r#"{{"application_name": "{tag}", "state": "idle in transaction"}}"#);
-    let rows = with_recheck_window(
+    let rows = call_in_recheck_window(
         &cluster,
         "reaper.terminate_matching($1::text::jsonb, 5000)",
         &filter,
@@ -260,5 +219,5 @@ fn one_vanished_victim_does_not_stop_the_others() {
         assert!(!cluster.alive(s.pid));
     }
     assert_eq!(middle.run("SELECT 1"), Ended::Ok, "never signalled");
-    assert_eq!(lines_for(&cluster, middle.pid), Vec::<String>::new());
+    assert_eq!(cluster.reaper_lines(middle.pid), Vec::<String>::new());
 }
