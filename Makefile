@@ -52,6 +52,11 @@ deps: .deps/apt .deps/cargo-pgrx .deps/pgrx-init
 install: deps
 	$(CARGO) pgrx install --release --pg-config $(PG_CONFIG)
 
+# What the multi-session tests run against: the release build plus the test-only pauses
+# (feature test-hooks), which `make install` and the packages never contain.
+install-test-build: deps
+	$(CARGO) pgrx install --release --pg-config $(PG_CONFIG) --features test-hooks
+
 # ---- tests --------------------------------------------------------------------------------
 # The whole suite, then one closing line that counts every test of every runner.
 test: deps
@@ -85,10 +90,10 @@ pg-test: deps
 
 # Multi-session tests on throwaway clusters (one per test, or shared by a file's tests). (The soak runs briefly
 # here; `make soak` runs it for SOAK_SECS.)
-integration-test: install
+integration-test: install-test-build
 	$(CARGO) test --release -p pg_reaper_integration --tests --no-fail-fast -- --test-threads=$(TEST_THREADS)
 
-soak: install
+soak: install-test-build
 	PG_REAPER_SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release -p pg_reaper_integration --test soak -- --nocapture
 	$(MAKE) --no-print-directory reliability-report
 

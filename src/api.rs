@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use pgrx::prelude::*;
 
+use crate::error::refuse;
 use crate::filter::{Filter, FilterError};
 use crate::jsonb_arg::JsonbText;
 use crate::pipeline::{self, Action};
@@ -129,14 +130,4 @@ fn duration(name: &str, ms: Option<i64>) -> Duration {
         Some(ms) if ms < 0 => refuse(&format!("{name} must not be negative, got {ms}")),
         Some(ms) => Duration::from_millis(ms as u64),
     }
-}
-
-/// Bad input: SQLSTATE 22023, raised before anything is signalled.
-pub fn refuse(message: &str) -> ! {
-    ereport!(
-        PgLogLevel::ERROR,
-        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-        message.to_string()
-    );
-    unreachable!()
 }

@@ -19,7 +19,10 @@ impl FromDatum for JsonbText {
         if is_null {
             return None;
         }
-        let text = direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(datum)])?;
+        // SAFETY: a non-NULL jsonb datum given to jsonb's own output function.
+        let text = unsafe {
+            direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(datum)])
+        }?;
         Some(JsonbText(text.to_string_lossy().into_owned()))
     }
 }

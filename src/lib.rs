@@ -7,9 +7,12 @@
 
 mod activity;
 mod api;
+mod compat;
+mod error;
 pub mod filter;
 mod guc;
 mod jsonb_arg;
+mod locks;
 mod pipeline;
 mod policy;
 mod report;

@@ -1,15 +1,18 @@
 //! The pipeline every SQL function runs: filter → activity snapshot → (re-check → signal →
 //! wait) → report and audit.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
 
 use crate::activity::{Backend, Snapshot};
 use crate::filter::{Filter, MatchContext};
-use crate::report::{self, Actor, Outcome, ResultRow};
-use crate::signal::{self, Delivery, Signal};
+use crate::report::{self, Actor, Audit, Outcome, ResultRow};
+use crate::signal::{self, Delivery, Signal, Target};
 
 /// How often the escalation's grace period re-reads pg_stat_activity.
 const GRACE_POLL: Duration = Duration::from_millis(10);
@@ -36,7 +39,12 @@ impl Action {
 
 /// Runs `action` on every backend `filter` selects, with the current role's privileges.
 pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
-    let audit = action != Action::Preview && report::audit_enabled();
+    // Before anything is signalled: whatever would stop the audit stops the call now.
+    let audit = if action == Action::Preview {
+        None
+    } else {
+        Audit::prepare()
+    };
     let snapshot = Snapshot::take(filter.needs_lock_info());
     let chosen = filter.select(&snapshot.backends, &context(&snapshot));
     let mut backends: Vec<Option<Backend>> = snapshot.backends.into_iter().map(Some).collect();
@@ -55,14 +63,15 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
             cancel_then_terminate(filter, victims, grace, timeout, actor)
         }
     };
-    if audit {
-        report::audit(&rows, action.name(), actor);
+    if let Some(audit) = audit {
+        audit.write(&rows, action.name(), actor);
     }
     rows
 }
 
 fn context(snapshot: &Snapshot) -> MatchContext {
     MatchContext {
+        // SAFETY: this backend's own pid.
         self_pid: unsafe { pg_sys::MyProcPid },
         now: snapshot.taken_at,
     }
@@ -74,6 +83,7 @@ enum Lost {
     Exited,
     PidReused,
     StoppedMatching,
+    Unconfirmed,
 }
 
 impl Lost {
@@ -82,6 +92,7 @@ impl Lost {
             Lost::Exited => "exited",
             Lost::PidReused => "its pid was reused by another backend",
             Lost::StoppedMatching => "no longer matched the filter",
+            Lost::Unconfirmed => "its identity could not be confirmed",
         }
     }
 }
@@ -110,7 +121,10 @@ fn index(snapshot: &Snapshot) -> HashMap<i32, &Backend> {
         .collect()
 }
 
-/// Re-checks every victim on one fresh snapshot, then signals each that still qualifies.
+/// Re-checks every victim on one fresh snapshot (still there, same backend, still matching),
+/// then signals each that still qualifies, its identity checked once more immediately before
+/// its own signal. The `pg_reaper:` LOG lines come after the loop, even if it fails half-way,
+/// with a WARNING then saying how many signals went out.
 fn signal_all(
     filter: &Filter,
     victims: Vec<Backend>,
@@ -120,50 +134,69 @@ fn signal_all(
     if victims.is_empty() {
         return Vec::new();
     }
-    let delay = Duration::from_millis(crate::guc::RECHECK_DELAY_MS.get().max(0) as u64);
-    let until = Instant::now() + delay;
-    while let Some(left) = until
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
-    {
-        signal::sleep_interruptibly(left);
-    }
+    signal::test_hooks::pause_before_recheck();
     let fresh = Snapshot::take(filter.needs_lock_info());
     let ctx = context(&fresh);
     let index = index(&fresh);
-    victims
-        .into_iter()
-        .map(|victim| {
-            let backend = match recheck(filter, &victim, &index, &ctx) {
-                Ok(b) => b.clone(),
+    let rows = RefCell::new(Vec::with_capacity(victims.len()));
+    let finished = Cell::new(false);
+    let sent_before = signal::delivered_so_far();
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        for (n, victim) in victims.into_iter().enumerate() {
+            let row = match recheck(filter, &victim, &index, &ctx) {
+                Ok(b) => deliver(b.clone(), signal, n == 0),
                 Err(lost) => {
                     let why = format!("{} before it was signalled", lost.describe());
-                    return ResultRow::new(victim, Outcome::Vanished, Some(why));
+                    ResultRow::new(victim, Outcome::Vanished, Some(why))
                 }
             };
-            match signal::send(backend.session.pid, signal) {
-                Delivery::Delivered => {
-                    report::log_signal(signal, &backend, actor);
-                    let outcome = match signal {
-                        Signal::Cancel => Outcome::Cancelled,
-                        Signal::Terminate => Outcome::Signalled,
-                    };
-                    ResultRow::new(backend, outcome, None)
-                }
-                Delivery::Gone => ResultRow::new(
-                    backend,
-                    Outcome::Vanished,
-                    Some(format!(
-                        "{} before it was signalled",
-                        Lost::Exited.describe()
-                    )),
-                ),
-                Delivery::Denied(why) => ResultRow::new(backend, Outcome::Denied, Some(why)),
-            }
-        })
-        .collect()
+            rows.borrow_mut().push(row);
+        }
+        finished.set(true);
+    }))
+    .finally(|| {
+        report::log_signals(signal, &rows.borrow(), actor);
+        if !finished.get() {
+            warning!(
+                "pg_reaper: an error stopped the call after {} {} signal(s) had been sent; the pg_reaper: LOG lines name them",
+                signal::delivered_so_far() - sent_before,
+                signal.verb()
+            );
+        }
+    })
+    .execute();
+    rows.into_inner()
 }
 
+/// Signals one re-checked victim and says what became of it.
+fn deliver(backend: Backend, signal: Signal, first: bool) -> ResultRow {
+    let target = Target {
+        pid: backend.session.pid,
+        started_at: backend.started_at,
+        role: backend.role,
+    };
+    let vanished = |lost: Lost| Some(format!("{} before it was signalled", lost.describe()));
+    let (outcome, detail) = match signal::send(&target, signal, first) {
+        Delivery::Delivered if signal == Signal::Cancel => (Outcome::Cancelled, None),
+        Delivery::Delivered => (Outcome::Signalled, None),
+        Delivery::Exited => (Outcome::Vanished, vanished(Lost::Exited)),
+        Delivery::PidReused => (Outcome::Vanished, vanished(Lost::PidReused)),
+        Delivery::Unconfirmed => (Outcome::Vanished, vanished(Lost::Unconfirmed)),
+        Delivery::Denied(why) => (Outcome::Denied, Some(why)),
+        Delivery::NotABackend => (
+            Outcome::Failed,
+            Some(format!(
+                "PID {} is not a PostgreSQL backend process: pg_cancel_backend and pg_terminate_backend cannot signal it",
+                target.pid
+            )),
+        ),
+        Delivery::Failed => (
+            Outcome::Failed,
+            Some("PostgreSQL could not send the signal; its WARNING in the server log says why".into()),
+        ),
+    };
+    ResultRow::new(backend, outcome, detail)
+}
 /// Signals all victims, then confirms their exit against one deadline.
 fn terminate(
     filter: &Filter,

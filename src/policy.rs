@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
 
+use crate::error::{raise, refuse};
 use crate::filter::Filter;
 use crate::pipeline::{self, Action};
-use crate::report::{self, Actor, ResultRow};
-use crate::role;
-use crate::signal::in_subtransaction;
+use crate::report::{self, Actor, Audit, ResultRow};
+use crate::signal::{self, in_subtransaction};
+use crate::{compat, role};
 
 const POLICIES_SQL: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
@@ -37,7 +37,10 @@ pub fn run(only: Option<&str>) -> Vec<(String, ResultRow)> {
     let policies = load(only);
     if let Some(name) = only {
         if policies.is_empty() {
-            crate::api::refuse(&format!("policy \"{name}\" does not exist"));
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                &format!("policy \"{name}\" does not exist"),
+            );
         }
     }
     let caller = role::current();
@@ -52,15 +55,15 @@ pub fn run(only: Option<&str>) -> Vec<(String, ResultRow)> {
             run_as: policy.owner,
             policy: Some(policy.name.clone()),
         };
+        let sent_before = signal::delivered_so_far();
         match in_subtransaction(|| run_one(&policy, &actor)) {
             Ok(result) => rows.extend(result.into_iter().map(|r| (policy.name.clone(), r))),
-            Err(CaughtError::PostgresError(e))
-                if e.sql_error_code() == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
-                    || e.sql_error_code() == PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN =>
-            {
-                CaughtError::PostgresError(e).rethrow()
+            Err(e) => {
+                let sent = signal::delivered_so_far() - sent_before;
+                let fatal = report::is_fatal_to_the_call(&e);
+                report_failure(&policy, &actor, &report::message(&e), sent, !fatal);
+                report::rethrow_if_fatal_to_the_call(e);
             }
-            Err(e) => report_failure(&policy, &actor, &failure_message(&e)),
         }
     }
     rows
@@ -82,28 +85,40 @@ fn load(only: Option<&str>) -> Vec<Policy> {
         }
         Ok(policies)
     })
-    .unwrap_or_else(|e| error!("pg_reaper: could not read reaper.policies: {e}"))
+    .unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            &format!("pg_reaper: could not read reaper.policies: {e}"),
+        )
+    })
 }
 
 /// Validates again what the table's trigger validated: the row may predate this version, or
 /// its owner may have been dropped since.
 fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
     if !role_exists(policy.owner) {
-        error!(
-            "its owner (role oid {}) no longer exists",
-            policy.owner.to_u32()
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            &format!(
+                "its owner (role oid {}) no longer exists",
+                policy.owner.to_u32()
+            ),
         );
     }
-    // Running a policy acts with its owner's privileges: only who could act as the owner may.
-    if !unsafe { pg_sys::is_member_of_role(actor.caller, policy.owner) } {
-        error!(
-            "role \"{}\" may not run it: only members of its owner \"{}\" may",
-            role::name(actor.caller),
-            role::name(policy.owner)
+    // Running a policy acts with its owner's privileges: only who could SET ROLE to the owner
+    // may run it.
+    if !compat::may_act_as(actor.caller, policy.owner) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            &format!(
+                "role \"{}\" may not run it: only roles that may SET ROLE to its owner \"{}\" may",
+                role::name(actor.caller),
+                role::name(policy.owner)
+            ),
         );
     }
-    let filter =
-        Filter::parse_str(&policy.filter).unwrap_or_else(|e| error!("its filter is invalid: {e}"));
+    let filter = Filter::parse_str(&policy.filter)
+        .unwrap_or_else(|e| refuse(&format!("its filter is invalid: {e}")));
     let millis = |ms: i64| Duration::from_millis(ms.max(0) as u64);
     let action = match policy.action.as_str() {
         "terminate" => Action::Terminate {
@@ -114,7 +129,7 @@ fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
             grace: millis(policy.grace_ms),
             timeout: millis(policy.timeout_ms),
         },
-        other => error!("its action \"{other}\" is unknown"),
+        other => refuse(&format!("its action \"{other}\" is unknown")),
     };
     role::run_as(policy.owner, true, || pipeline::run(&filter, action, actor))
 }
@@ -129,16 +144,26 @@ fn role_exists(role: pg_sys::Oid) -> bool {
     true
 }
 
-fn failure_message(e: &CaughtError) -> String {
-    match e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
-        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-    }
-}
-
 /// A failed policy: a WARNING for whoever ran it (and the server log), and a `failed` row in
-/// `reaper.log`.
-fn report_failure(policy: &Policy, actor: &Actor, message: &str) {
-    warning!("pg_reaper: policy \"{}\" failed: {message}", policy.name);
-    report::audit_failure(&policy.action, actor, &format!("policy failed: {message}"));
+/// `reaper.log`, each saying how many signals the policy sent before it failed.
+/// (`record`: false when the error is about to end the whole call, taking any row with it.)
+fn report_failure(policy: &Policy, actor: &Actor, message: &str, sent: u64, record: bool) {
+    let what = match sent {
+        0 => "it signalled nothing".to_string(),
+        n => format!("it had sent {n} signal(s) first; the pg_reaper: LOG lines name them"),
+    };
+    warning!(
+        "pg_reaper: policy \"{}\" failed ({what}): {message}",
+        policy.name
+    );
+    if !record {
+        return;
+    }
+    if let Some(audit) = Audit::prepare() {
+        audit.write_failure(
+            &policy.action,
+            actor,
+            &format!("policy failed ({what}): {message}"),
+        );
+    }
 }

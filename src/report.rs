@@ -1,12 +1,14 @@
 //! What happened, told three ways: the result rows, one `pg_reaper:` server-log line per signal
 //! (the record no rollback can undo), and the `reaper.log` audit rows.
 
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
-use crate::activity::Backend;
+use crate::activity::{Backend, HIDDEN_QUERY};
+use crate::error::{raise, raise_with_hint};
 use crate::guc;
 use crate::role;
-use crate::signal::Signal;
+use crate::signal::{in_subtransaction, Signal};
 
 /// The `outcome` column. The strings are a contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,7 @@ pub enum Outcome {
     TimedOut,
     Vanished,
     Denied,
+    Failed,
 }
 
 impl Outcome {
@@ -30,7 +33,16 @@ impl Outcome {
             Outcome::TimedOut => "timed_out",
             Outcome::Vanished => "vanished",
             Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
         }
+    }
+
+    /// Whether a signal went out for this row.
+    pub fn signalled(self) -> bool {
+        matches!(
+            self,
+            Outcome::Cancelled | Outcome::Signalled | Outcome::Terminated | Outcome::TimedOut
+        )
     }
 }
 
@@ -50,6 +62,16 @@ impl ResultRow {
             outcome,
             waited_ms: 0,
             detail,
+        }
+    }
+
+    /// The query as pg_stat_activity shows it to the caller: its placeholder for a session the
+    /// caller may not see (the matcher saw NULL there).
+    pub fn shown_query(&self) -> Option<String> {
+        if self.backend.hidden {
+            Some(HIDDEN_QUERY.to_string())
+        } else {
+            self.backend.session.query.clone()
         }
     }
 }
@@ -74,27 +96,32 @@ impl Actor {
     }
 }
 
-/// The server-log line for one delivered signal.
-pub fn log_signal(signal: Signal, backend: &Backend, actor: &Actor) {
+/// The server-log line of every delivered signal among `rows`. Written after the signal loop,
+/// never inside it: a LOG write can block on a full log pipe, and nothing slow may come between
+/// a victim's identity check and its signal.
+pub fn log_signals(signal: Signal, rows: &[ResultRow], actor: &Actor) {
     if !guc::LOG_ACTIONS.get() {
         return;
     }
-    let s = &backend.session;
-    let show = |v: &Option<String>| v.clone().unwrap_or_default();
     let policy = match &actor.policy {
         Some(p) => format!(" policy={p:?} as role={:?}", role::name(actor.run_as)),
         None => String::new(),
     };
-    log!(
-        "pg_reaper: {} pid={} user={:?} database={:?} application={:?} by role={:?}{}",
-        signal.verb(),
-        s.pid,
-        show(&s.usename),
-        show(&s.datname),
-        show(&s.application_name),
-        role::name(actor.caller),
-        policy
-    );
+    let caller = role::name(actor.caller);
+    let show = |v: &Option<String>| v.clone().unwrap_or_default();
+    for row in rows.iter().filter(|r| r.outcome.signalled()) {
+        let s = &row.backend.session;
+        log!(
+            "pg_reaper: {} pid={} user={:?} database={:?} application={:?} by role={:?}{}",
+            signal.verb(),
+            s.pid,
+            show(&s.usename),
+            show(&s.datname),
+            show(&s.application_name),
+            caller,
+            policy
+        );
+    }
 }
 
 const AUDIT_SQL: &str = "\
@@ -114,106 +141,209 @@ SELECT pg_catalog.clock_timestamp(), $1, $2, $3, $4, u.outcome, u.pid, u.backend
        AS u(outcome, pid, backend_start, usename, datname, application_name, client_addr,
             backend_type, state, query, waited_ms, detail)";
 
-/// Whether this call writes audit rows. Asked before anything is signalled, so that a
-/// read-only transaction fails up front rather than after its signals; on a standby there is
-/// no writing at all, and the server-log line is the only record.
-pub fn audit_enabled() -> bool {
-    if !guc::AUDIT.get() || unsafe { pg_sys::RecoveryInProgress() } {
-        return false;
+/// The audit of one signalling call, prepared before anything is signalled: whether rows are
+/// written at all, a refusal of a read-only transaction, and the table's lock, taken now, so
+/// that a locked or missing `reaper.log` stops the call before its signals rather than after.
+pub struct Audit {
+    owner: pg_sys::Oid,
+}
+
+impl Audit {
+    /// None when no rows are written: `pg_reaper.audit` is off, or this is a standby, where
+    /// nothing can be written and the server-log line is the only record.
+    pub fn prepare() -> Option<Audit> {
+        // SAFETY: reads of backend-local state.
+        if !guc::AUDIT.get() || unsafe { pg_sys::RecoveryInProgress() } {
+            return None;
+        }
+        // SAFETY: as above.
+        if unsafe { pg_sys::XactReadOnly } {
+            raise_with_hint(
+                PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+                "pg_reaper cannot write its audit rows in a read-only transaction; nothing was signalled",
+                "Run it in a read-write transaction, or have a superuser turn pg_reaper.audit off.",
+            );
+        }
+        let (relation, owner) = log_table().unwrap_or_else(|| {
+            raise_with_hint(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                "pg_reaper: table reaper.log is missing; nothing was signalled",
+                "Recreate the extension, or have a superuser turn pg_reaper.audit off.",
+            )
+        });
+        // SAFETY: the lock an INSERT takes, held to the end of the transaction; waiting for it
+        // honours lock_timeout and statement_timeout like any lock wait.
+        unsafe {
+            pg_sys::LockRelationOid(relation, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE)
+        };
+        Some(Audit { owner })
     }
-    if unsafe { pg_sys::XactReadOnly } {
-        ereport!(
-            PgLogLevel::ERROR,
-            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
-            "pg_reaper cannot write its audit rows in a read-only transaction; nothing was signalled",
-            "Run it in a read-write transaction, or have a superuser turn pg_reaper.audit off."
+
+    /// Writes one `reaper.log` row per result row, in the caller's transaction. If the rows
+    /// cannot be written, a WARNING says how many backends were signalled (their `pg_reaper:`
+    /// LOG lines are written already) and the call goes on to return its rows; a cancel or a
+    /// shutdown still ends the call, after that WARNING.
+    pub fn write(&self, rows: &[ResultRow], action: &str, actor: &Actor) {
+        if rows.is_empty() {
+            return;
+        }
+        let written = in_subtransaction(|| self.insert(rows, action, actor));
+        if let Err(e) = written {
+            let signalled = rows.iter().filter(|r| r.outcome.signalled()).count();
+            warning!(
+                "pg_reaper: {signalled} of {} backends were signalled, but their reaper.log rows could not be written: {}",
+                rows.len(),
+                message(&e)
+            );
+            rethrow_if_fatal_to_the_call(e);
+        }
+    }
+
+    fn insert(&self, rows: &[ResultRow], action: &str, actor: &Actor) {
+        let col = |f: &dyn Fn(&ResultRow) -> Option<String>| -> Vec<Option<String>> {
+            rows.iter().map(f).collect()
+        };
+        let outcome = col(&|r| Some(r.outcome.as_str().to_string()));
+        let pid: Vec<i32> = rows.iter().map(|r| r.backend.session.pid).collect();
+        let backend_start: Vec<Option<TimestampWithTimeZone>> = rows
+            .iter()
+            .map(|r| timestamp(r.backend.session.backend_start))
+            .collect();
+        let usename = col(&|r| r.backend.session.usename.clone());
+        let datname = col(&|r| r.backend.session.datname.clone());
+        let application_name = col(&|r| r.backend.session.application_name.clone());
+        let client_addr = col(&|r| r.backend.client_addr_text.clone());
+        let backend_type = col(&|r| r.backend.session.backend_type.clone());
+        let state = col(&|r| r.backend.session.state.clone());
+        let query = col(&ResultRow::shown_query);
+        let waited_ms: Vec<i64> = rows.iter().map(|r| r.waited_ms).collect();
+        let detail = col(&|r| r.detail.clone());
+
+        self.run(
+            AUDIT_SQL,
+            &[
+                role::name(actor.caller).into(),
+                role::name(actor.run_as).into(),
+                actor.policy.clone().into(),
+                action.into(),
+                outcome.into(),
+                pid.into(),
+                backend_start.into(),
+                usename.into(),
+                datname.into(),
+                application_name.into(),
+                client_addr.into(),
+                backend_type.into(),
+                state.into(),
+                query.into(),
+                waited_ms.into(),
+                detail.into(),
+            ],
         );
     }
-    true
+
+    /// A `failed` row for a policy that could not run (or stopped), saying what it signalled.
+    pub fn write_failure(&self, action: &str, actor: &Actor, detail: &str) {
+        let written = in_subtransaction(|| {
+            self.run(
+                "INSERT INTO reaper.log (logged_at, caller, run_as, policy, action, outcome, detail) \
+                 VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, 'failed', $5)",
+                &[
+                    role::name(actor.caller).into(),
+                    role::name(actor.run_as).into(),
+                    actor.policy.clone().into(),
+                    action.into(),
+                    detail.into(),
+                ],
+            )
+        });
+        if let Err(e) = written {
+            warning!(
+                "pg_reaper: the failure of policy {:?} could not be recorded in reaper.log: {}",
+                actor.policy.as_deref().unwrap_or_default(),
+                message(&e)
+            );
+            rethrow_if_fatal_to_the_call(e);
+        }
+    }
+
+    /// Runs an INSERT into `reaper.log` as the table's owner: callers need no right on the
+    /// table and cannot forge its rows.
+    fn run(&self, sql: &str, args: &[pgrx::datum::DatumWithOid]) {
+        role::run_as(self.owner, true, || {
+            Spi::run_with_args(sql, args).unwrap_or_else(|e| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    &format!("pg_reaper: could not write reaper.log: {e}"),
+                )
+            })
+        });
+    }
 }
 
-/// Writes one `reaper.log` row per result row, in the caller's transaction.
-pub fn audit(rows: &[ResultRow], action: &str, actor: &Actor) {
-    if rows.is_empty() {
-        return;
+/// reaper.log's oid and owner, from the syscache (no SQL, so nothing of the caller's
+/// search_path is involved).
+fn log_table() -> Option<(pg_sys::Oid, pg_sys::Oid)> {
+    // SAFETY: syscache lookups by name and oid; the tuple is released before returning.
+    unsafe {
+        let schema = pg_sys::get_namespace_oid(c"reaper".as_ptr(), true);
+        if schema == pg_sys::InvalidOid {
+            return None;
+        }
+        let relation = pg_sys::get_relname_relid(c"log".as_ptr(), schema);
+        if relation == pg_sys::InvalidOid {
+            return None;
+        }
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            relation.into_datum().unwrap(),
+        );
+        if tuple.is_null() {
+            return None;
+        }
+        let class = pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_class>();
+        let owner = (*class).relowner;
+        pg_sys::ReleaseSysCache(tuple);
+        Some((relation, owner))
     }
-    let col = |f: &dyn Fn(&ResultRow) -> Option<String>| -> Vec<Option<String>> {
-        rows.iter().map(f).collect()
+}
+
+/// The message of a caught error.
+pub fn message(e: &CaughtError) -> String {
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.message().to_string(),
+        CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
+}
+
+/// Errors after which a call must not go on: a cancel, a shutdown, running out of a resource,
+/// an internal error or a panic. Re-raised; anything else is returned to be reported.
+pub fn rethrow_if_fatal_to_the_call(e: CaughtError) {
+    if is_fatal_to_the_call(&e) {
+        e.rethrow()
+    }
+}
+
+pub fn is_fatal_to_the_call(e: &CaughtError) -> bool {
+    let (CaughtError::PostgresError(r) | CaughtError::ErrorReport(r)) = e else {
+        return true; // a Rust panic is a bug: never swallowed
     };
-    let outcome = col(&|r| Some(r.outcome.as_str().to_string()));
-    let pid: Vec<i32> = rows.iter().map(|r| r.backend.session.pid).collect();
-    let backend_start: Vec<Option<TimestampWithTimeZone>> = rows
-        .iter()
-        .map(|r| timestamp(r.backend.session.backend_start))
-        .collect();
-    let usename = col(&|r| r.backend.session.usename.clone());
-    let datname = col(&|r| r.backend.session.datname.clone());
-    let application_name = col(&|r| r.backend.session.application_name.clone());
-    let client_addr = col(&|r| r.backend.client_addr_text.clone());
-    let backend_type = col(&|r| r.backend.session.backend_type.clone());
-    let state = col(&|r| r.backend.session.state.clone());
-    let query = col(&|r| r.backend.session.query.clone());
-    let waited_ms: Vec<i64> = rows.iter().map(|r| r.waited_ms).collect();
-    let detail = col(&|r| r.detail.clone());
-
-    write_log(
-        AUDIT_SQL,
-        &[
-            role::name(actor.caller).into(),
-            role::name(actor.run_as).into(),
-            actor.policy.clone().into(),
-            action.into(),
-            outcome.into(),
-            pid.into(),
-            backend_start.into(),
-            usename.into(),
-            datname.into(),
-            application_name.into(),
-            client_addr.into(),
-            backend_type.into(),
-            state.into(),
-            query.into(),
-            waited_ms.into(),
-            detail.into(),
-        ],
-    );
+    // SQLSTATE classes: 57 operator intervention (cancel, shutdown), 53 insufficient resources,
+    // 58 system error, XX internal error.
+    let class = sqlstate(r.sql_error_code()).get(..2).map(str::to_string);
+    matches!(class.as_deref(), Some("57" | "53" | "58" | "XX"))
 }
 
-/// A `failed` row for something that signalled nothing (a policy that could not run).
-pub fn audit_failure(action: &str, actor: &Actor, detail: &str) {
-    if !audit_enabled() {
-        return;
-    }
-    write_log(
-        "INSERT INTO reaper.log (logged_at, caller, run_as, policy, action, outcome, detail) \
-         VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, 'failed', $5)",
-        &[
-            role::name(actor.caller).into(),
-            role::name(actor.run_as).into(),
-            actor.policy.clone().into(),
-            action.into(),
-            detail.into(),
-        ],
-    );
-}
-
-/// Runs an INSERT into `reaper.log` as the table's owner: callers need no right on the table
-/// and cannot forge its rows.
-fn write_log(sql: &str, args: &[pgrx::datum::DatumWithOid]) {
-    role::run_as(log_owner(), true, || {
-        Spi::run_with_args(sql, args)
-            .unwrap_or_else(|e| error!("pg_reaper: could not write reaper.log: {e}"))
-    });
-}
-
-fn log_owner() -> pg_sys::Oid {
-    Spi::get_one::<pg_sys::Oid>(
-        "SELECT c.relowner FROM pg_catalog.pg_class c \
-          WHERE c.oid OPERATOR(pg_catalog.=) 'reaper.log'::pg_catalog.regclass",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| error!("pg_reaper: table reaper.log is missing"))
+/// The five-character SQLSTATE of an error code.
+pub fn sqlstate(code: PgSqlErrorCode) -> String {
+    let mut n = code as i32;
+    (0..5)
+        .map(|_| {
+            let c = (n & 0x3F) as u8 + b'0';
+            n >>= 6;
+            c as char
+        })
+        .collect()
 }
 
 pub fn timestamp(micros: Option<i64>) -> Option<TimestampWithTimeZone> {
@@ -258,6 +388,7 @@ impl ResultRow {
     }
 
     pub fn into_columns(self) -> Columns {
+        let query = self.shown_query();
         let s = self.backend.session;
         (
             s.pid,
@@ -268,7 +399,7 @@ impl ResultRow {
             self.backend.client_addr_text.map(pgrx::Inet),
             s.backend_type,
             s.state,
-            s.query,
+            query,
             self.outcome.as_str().to_string(),
             self.waited_ms,
             self.detail,

@@ -2,7 +2,14 @@
 //! `pg_terminate_backend`, called directly (no catalog lookup, so no search_path can redirect
 //! it) inside a subtransaction, so that its permission error becomes a `denied` row instead of
 //! aborting the set. Whatever PostgreSQL would allow or forbid, we allow or forbid.
+//!
+//! Immediately before each signal, the victim's identity is checked again (its PGPROC is in
+//! the proc array, and its live status entry has the pid and start time that matched), and from
+//! that check to the signal the victim is pinned: ProcArrayLock is held in shared mode, so it
+//! cannot leave the proc array, so it cannot exit, so its pid cannot be handed to anyone else.
+//! PostgreSQL's own pg_terminate_backend leaves that window open.
 
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -10,6 +17,8 @@ use pgrx::direct_function_call;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
+
+use crate::compat::{self, LiveIdentity, ProcArrayPin};
 
 /// How often the wait re-checks its pending backends.
 const POLL: Duration = Duration::from_millis(2);
@@ -29,35 +38,81 @@ impl Signal {
     }
 }
 
+/// The process a signal is meant for: the pid, with the start time and role it had when it
+/// matched.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub pid: i32,
+    pub started_at: Option<i64>,
+    pub role: pg_sys::Oid,
+}
+
 /// What became of one signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     Delivered,
-    /// The pid is no longer a PostgreSQL backend.
-    Gone,
+    /// Not signalled: the process is gone (or on its way out).
+    Exited,
+    /// Not signalled: the pid now belongs to another process.
+    PidReused,
+    /// Not signalled: its status entry was being rewritten for too long to confirm who it is.
+    Unconfirmed,
+    /// Not signalled: an auxiliary process (checkpointer, walwriter, ...), which PostgreSQL's
+    /// signal functions refuse to signal.
+    NotABackend,
     /// PostgreSQL refused; its message.
     Denied(String),
+    /// PostgreSQL tried and could not deliver it (its WARNING is in the server log).
+    Failed,
 }
 
-/// Sends `signal` to `pid` with the current role's privileges.
-pub fn send(pid: i32, signal: Signal) -> Delivery {
-    // PostgreSQL would only WARN about a pid that is not a backend; say `vanished` quietly.
-    if unsafe { pg_sys::BackendPidGetProc(pid) }.is_null() {
-        return Delivery::Gone;
-    }
-    let call = || unsafe {
-        let pid = pid.into_datum();
-        match signal {
-            Signal::Cancel => direct_function_call::<bool>(pg_sys::pg_cancel_backend, &[pid]),
-            Signal::Terminate => direct_function_call::<bool>(
-                pg_sys::pg_terminate_backend,
-                &[pid, 0i64.into_datum()],
-            ),
+thread_local! {
+    /// Signals delivered by this backend since it started: whoever must say how many signals
+    /// went out before an error compares two readings.
+    static DELIVERED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many signals this backend has delivered so far.
+pub fn delivered_so_far() -> u64 {
+    DELIVERED.with(Cell::get)
+}
+
+/// Sends `signal` to `target` with the current role's privileges, if it is still the process
+/// that matched. `first` marks the first victim of a call (for the test-only pause).
+pub fn send(target: &Target, signal: Signal, first: bool) -> Delivery {
+    compat::prewarm_signal_permissions(target.role);
+    let sent = in_subtransaction(|| {
+        let pin = ProcArrayPin::acquire();
+        if let Err(lost) = identify(&pin, target) {
+            return lost;
         }
-    };
-    match in_subtransaction(call) {
-        Ok(Some(true)) => Delivery::Delivered,
-        Ok(_) => Delivery::Gone,
+        if first {
+            test_hooks::pause_before_signal();
+        }
+        let pid = target.pid.into_datum();
+        // SAFETY: PostgreSQL's own SQL-callable functions, called with their declared
+        // arguments (pg_terminate_backend(int4, int8) in every supported major). Their lookups
+        // of the caller's and the victim's roles hit the caches warmed above, so nothing under
+        // the pin reads a catalog.
+        let delivered = unsafe {
+            match signal {
+                Signal::Cancel => direct_function_call::<bool>(pg_sys::pg_cancel_backend, &[pid]),
+                Signal::Terminate => direct_function_call::<bool>(
+                    pg_sys::pg_terminate_backend,
+                    &[pid, 0i64.into_datum()],
+                ),
+            }
+        };
+        drop(pin);
+        if delivered == Some(true) {
+            DELIVERED.with(|d| d.set(d.get() + 1));
+            Delivery::Delivered
+        } else {
+            Delivery::Failed
+        }
+    });
+    match sent {
+        Ok(delivery) => delivery,
         Err(CaughtError::PostgresError(e))
             if e.sql_error_code() == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
         {
@@ -67,10 +122,39 @@ pub fn send(pid: i32, signal: Signal) -> Delivery {
     }
 }
 
+/// Whether the process behind `target.pid` is still the one that matched.
+fn identify(pin: &ProcArrayPin, target: &Target) -> Result<(), Delivery> {
+    let Some(proc) = pin.backend(target.pid) else {
+        // SAFETY: AuxiliaryPidGetProc only compares pids in the auxiliary PGPROC array.
+        let auxiliary = !unsafe { pg_sys::AuxiliaryPidGetProc(target.pid) }.is_null();
+        return Err(if auxiliary {
+            Delivery::NotABackend
+        } else {
+            Delivery::Exited
+        });
+    };
+    match pin.live_identity(proc) {
+        LiveIdentity::Known { pid, started }
+            if pid == target.pid && Some(started) == target.started_at =>
+        {
+            Ok(())
+        }
+        // A backend on its way out clears its status entry before it leaves the proc array.
+        LiveIdentity::Known { pid: 0, .. } => Err(Delivery::Exited),
+        LiveIdentity::Known { .. } | LiveIdentity::Starting => Err(Delivery::PidReused),
+        LiveIdentity::Busy => Err(Delivery::Unconfirmed),
+    }
+}
+
 /// Runs `f` in a subtransaction: committed when it returns, rolled back when it raises, the
-/// error handed back. The pattern of PL/pgSQL's exception blocks.
+/// error handed back. The pattern of PL/pgSQL's exception blocks: the error is copied and the
+/// error state flushed before the rollback (pgrx copies and flushes at the FFI boundary where
+/// it catches the error; flushing again here makes the order explicit and costs nothing).
 #[allow(clippy::result_large_err)] // the error is rare and handled at once
 pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtError> {
+    // SAFETY: the calls below are PostgreSQL's documented subtransaction protocol, as in
+    // PL/pgSQL's exec_stmt_block: begin, then release on success or flush-and-roll-back on
+    // error, restoring the caller's memory context and resource owner after each step.
     unsafe {
         let memory_context = pg_sys::CurrentMemoryContext;
         let resource_owner = pg_sys::CurrentResourceOwner;
@@ -88,6 +172,7 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, CaughtError> {
         }))
         .catch_others(|e| {
             restore();
+            pg_sys::FlushErrorState();
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             restore();
             Err(e)
@@ -130,12 +215,14 @@ pub fn wait_for_exit(
 
 /// As PostgreSQL's own wait in pg_terminate_backend: the process is gone when kill(pid, 0) fails.
 fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only asks whether the process exists.
     let r = unsafe { libc::kill(pid, 0) };
     r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Sleeps on the latch, so that a cancel, a terminate or postmaster death is noticed at once.
 pub fn sleep_interruptibly(duration: Duration) {
+    // SAFETY: MyLatch is this backend's own latch.
     unsafe {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
@@ -146,4 +233,58 @@ pub fn sleep_interruptibly(duration: Duration) {
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
     check_for_interrupts!();
+}
+
+/// Sleeps the whole of `duration` (a latch set by something else does not cut it short).
+pub fn sleep_fully(duration: Duration) {
+    let until = Instant::now() + duration;
+    while let Some(left) = until
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    {
+        sleep_interruptibly(left);
+    }
+}
+
+/// The pauses the test suite uses to reach the two windows of a signalling call; in a release
+/// build (without the `test-hooks` feature) they are empty and the settings do not exist.
+pub mod test_hooks {
+    use std::time::Duration;
+
+    /// Between choosing the victims and re-checking them.
+    pub fn pause_before_recheck() {
+        #[cfg(feature = "test-hooks")]
+        {
+            let ms = crate::guc::test_hooks::RECHECK_DELAY_MS.get().max(0) as u64;
+            super::sleep_fully(Duration::from_millis(ms));
+        }
+    }
+
+    /// Between the first victim's identity check and its signal, with the victim pinned.
+    /// Interrupts are held off while a lightweight lock is held, so this sleeps on the latch
+    /// without checking for them; postmaster death still ends it.
+    pub fn pause_before_signal() {
+        #[cfg(feature = "test-hooks")]
+        {
+            let ms = crate::guc::test_hooks::SIGNAL_DELAY_MS.get().max(0) as u64;
+            let until = std::time::Instant::now() + Duration::from_millis(ms);
+            while let Some(left) = until
+                .checked_duration_since(std::time::Instant::now())
+                .filter(|d| !d.is_zero())
+            {
+                // SAFETY: MyLatch is this backend's own latch.
+                unsafe {
+                    pgrx::pg_sys::WaitLatch(
+                        pgrx::pg_sys::MyLatch,
+                        (pgrx::pg_sys::WL_LATCH_SET
+                            | pgrx::pg_sys::WL_TIMEOUT
+                            | pgrx::pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                        left.as_millis().max(1) as std::ffi::c_long,
+                        pgrx::pg_sys::PG_WAIT_EXTENSION,
+                    );
+                    pgrx::pg_sys::ResetLatch(pgrx::pg_sys::MyLatch);
+                }
+            }
+        }
+    }
 }

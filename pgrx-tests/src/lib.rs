@@ -1,18 +1,64 @@
-//! The harness for pg_reaper's multi-session tests: a throwaway PostgreSQL 15 cluster run as
-//! the postgres OS user, real sessions held open in chosen states, and helpers to ask the
-//! server what became of them. Requires the extension to be installed (`make install`).
+//! The harness for pg_reaper's multi-session tests: a throwaway PostgreSQL cluster run as the
+//! postgres OS user, real sessions held open in chosen states, and helpers to ask the server
+//! what became of them. The server is the one whose `pg_config` the `PG_CONFIG` variable names
+//! (PostgreSQL 15 from Debian by default); the extension must be installed there, built with
+//! the `test-hooks` feature (`make test` does both).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+pub use libc;
 pub use postgres::{Client, NoTls};
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The server's `pg_config`.
+pub fn pg_config() -> String {
+    std::env::var("PG_CONFIG").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin/pg_config".into())
+}
+
+/// What `pg_config --<what>` prints.
+pub fn pg_config_value(what: &str) -> String {
+    let out = Command::new(pg_config())
+        .arg(format!("--{what}"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", pg_config()));
+    assert!(out.status.success(), "pg_config --{what} failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The server's programs (initdb, pg_ctl, ...).
+fn bin_dir() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| pg_config_value("bindir"))
+}
+
+/// The server's major version (14, 15, ...).
+pub fn server_major() -> u32 {
+    static MAJOR: OnceLock<u32> = OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let version = pg_config_value("version"); // "PostgreSQL 15.10 (Debian ...)"
+        version
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read a major version from {version:?}"))
+    })
+}
+
+/// The postgres OS user's uid and gid: clusters run as that user.
+fn postgres_user() -> (u32, u32) {
+    // SAFETY: getpwnam returns NULL or a pointer to a static passwd entry, read at once.
+    unsafe {
+        let pw = libc::getpwnam(c"postgres".as_ptr());
+        assert!(!pw.is_null(), "there is no postgres OS user");
+        ((*pw).pw_uid, (*pw).pw_gid)
+    }
+}
 
 /// How long a helper waits for a session to reach a state before failing the test.
 pub const PATIENCE: Duration = Duration::from_secs(15);
@@ -41,9 +87,13 @@ pub struct Cluster {
 
 static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
 
-fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
+/// Runs one of the server's programs as the postgres OS user, with a UTF-8 locale whatever the
+/// caller's environment has (cron, systemd and minimal containers often have no LANG).
+pub fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
     let output = Command::new("runuser")
-        .args(["-u", "postgres", "--", &format!("{BIN}/{program}")])
+        .args(["-u", "postgres", "--", &format!("{}/{program}", bin_dir())])
+        .env("LANG", "C.UTF-8")
+        .env("LC_ALL", "C.UTF-8")
         .args(args)
         .env_remove("RUST_BACKTRACE")
         .output()
@@ -74,10 +124,8 @@ impl Cluster {
         let dir = PathBuf::from(format!("/tmp/pgr-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("cluster dir");
-        Command::new("chown")
-            .args(["postgres:postgres", dir.to_str().unwrap()])
-            .status()
-            .expect("chown");
+        let (uid, gid) = postgres_user();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the cluster dir");
         let data = dir.join("data");
         as_postgres(
             "initdb",
@@ -87,6 +135,8 @@ impl Cluster {
                 "-U",
                 "postgres",
                 "--no-sync",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
                 "-D",
                 data.to_str().unwrap(),
             ],
@@ -228,23 +278,7 @@ impl Cluster {
 
     /// Waits until the backend `pid` satisfies `condition` (SQL over pg_stat_activity `a`).
     pub fn wait_until(&self, pid: i32, condition: &str) {
-        let mut c = self.superuser();
-        let sql = format!(
-            "SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1 AND ({condition})"
-        );
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            c.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
-            let n: i64 = c.query_one(&sql, &[&pid]).unwrap().get(0);
-            if n == 1 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pid {pid} never reached: {condition}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_with(&mut self.superuser(), pid, condition)
     }
 
     /// The postmaster's start time, to prove it never restarted.
@@ -256,6 +290,27 @@ impl Cluster {
     }
 }
 
+/// `Cluster::wait_until` on a connection the test already holds (no new connection is opened,
+/// which matters while a test pause keeps new backends from joining).
+pub fn wait_until_with(c: &mut Client, pid: i32, condition: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1 AND ({condition})"
+    );
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        c.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
+        let n: i64 = c.query_one(&sql, &[&pid]).unwrap().get(0);
+        if n == 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} never reached: {condition}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.data_dir();
@@ -264,7 +319,7 @@ impl Drop for Cluster {
                 "-u",
                 "postgres",
                 "--",
-                &format!("{BIN}/pg_ctl"),
+                &format!("{}/pg_ctl", bin_dir()),
                 "-D",
                 data.to_str().unwrap(),
             ])
@@ -452,35 +507,75 @@ pub fn terminate(client: &mut Client, filter: &str, timeout_ms: i64) -> Vec<Row>
     call(client, &f, filter).expect("terminate")
 }
 
+/// A pause the test-only settings put inside a signalling call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Between choosing the victims and re-checking them (`pg_reaper.recheck_delay_ms`).
+    BeforeRecheck,
+    /// Between the first victim's identity check and its signal, with the victim pinned
+    /// (`pg_reaper.signal_delay_ms`).
+    BeforeSignal,
+}
+
+/// How long a window stays open: long enough for any change a test makes in it.
+pub const WINDOW_MS: u64 = 3000;
+
 /// Runs `sql` (a pg_reaper call with the filter as $1) from a background superuser session
-/// that pauses (the hidden `pg_reaper.recheck_delay_ms`) between choosing the victims and
-/// re-checking them, runs `during` inside that window, and returns the rows.
-pub fn call_in_recheck_window(
+/// that pauses in `window`, runs `during` once the caller is seen waiting there, checks that
+/// the caller was still waiting when `during` was done (so the change landed inside the
+/// window), and returns the rows. `during` gets a connection opened before the window, for
+/// what it must ask the server meanwhile.
+pub fn call_in_window(
     cluster: &Cluster,
+    window: Window,
     sql: &'static str,
     filter: &str,
-    during: impl FnOnce(),
+    during: impl FnOnce(&mut Client),
 ) -> Vec<Row> {
+    call_in_window_as(cluster, cluster.superuser(), window, sql, filter, during)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// `call_in_window` from the given caller's connection, returning the call's result.
+pub fn call_in_window_as(
+    cluster: &Cluster,
+    mut caller: Client,
+    window: Window,
+    sql: &'static str,
+    filter: &str,
+    during: impl FnOnce(&mut Client),
+) -> Result<Vec<Row>, postgres::Error> {
     let filter = filter.to_string();
-    let mut caller = cluster.superuser();
+    let setting = match window {
+        Window::BeforeRecheck => "pg_reaper.recheck_delay_ms",
+        Window::BeforeSignal => "pg_reaper.signal_delay_ms",
+    };
+    let mut observer = cluster.superuser();
+    let caller_pid = backend_pid(&mut caller);
     caller
-        .batch_execute("SET pg_reaper.recheck_delay_ms = 3000")
+        .batch_execute(&format!("SET {setting} = {WINDOW_MS}"))
         .unwrap();
-    let handle = std::thread::spawn(move || call(&mut caller, sql, &filter).expect(sql));
-    std::thread::sleep(Duration::from_millis(300));
-    let opened = Instant::now();
-    during();
-    assert!(
-        opened.elapsed() < Duration::from_millis(2500),
-        "the change must land inside the window"
-    );
+    let handle = std::thread::spawn(move || call(&mut caller, sql, &filter));
+    let waiting = "a.wait_event_type = 'Extension' AND a.wait_event = 'Extension'";
+    wait_until_with(&mut observer, caller_pid, waiting);
+    during(&mut observer);
+    let still: i64 = observer
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1 AND {waiting}"
+            ),
+            &[&caller_pid],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(still, 1, "the change must land inside the window");
     handle.join().unwrap()
 }
 
-/// `call_in_recheck_window` for terminate_matching with a 2 s timeout.
+/// `call_in_window` before the re-check, for terminate_matching with a 2 s timeout.
 pub fn terminate_with_window(cluster: &Cluster, filter: &str, during: impl FnOnce()) -> Vec<Row> {
     let sql = "reaper.terminate_matching($1::text::jsonb, 2000)";
-    call_in_recheck_window(cluster, sql, filter, during)
+    call_in_window(cluster, Window::BeforeRecheck, sql, filter, |_| during())
 }
 
 /// Exactly one row: `pid`, vanished, for `why`.
@@ -507,15 +602,12 @@ pub fn sqlstate(e: &postgres::Error) -> Option<&str> {
     e.code().map(|c| c.code())
 }
 
-/// Sends `sig` ("-STOP", "-CONT", ...) to a process, as root: a stopped backend cannot act on
-/// a signal until it is continued.
-pub fn signal_process(pid: i32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
+/// Sends `sig` (libc::SIGSTOP, libc::SIGCONT, ...) to a process, as root: a stopped backend
+/// cannot act on a signal until it is continued.
+pub fn signal_process(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid and a signal number.
+    let r = unsafe { libc::kill(pid, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
 }
 
 /// A process's private memory (RssAnon, kB, so shared buffers do not count), as root.
@@ -553,22 +645,24 @@ pub fn tag(test: &str) -> String {
     format!("t_{test}")
 }
 
-/// A cluster shared by the tests of one test file (one binary) while they run: the first caller
+/// A cluster shared by the tests of one module (`key`: its `module_path!()`) while they run: the first caller
 /// starts it and runs `setup` on it (roles, databases); it is stopped when the last test holding
 /// it ends, and a caller that then finds none running starts a new one. Only a `Weak` is kept in
 /// the static, because a static is never dropped: holding the cluster there would leave its
 /// postmaster running after the binary exits. Each test must tag its sessions (`tag`) and name
 /// its tag in every filter, so that no test sees or signals another's sessions.
-pub fn shared_cluster(setup: fn(&Cluster)) -> std::sync::Arc<Cluster> {
+pub fn shared_cluster(key: &'static str, setup: fn(&Cluster)) -> std::sync::Arc<Cluster> {
+    use std::collections::HashMap;
     use std::sync::{Arc, Mutex, Weak};
-    static SHARED: Mutex<Weak<Cluster>> = Mutex::new(Weak::new());
+    static SHARED: Mutex<Option<HashMap<&'static str, Weak<Cluster>>>> = Mutex::new(None);
     let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(cluster) = shared.upgrade() {
+    let clusters = shared.get_or_insert_with(HashMap::new);
+    if let Some(cluster) = clusters.get(key).and_then(Weak::upgrade) {
         return cluster;
     }
     let cluster = Arc::new(Cluster::start());
     setup(&cluster);
-    *shared = Arc::downgrade(&cluster);
+    clusters.insert(key, Arc::downgrade(&cluster));
     cluster
 }
 

@@ -102,13 +102,13 @@ fn a_victim_slower_than_the_timeout_is_timed_out() {
     let slow = cluster.session("app", &tag);
     let quick = cluster.session("app", &tag);
     // A stopped process cannot act on SIGTERM until it is continued.
-    signal_process(slow.pid, "-STOP");
+    signal_process(slow.pid, libc::SIGSTOP);
     let rows = terminate(
         &mut cluster.superuser(),
         &format!(r#"{{"application_name": "{tag}"}}"#),
         300,
     );
-    signal_process(slow.pid, "-CONT");
+    signal_process(slow.pid, libc::SIGCONT);
     let outcome = |pid: i32| rows.iter().find(|r| r.pid == pid).expect("a row").clone();
     let slow_row = outcome(slow.pid);
     assert_eq!(slow_row.outcome, "timed_out");
@@ -125,7 +125,7 @@ fn a_caller_cancelled_while_waiting_stops_promptly() {
     for how in ["statement_timeout", "pg_cancel_backend"] {
         let tag = tag(&format!("wait_cancelled_{how}"));
         let slow = cluster.session("app", &tag);
-        signal_process(slow.pid, "-STOP");
+        signal_process(slow.pid, libc::SIGSTOP);
         let caller = cluster.session("postgres", "caller");
         if how == "statement_timeout" {
             assert_eq!(caller.run("SET statement_timeout = '300ms'"), Ended::Ok);
@@ -157,7 +157,7 @@ fn a_caller_cancelled_while_waiting_stops_promptly() {
         assert!(cluster
             .server_log()
             .contains(&format!("pg_reaper: terminate pid={} ", slow.pid)));
-        signal_process(slow.pid, "-CONT");
+        signal_process(slow.pid, libc::SIGCONT);
         assert!(cluster.wait_gone(slow.pid), "{how}");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn cluster() -> Arc<Cluster> {
-    shared_cluster(|cluster| cluster.create_role("app", ""))
+    shared_cluster(module_path!(), |cluster| cluster.create_role("app", ""))
 }
 
 /// The state pg_stat_activity shows for `pid` now.
@@ -163,11 +163,12 @@ fn a_cancel_victim_that_exits_before_its_signal_is_vanished() {
     let (stays, stays_query) = cluster.session("app", &tag).busy(&cluster);
     let leaves = cluster.session("app", &tag);
     let leaves_pid = leaves.pid;
-    let rows = call_in_recheck_window(
+    let rows = call_in_window(
         &cluster,
+        Window::BeforeRecheck,
         "reaper.cancel_matching($1::text::jsonb)",
         &format!(r#"{{"application_name": "{tag}"}}"#),
-        || {
+        |_| {
             drop(leaves);
             assert!(cluster.wait_gone(leaves_pid));
         },
@@ -194,11 +195,12 @@ fn one_vanished_victim_does_not_stop_the_others() {
     let middle = cluster.session("app", &tag).idle_in_transaction();
     let last = cluster.session("app", &tag).idle_in_transaction();
     let filter = format!(r#"{{"application_name": "{tag}", "state": "idle in transaction"}}"#);
-    let rows = call_in_recheck_window(
+    let rows = call_in_window(
         &cluster,
+        Window::BeforeRecheck,
         "reaper.terminate_matching($1::text::jsonb, 5000)",
         &filter,
-        || {
+        |_| {
             assert_eq!(middle.run("COMMIT"), Ended::Ok);
         },
     );

@@ -90,16 +90,12 @@ fn a_victim_exiting_before_its_signal_is_vanished_without_warnings() {
         let victim = cluster.session("app", &tag);
         let bystander = cluster.session("app", "bystander");
         let pid = victim.pid;
-        let (mut me, notices) = collecting_client(&cluster);
-        // Widen the window between choosing the victims and re-checking them.
-        me.batch_execute("SET pg_reaper.recheck_delay_ms = 1500")
-            .unwrap();
+        let (me, notices) = collecting_client(&cluster);
         let filter = format!(r#"{{"application_name": "{tag}"}}"#);
-        let handle = std::thread::spawn(move || (call(&mut me, f, &filter), notices));
-        std::thread::sleep(Duration::from_millis(300));
-        drop(victim);
-        assert!(cluster.wait_gone(pid));
-        let (rows, notices) = handle.join().unwrap();
+        let rows = call_in_window_as(&cluster, me, Window::BeforeRecheck, f, &filter, |_| {
+            drop(victim);
+            assert!(cluster.wait_gone(pid));
+        });
         let rows = rows.unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(pids(&rows), vec![pid], "{f}");
         assert_eq!(rows[0].outcome, "vanished", "{f}: {rows:?}");
@@ -179,7 +175,7 @@ fn a_caller_terminated_while_waiting_exits_promptly_and_the_server_lives() {
         let tag = tag(&format!("caller_killed_{n}"));
         let victim = cluster.session("app", &tag).idle_in_transaction();
         if stop_victim {
-            signal_process(victim.pid, "-STOP");
+            signal_process(victim.pid, libc::SIGSTOP);
         }
         let caller = cluster.session("postgres", "caller");
         let filter = format!(r#"{{"application_name": "{tag}"}}"#);
@@ -199,7 +195,7 @@ fn a_caller_terminated_while_waiting_exits_promptly_and_the_server_lives() {
         assert!(took < Duration::from_secs(5), "{f}: {took:?}");
         if stop_victim {
             // It was signalled before the caller died; continued, it acts on it.
-            signal_process(victim.pid, "-CONT");
+            signal_process(victim.pid, libc::SIGCONT);
             assert!(cluster.wait_gone(victim.pid), "{f}");
         } else {
             // Only cancelled (a no-op for an idle transaction): never terminated.
@@ -227,14 +223,14 @@ fn victims_slower_than_the_timeout_are_timed_out() {
     let tag_stopped = tag("escalation_timed_out");
     let stopped = cluster.session("app", &tag_stopped).idle_in_transaction();
     let quick = cluster.session("app", &tag_stopped).idle_in_transaction();
-    signal_process(stopped.pid, "-STOP");
+    signal_process(stopped.pid, libc::SIGSTOP);
     let rows = call(
         &mut cluster.superuser(),
         "reaper.cancel_then_terminate($1::text::jsonb, 200, 300)",
         &format!(r#"{{"application_name": "{tag_stopped}"}}"#),
     )
     .unwrap();
-    signal_process(stopped.pid, "-CONT");
+    signal_process(stopped.pid, libc::SIGCONT);
     let row = |pid: i32| rows.iter().find(|r| r.pid == pid).expect("a row").clone();
     let slow = row(stopped.pid);
     assert_eq!(slow.outcome, "timed_out", "{rows:?}");

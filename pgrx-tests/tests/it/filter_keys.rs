@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// The cluster the tests of this file share (see `shared_cluster`).
 fn cluster() -> Arc<Cluster> {
-    shared_cluster(|cluster| {
+    shared_cluster(module_path!(), |cluster| {
         cluster.create_role("app", "");
         cluster.create_role("batch", "");
         cluster.create_role("boss", "SUPERUSER");

@@ -299,7 +299,7 @@ fn only_members_of_the_owner_may_run_a_policy() {
     assert_eq!(target.run("SELECT 1"), Ended::Ok);
     assert!(cluster
         .server_log()
-        .contains(r#"policy "su-owned" failed: role "intern" may not run it"#));
+        .contains(r#"policy "su-owned" failed (it signalled nothing): role "intern" may not run it"#));
     let failed = count(
         &mut su,
         "SELECT count(*) FROM reaper.log WHERE outcome = 'failed' AND caller = 'intern'",

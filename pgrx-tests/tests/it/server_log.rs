@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn cluster() -> Arc<Cluster> {
-    shared_cluster(|cluster| {
+    shared_cluster(module_path!(), |cluster| {
         cluster.create_role("app", "");
         cluster.create_role("weak", "");
         cluster.create_role("dba", "IN ROLE pg_signal_backend");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const EVERYTHING: &str = r#"{"all": true, "include_superusers": true}"#;
 
 fn cluster() -> Arc<Cluster> {
-    shared_cluster(|cluster| {
+    shared_cluster(module_path!(), |cluster| {
         cluster.create_role("app", "");
         cluster.create_role("batch", "");
         cluster.create_role("boss", "SUPERUSER");

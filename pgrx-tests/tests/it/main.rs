@@ -1,0 +1,21 @@
+//! pg_reaper's multi-session tests: one test binary (one link) with a module per behaviour.
+//! Each test runs against a throwaway cluster of real sessions (see the harness in
+//! `pgrx-tests/src/lib.rs`). The pid-reuse tests live in their own binary, `pid_reuse.rs`,
+//! because they steer the kernel's next pid and no other test may fork meanwhile.
+
+mod audit_trail;
+mod bad_input_catalogue;
+mod cancel_then_terminate;
+mod cron_schedule;
+mod faults;
+mod filter_keys;
+mod permission_matrix;
+mod policy_runs;
+mod recheck;
+mod refusals;
+mod safety;
+mod server_log;
+mod signalling;
+mod snapshot_fidelity;
+mod soak;
+mod vanished;
