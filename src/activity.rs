@@ -103,15 +103,12 @@ impl Names {
             .clone()
     }
 
-    /// pg_stat_activity's rule (HAS_PGSTAT_PERMISSIONS): pg_read_all_stats, or the privileges
-    /// of the session's role.
+    /// pg_stat_activity's rule: pg_read_all_stats, or the privileges of the session's role.
     fn visible(&mut self, role: pg_sys::Oid) -> bool {
-        // SAFETY: plain catalog checks on role oids, inside a transaction.
-        *self.visible.entry(role).or_insert_with(|| unsafe {
-            let me = pg_sys::GetUserId();
-            pg_sys::has_privs_of_role(me, pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS))
-                || pg_sys::has_privs_of_role(me, role)
-        })
+        *self
+            .visible
+            .entry(role)
+            .or_insert_with(|| compat::may_see_sessions_of(role))
     }
 
     /// PostgreSQL protects a process with no role like a superuser's (signalfuncs.c); so do we.
@@ -222,6 +219,9 @@ fn state_name(state: pg_sys::BackendState::Type) -> Option<&'static str> {
         STATE_FASTPATH => Some("fastpath function call"),
         STATE_IDLEINTRANSACTION_ABORTED => Some("idle in transaction (aborted)"),
         STATE_DISABLED => Some("disabled"),
+        // 18 shows a backend that is still authenticating, with no role yet.
+        #[cfg(feature = "pg18")]
+        STATE_STARTING => Some("starting"),
         _ => None,
     }
 }

@@ -28,17 +28,27 @@ pub fn reserve_guc_prefix(prefix: &CStr) {
 
 /// Drops this transaction's copy of the backend status array, and nothing else, so that the
 /// next read is fresh. (pgstat_clear_snapshot would also throw away the caller's cumulative
-/// statistics snapshot under `stats_fetch_consistency = snapshot`.)
+/// statistics snapshot, which `stats_fetch_consistency = snapshot` promises to keep.)
 pub fn clear_activity_snapshot() {
-    // SAFETY: both only free backend-local memory and reset backend-local pointers.
+    // SAFETY: frees backend-local memory and resets backend-local pointers; nothing read from
+    // the old copy is kept past this point.
+    unsafe { pg_sys::pgstat_clear_backend_activity_snapshot() }
+}
+
+/// pg_stat_activity's visibility rule (HAS_PGSTAT_PERMISSIONS): may the current role see the
+/// details of `role`'s sessions?
+pub fn may_see_sessions_of(role: pg_sys::Oid) -> bool {
+    // SAFETY: plain catalog checks on role oids, inside a transaction.
     unsafe {
-        // 15 moved cumulative statistics to shared memory and split the activity part of the
-        // snapshot out as pgstat_clear_backend_activity_snapshot. In 14 there is one snapshot
-        // (read from the collector's file per transaction) and one function clears it all.
+        let me = pg_sys::GetUserId();
+        let read_all_stats = pg_sys::Oid::from(pg_sys::ROLE_PG_READ_ALL_STATS);
+        // 15 made pg_read_all_stats count only with its privileges (has_privs_of_role); in 14
+        // bare membership was enough (is_member_of_role), NOINHERIT or not.
         #[cfg(feature = "pg14")]
-        pg_sys::pgstat_clear_snapshot();
+        let all = pg_sys::is_member_of_role(me, read_all_stats);
         #[cfg(not(feature = "pg14"))]
-        pg_sys::pgstat_clear_backend_activity_snapshot();
+        let all = pg_sys::has_privs_of_role(me, read_all_stats);
+        all || pg_sys::has_privs_of_role(me, role)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
 
@@ -61,7 +62,7 @@ pub fn run(only: Option<&str>) -> Vec<(String, ResultRow)> {
             Err(e) => {
                 let sent = signal::delivered_so_far() - sent_before;
                 let fatal = report::is_fatal_to_the_call(&e);
-                report_failure(&policy, &actor, &report::message(&e), sent, !fatal);
+                report_failure(&policy, &actor, &e, sent, !fatal);
                 report::rethrow_if_fatal_to_the_call(e);
             }
         }
@@ -147,14 +148,17 @@ fn role_exists(role: pg_sys::Oid) -> bool {
 /// A failed policy: a WARNING for whoever ran it (and the server log), and a `failed` row in
 /// `reaper.log`, each saying how many signals the policy sent before it failed.
 /// (`record`: false when the error is about to end the whole call, taking any row with it.)
-fn report_failure(policy: &Policy, actor: &Actor, message: &str, sent: u64, record: bool) {
+/// The WARNING carries the error's own SQLSTATE.
+fn report_failure(policy: &Policy, actor: &Actor, e: &CaughtError, sent: u64, record: bool) {
     let what = match sent {
         0 => "it signalled nothing".to_string(),
         n => format!("it had sent {n} signal(s) first; the pg_reaper: LOG lines name them"),
     };
-    warning!(
-        "pg_reaper: policy \"{}\" failed ({what}): {message}",
-        policy.name
+    let message = report::message(e);
+    ereport!(
+        PgLogLevel::WARNING,
+        report::error_code(e),
+        format!("pg_reaper: policy \"{}\" failed ({what}): {message}", policy.name)
     );
     if !record {
         return;

@@ -316,6 +316,14 @@ pub fn message(e: &CaughtError) -> String {
     }
 }
 
+/// The SQLSTATE of a caught error (XX000 for a Rust panic).
+pub fn error_code(e: &CaughtError) -> PgSqlErrorCode {
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r.sql_error_code(),
+        CaughtError::RustPanic { .. } => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+    }
+}
+
 /// Errors after which a call must not go on: a cancel, a shutdown, running out of a resource,
 /// an internal error or a panic. Re-raised; anything else is returned to be reported.
 pub fn rethrow_if_fatal_to_the_call(e: CaughtError) {

@@ -8,12 +8,15 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 pub use libc;
 pub use postgres::{Client, NoTls};
+
+/// Every NOTICE or WARNING a collecting client received, as "SEVERITY SQLSTATE: message".
+pub type Notices = Arc<Mutex<Vec<String>>>;
 
 /// The server's `pg_config`.
 pub fn pg_config() -> String {
@@ -214,13 +217,22 @@ impl Cluster {
         self.connect_with(user, application_name, &dir)
     }
 
+    /// A TCP client as `user` to database `dbname`.
+    pub fn connect_to(&self, user: &str, dbname: &str) -> Client {
+        self.connect_with_db(user, "pg_reaper_tests", "127.0.0.1", dbname)
+    }
+
     fn connect_with(&self, user: &str, application_name: &str, host: &str) -> Client {
+        self.connect_with_db(user, application_name, host, "postgres")
+    }
+
+    fn connect_with_db(&self, user: &str, application_name: &str, host: &str, dbname: &str) -> Client {
         let mut config = postgres::Config::new();
         config
             .host(host)
             .port(self.port)
             .user(user)
-            .dbname("postgres")
+            .dbname(dbname)
             .application_name(application_name)
             .connect_timeout(Duration::from_secs(10));
         let deadline = Instant::now() + PATIENCE;
@@ -234,6 +246,34 @@ impl Cluster {
                 Err(e) => panic!("cannot connect as {user}: {e}"),
             }
         }
+    }
+
+    /// A TCP client as `user` that collects every NOTICE or WARNING it receives, as
+    /// "SEVERITY SQLSTATE: message".
+    pub fn collecting_client(&self, user: &str) -> (Client, Notices) {
+        let notices: Notices = Arc::default();
+        let sink = notices.clone();
+        let mut config = postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(user)
+            .dbname("postgres")
+            .application_name("collecting_caller")
+            .notice_callback(move |n| {
+                sink.lock().unwrap().push(format!(
+                    "{} {}: {}",
+                    n.severity(),
+                    n.code().code(),
+                    n.message()
+                ))
+            });
+        let mut client = config.connect(NoTls).expect("connect");
+        // The default, said out loud: NOTICE and above reach the client.
+        client
+            .batch_execute("SET client_min_messages = notice")
+            .unwrap();
+        (client, notices)
     }
 
     pub fn connect(&self, user: &str) -> Client {

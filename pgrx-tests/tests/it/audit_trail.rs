@@ -240,3 +240,99 @@ fn pg_dump_keeps_the_policies() {
     );
     assert!(dump.contains("keep-me") && dump.contains("survives a dump"));
 }
+
+#[test]
+fn a_locked_audit_table_stops_the_call_before_any_signal() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("locked_log");
+    let victim = cluster.session("app", &tag);
+    let mut locker = cluster.superuser();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE reaper.log IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let mut me = cluster.superuser();
+    me.batch_execute("SET lock_timeout = '500ms'").unwrap();
+    for f in [
+        "reaper.cancel_matching($1::text::jsonb)",
+        "reaper.terminate_matching($1::text::jsonb, 1000)",
+        "reaper.cancel_then_terminate($1::text::jsonb, 100, 1000)",
+    ] {
+        let err = call(&mut me, f, &format!(r#"{{"application_name": "{tag}"}}"#)).unwrap_err();
+        assert_eq!(sqlstate(&err), Some("55P03"), "{f}: {err}");
+    }
+    assert_eq!(victim.run("SELECT 1"), Ended::Ok, "nothing was signalled");
+    assert!(cluster.reaper_lines(victim.pid).is_empty());
+    locker.batch_execute("COMMIT").unwrap();
+    // The lock gone, the same call goes through.
+    let rows = terminate(&mut me, &format!(r#"{{"application_name": "{tag}"}}"#), 5000);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].outcome, "terminated");
+}
+
+#[test]
+fn audit_rows_that_cannot_be_written_leave_the_results_and_say_how_many_were_signalled() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("unwritable_log");
+    let victims: Vec<Session> = (0..2).map(|_| cluster.session("app", &tag)).collect();
+    let mut su = cluster.superuser();
+    su.batch_execute("ALTER TABLE reaper.log ADD CONSTRAINT refuse_all CHECK (false) NOT VALID")
+        .unwrap();
+    let (mut me, notices) = cluster.collecting_client("postgres");
+    let rows = terminate(&mut me, &format!(r#"{{"application_name": "{tag}"}}"#), 5000);
+    assert_eq!(
+        pids(&rows),
+        sorted(victims.iter().map(|s| s.pid).collect()),
+        "the caller keeps its rows"
+    );
+    assert!(rows.iter().all(|r| r.outcome == "terminated"), "{rows:?}");
+    let notices = notices.lock().unwrap().clone();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].starts_with(
+            "WARNING 01000: pg_reaper: 2 of 2 backends were signalled, but their reaper.log rows \
+             could not be written: new row for relation \"log\" violates check constraint \"refuse_all\""
+        ),
+        "{notices:?}"
+    );
+    for s in &victims {
+        assert_eq!(cluster.reaper_lines(s.pid).len(), 1, "the LOG line is the record");
+    }
+    assert_eq!(count(&mut su, "SELECT count(*) FROM reaper.log"), 0);
+}
+
+#[test]
+fn a_statement_timeout_while_writing_audit_rows_says_what_was_signalled() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("slow_log");
+    let victim = cluster.session("app", &tag);
+    let mut su = cluster.superuser();
+    su.batch_execute(
+        "CREATE FUNCTION public.slow_log() RETURNS trigger LANGUAGE plpgsql \
+           AS $$BEGIN PERFORM pg_catalog.pg_sleep(60); RETURN NULL; END$$; \
+         CREATE TRIGGER slow_log BEFORE INSERT ON reaper.log \
+           FOR EACH STATEMENT EXECUTE FUNCTION public.slow_log()",
+    )
+    .unwrap();
+    let (mut me, notices) = cluster.collecting_client("postgres");
+    me.batch_execute("SET statement_timeout = '3s'").unwrap();
+    let err = call(
+        &mut me,
+        "reaper.terminate_matching($1::text::jsonb, 2000)",
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+    )
+    .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("57014"), "{err}");
+    assert!(cluster.wait_gone(victim.pid), "the signal went out");
+    let notices = notices.lock().unwrap().clone();
+    assert!(
+        notices.iter().any(|n| n.starts_with(
+            "WARNING 01000: pg_reaper: 1 of 1 backends were signalled, but their reaper.log rows \
+             could not be written: canceling statement due to statement timeout"
+        )),
+        "{notices:?}"
+    );
+    assert_eq!(cluster.reaper_lines(victim.pid).len(), 1);
+}

@@ -4,35 +4,7 @@
 //! server never restarts.
 
 use pg_reaper_integration::*;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Every NOTICE or WARNING the server sent to this client, as "SEVERITY: message".
-type Notices = Arc<Mutex<Vec<String>>>;
-
-/// A superuser TCP client that collects the notices it receives.
-fn collecting_client(cluster: &Cluster) -> (Client, Notices) {
-    let notices: Notices = Arc::default();
-    let sink = notices.clone();
-    let mut config = postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(cluster.port)
-        .user("postgres")
-        .dbname("postgres")
-        .application_name("faults_caller")
-        .notice_callback(move |n| {
-            sink.lock()
-                .unwrap()
-                .push(format!("{}: {}", n.severity(), n.message()))
-        });
-    let mut client = config.connect(NoTls).expect("connect");
-    // The default, said out loud: NOTICE and above reach the client.
-    client
-        .batch_execute("SET client_min_messages = notice")
-        .unwrap();
-    (client, notices)
-}
 
 #[test]
 fn a_closed_victim_named_by_pid_gives_no_row_no_error_and_no_warning() {
@@ -44,7 +16,7 @@ fn a_closed_victim_named_by_pid_gives_no_row_no_error_and_no_warning() {
     let live = cluster.session("app", &tag);
     drop(gone);
     assert!(cluster.wait_gone(gone_pid));
-    let (mut me, notices) = collecting_client(&cluster);
+    let (mut me, notices) = cluster.collecting_client("postgres");
     for f in [
         "reaper.preview_matching($1::text::jsonb)",
         "reaper.cancel_matching($1::text::jsonb)",
@@ -90,7 +62,7 @@ fn a_victim_exiting_before_its_signal_is_vanished_without_warnings() {
         let victim = cluster.session("app", &tag);
         let bystander = cluster.session("app", "bystander");
         let pid = victim.pid;
-        let (me, notices) = collecting_client(&cluster);
+        let (me, notices) = cluster.collecting_client("postgres");
         let filter = format!(r#"{{"application_name": "{tag}"}}"#);
         let rows = call_in_window_as(&cluster, me, Window::BeforeRecheck, f, &filter, |_| {
             drop(victim);

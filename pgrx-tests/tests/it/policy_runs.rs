@@ -312,3 +312,85 @@ fn only_members_of_the_owner_may_run_a_policy() {
     );
     assert!(cluster.wait_gone(target.pid));
 }
+
+#[test]
+fn a_policy_failure_warning_carries_its_sqlstate() {
+    let cluster = Cluster::start();
+    cluster.create_role("owner_gone", "");
+    cluster.create_role("intern", "");
+    let mut su = cluster.superuser();
+    insert_policy(
+        &mut su,
+        "a-orphan",
+        r#"{"application_name": "nobody"}"#,
+        "'terminate', 0, 0, 'owner_gone'",
+    );
+    su.batch_execute(
+        "ALTER TABLE reaper.policies DISABLE TRIGGER policies_check; \
+         INSERT INTO reaper.policies (name, filter, owner) \
+           VALUES ('b-bad-filter', '{\"aplication_name\": \"x\"}', 'intern'); \
+         ALTER TABLE reaper.policies ENABLE TRIGGER policies_check; \
+         REASSIGN OWNED BY owner_gone TO postgres; DROP OWNED BY owner_gone; DROP ROLE owner_gone",
+    )
+    .unwrap();
+    insert_policy(
+        &mut su,
+        "c-su-owned",
+        r#"{"application_name": "nobody"}"#,
+        "'terminate', 0, 0, 'postgres'",
+    );
+    su.batch_execute("GRANT SELECT ON reaper.policies TO intern; GRANT INSERT ON reaper.log TO intern")
+        .unwrap();
+    let (mut intern, notices) = cluster.collecting_client("intern");
+    assert!(call(&mut intern, "reaper.run_policies()", "").unwrap().is_empty());
+    let notices = notices.lock().unwrap().clone();
+    let codes: Vec<&str> = notices
+        .iter()
+        .filter(|n| n.starts_with("WARNING"))
+        .map(|n| &n[8..13])
+        .collect();
+    // Undefined owner, invalid filter, not allowed to act as the owner.
+    assert_eq!(codes, vec!["42704", "22023", "42501"], "{notices:?}");
+}
+
+#[test]
+fn only_what_a_policy_can_cause_is_caught_internal_errors_are_not() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let mut su = cluster.superuser();
+    let tag = tag("internal");
+    insert_policy(&mut su, "p-internal", &format!(r#"{{"application_name": "{tag}"}}"#), "");
+    // A trigger on the audit table stands in for a fault inside the run: an internal error, then
+    // an out-of-memory error, then an ordinary one.
+    for (code, fatal) in [("XX000", true), ("53200", true), ("22012", false)] {
+        let victim = cluster.session("app", &tag);
+        su.batch_execute(&format!(
+            "CREATE OR REPLACE FUNCTION public.fault() RETURNS trigger LANGUAGE plpgsql \
+               AS $$BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '{code}'; END$$; \
+             DROP TRIGGER IF EXISTS fault ON reaper.log; \
+             CREATE TRIGGER fault BEFORE INSERT ON reaper.log \
+               FOR EACH STATEMENT EXECUTE FUNCTION public.fault()"
+        ))
+        .unwrap();
+        let (mut me, notices) = cluster.collecting_client("postgres");
+        let result = call(&mut me, "reaper.run_policies()", "");
+        if fatal {
+            let err = result.unwrap_err();
+            assert_eq!(sqlstate(&err), Some(code), "{err}");
+        } else {
+            let rows = result.unwrap();
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            assert_eq!(rows[0].policy.as_deref(), Some("p-internal"));
+            assert_eq!(rows[0].outcome, "signalled");
+        }
+        // Either way the victim was signalled, and a WARNING said so.
+        assert!(cluster.wait_gone(victim.pid), "{code}");
+        let notices = notices.lock().unwrap().clone();
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.contains("1 of 1 backends were signalled")),
+            "{code}: {notices:?}"
+        );
+    }
+}

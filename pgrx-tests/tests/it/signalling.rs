@@ -161,3 +161,43 @@ fn a_caller_cancelled_while_waiting_stops_promptly() {
         assert!(cluster.wait_gone(slow.pid), "{how}");
     }
 }
+
+#[test]
+fn an_auxiliary_process_is_a_failed_row_not_a_vanished_one() {
+    // PostgreSQL's signal functions refuse processes outside the proc array (checkpointer,
+    // background writer, ...): that is a failed delivery, said so, not a session that left.
+    let cluster = Cluster::start();
+    let (mut me, notices) = cluster.collecting_client("postgres");
+    let filter = r#"{"backend_type": "checkpointer", "include_superusers": true}"#;
+    let checkpointer = preview(&mut me, filter);
+    assert_eq!(checkpointer.len(), 1, "{checkpointer:?}");
+    let pid = checkpointer[0].pid;
+    for f in [
+        "reaper.cancel_matching($1::text::jsonb)",
+        "reaper.terminate_matching($1::text::jsonb, 1000)",
+    ] {
+        let rows = call(&mut me, f, filter).unwrap();
+        assert_eq!(rows.len(), 1, "{f}: {rows:?}");
+        assert_eq!(rows[0].pid, pid);
+        assert_eq!(rows[0].outcome, "failed", "{f}: {rows:?}");
+        assert_eq!(
+            rows[0].detail.as_deref(),
+            Some(
+                format!(
+                    "PID {pid} is not a PostgreSQL backend process: pg_cancel_backend and \
+                     pg_terminate_backend cannot signal it"
+                )
+                .as_str()
+            ),
+            "{f}"
+        );
+    }
+    assert_eq!(pids(&preview(&mut me, filter)), vec![pid], "still running");
+    assert!(notices.lock().unwrap().is_empty(), "{:?}", notices.lock().unwrap());
+    assert!(cluster.reaper_lines(pid).is_empty(), "nothing was signalled");
+    let failed = count(
+        &mut me,
+        &format!("SELECT count(*) FROM reaper.log WHERE pid = {pid} AND outcome = 'failed'"),
+    );
+    assert_eq!(failed, 2);
+}

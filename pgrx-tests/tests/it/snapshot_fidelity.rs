@@ -89,3 +89,33 @@ fn preview_shows_what_pg_stat_activity_shows() {
         "pg_read_all_stats view differs"
     );
 }
+
+#[test]
+fn the_callers_statistics_snapshot_survives_a_call() {
+    // With stats_fetch_consistency = snapshot, a transaction's cumulative statistics are one
+    // snapshot until it ends; pg_reaper refreshes only the activity part. (14 has neither the
+    // setting nor pg_stat_get_snapshot_timestamp: its statistics came from the collector.)
+    if server_major() < 15 {
+        println!("skipped on PostgreSQL {}: no stats_fetch_consistency", server_major());
+        return;
+    }
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("stats_snapshot");
+    let victim = cluster.session("app", &tag);
+    let mut me = cluster.superuser();
+    me.batch_execute(
+        "BEGIN; SET LOCAL stats_fetch_consistency = snapshot; \
+         SELECT pg_catalog.pg_stat_get_numscans('pg_catalog.pg_class'::pg_catalog.regclass)",
+    )
+    .unwrap();
+    let stamp = "SELECT pg_catalog.pg_stat_get_snapshot_timestamp()::text";
+    let before: Option<String> = me.query_one(stamp, &[]).unwrap().get(0);
+    assert!(before.is_some(), "a statistics snapshot was taken");
+    let rows = terminate(&mut me, &format!(r#"{{"application_name": "{tag}"}}"#), 5000);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].pid, victim.pid);
+    let after: Option<String> = me.query_one(stamp, &[]).unwrap().get(0);
+    assert_eq!(before, after, "the caller's statistics snapshot was thrown away");
+    me.batch_execute("COMMIT").unwrap();
+}

@@ -1,0 +1,25 @@
+-- What a DBA sees of the extension: its functions, tables, privileges and comments.
+\dx pg_reaper
+\df reaper.*
+\dt reaper.*
+\dp reaper.*
+SELECT p.oid::regprocedure AS function,
+       p.provolatile AS volatility, p.proparallel AS parallel, p.prosecdef AS security_definer,
+       pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE') AS public_may_execute,
+       pg_catalog.obj_description(p.oid, 'pg_proc') AS comment
+  FROM pg_catalog.pg_proc p
+ WHERE p.pronamespace = 'reaper'::regnamespace
+ ORDER BY p.oid::regprocedure::text;
+SELECT c.relname, a.attname, pg_catalog.col_description(c.oid, a.attnum) AS comment
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+ WHERE c.relnamespace = 'reaper'::regnamespace AND c.relkind = 'r' AND a.attnum > 0
+   AND pg_catalog.col_description(c.oid, a.attnum) IS NOT NULL
+ ORDER BY 1, 2;
+SELECT c.relname, pg_catalog.obj_description(c.oid, 'pg_class') AS comment
+  FROM pg_catalog.pg_class c
+ WHERE c.relnamespace = 'reaper'::regnamespace AND c.relkind = 'r'
+ ORDER BY 1;
+-- (The settings exist once the library is loaded in the session.)
+LOAD 'pg_reaper';
+SELECT name, setting, context, short_desc FROM pg_catalog.pg_settings
+ WHERE name LIKE 'pg\_reaper.%' ORDER BY 1;
