@@ -52,6 +52,7 @@ impl Snapshot {
     /// when the filter asks, the lock graph from one look at the lock manager.
     pub fn take(with_lock_info: bool) -> Snapshot {
         compat::clear_activity_snapshot();
+        // SAFETY: reads the clock.
         let taken_at = unsafe { pg_sys::GetCurrentTimestamp() };
         let procs = compat::ProcsByPid::read();
         let mut names = Names::default();
@@ -140,8 +141,12 @@ unsafe fn owned(ptr: *mut c_char) -> Option<String> {
 /// # Safety
 /// `ptr` is NULL or a NUL-terminated string that lives for the call.
 unsafe fn borrowed(ptr: *const c_char) -> Option<String> {
+    if ptr.is_null() {
+        return None;
+    }
     // SAFETY: as the caller promises.
-    (!ptr.is_null()).then(|| unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned())
+    let s = unsafe { CStr::from_ptr(ptr) };
+    Some(s.to_string_lossy().into_owned())
 }
 
 fn timestamp(t: pg_sys::TimestampTz) -> Option<i64> {
@@ -257,11 +262,13 @@ fn client(st: &pg_sys::PgBackendStatus) -> Client {
     // aligned enough for each of the structures it is read as, and was written whole.
     let (addr, port) = match i32::from(unsafe { (*storage).ss_family }) {
         libc::AF_INET => {
+            // SAFETY: an AF_INET address is a sockaddr_in, which fits in the storage.
             let sin = unsafe { storage.cast::<libc::sockaddr_in>().read() };
             let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
             (IpAddr::V4(ip), u16::from_be(sin.sin_port))
         }
         libc::AF_INET6 => {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6, which fits in the storage.
             let sin6 = unsafe { storage.cast::<libc::sockaddr_in6>().read() };
             let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             (IpAddr::V6(ip), u16::from_be(sin6.sin6_port))

@@ -16,6 +16,11 @@ pub fn raise(code: PgSqlErrorCode, message: &str) -> ! {
 
 /// An ERROR with `code` and a HINT.
 pub fn raise_with_hint(code: PgSqlErrorCode, message: &str, hint: &str) -> ! {
-    ereport!(PgLogLevel::ERROR, code, message.to_string(), hint.to_string());
+    ereport!(
+        PgLogLevel::ERROR,
+        code,
+        message.to_string(),
+        hint.to_string()
+    );
     unreachable!("ereport(ERROR) returned")
 }

@@ -20,13 +20,13 @@ impl FromDatum for JsonbText {
             return None;
         }
         // SAFETY: a non-NULL jsonb datum given to jsonb's own output function.
-        let text = unsafe {
-            direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(datum)])
-        }?;
+        let text =
+            unsafe { direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(datum)]) }?;
         Some(JsonbText(text.to_string_lossy().into_owned()))
     }
 }
 
+// SAFETY: the SQL type named is jsonb, which is what FromDatum reads.
 unsafe impl SqlTranslatable for JsonbText {
     const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(JsonbText);
     const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
@@ -35,9 +35,11 @@ unsafe impl SqlTranslatable for JsonbText {
         Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
 }
 
+// SAFETY: the argument is read with FromDatum, which checks for NULL first.
 unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonbText {
     unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
+        // SAFETY: pgrx hands over a jsonb argument of this call.
         unsafe { arg.unbox_arg_using_from_datum() }
             .unwrap_or_else(|| panic!("argument {index} must not be null"))
     }
@@ -45,6 +47,7 @@ unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonbText {
     unsafe fn unbox_nullable_arg(
         arg: pgrx::callconv::Arg<'_, 'fcx>,
     ) -> pgrx::nullable::Nullable<Self> {
+        // SAFETY: pgrx hands over a jsonb argument of this call.
         unsafe { arg.unbox_arg_using_from_datum() }.into()
     }
 }

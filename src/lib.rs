@@ -123,6 +123,13 @@ mod tests {
         assert!(message.contains("\"limit\""), "{message}");
     }
 
+    /// The test-only pauses exist only in builds with the `test-hooks` feature; this build (like
+    /// what users install) has none, and the reserved prefix makes naming one an error.
+    #[pg_test(error = "invalid configuration parameter name \"pg_reaper.recheck_delay_ms\"")]
+    fn test_only_settings_do_not_exist_in_release_builds() {
+        Spi::run("SET pg_reaper.recheck_delay_ms = 1000").unwrap();
+    }
+
     #[pg_test]
     fn the_caller_never_matches() {
         // Named by its own pid, with every safety default lifted, the caller is still spared.

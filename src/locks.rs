@@ -58,7 +58,10 @@ impl LockManagerLook {
         // SAFETY: the locks are set up at server start; released on drop, or by
         // LWLockReleaseAll at (sub)transaction abort.
         unsafe {
-            pg_sys::LWLockAcquire(crate::compat::proc_array_lock(), pg_sys::LWLockMode::LW_SHARED);
+            pg_sys::LWLockAcquire(
+                crate::compat::proc_array_lock(),
+                pg_sys::LWLockMode::LW_SHARED,
+            );
             for i in 0..pg_sys::NUM_LOCK_PARTITIONS as usize {
                 pg_sys::LWLockAcquire(partition_lock(i), pg_sys::LWLockMode::LW_SHARED);
             }

@@ -97,7 +97,7 @@ fn load(only: Option<&str>) -> Vec<Policy> {
 /// Validates again what the table's trigger validated: the row may predate this version, or
 /// its owner may have been dropped since.
 fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
-    if !role_exists(policy.owner) {
+    if !role::exists(policy.owner) {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             &format!(
@@ -135,16 +135,6 @@ fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
     role::run_as(policy.owner, true, || pipeline::run(&filter, action, actor))
 }
 
-/// Looked up in the syscache, not with SQL: nothing of the caller's search_path is involved.
-fn role_exists(role: pg_sys::Oid) -> bool {
-    let name = unsafe { pg_sys::GetUserNameFromId(role, true) };
-    if name.is_null() {
-        return false;
-    }
-    unsafe { pg_sys::pfree(name.cast()) };
-    true
-}
-
 /// A failed policy: a WARNING for whoever ran it (and the server log), and a `failed` row in
 /// `reaper.log`, each saying how many signals the policy sent before it failed.
 /// (`record`: false when the error is about to end the whole call, taking any row with it.)
@@ -158,7 +148,10 @@ fn report_failure(policy: &Policy, actor: &Actor, e: &CaughtError, sent: u64, re
     ereport!(
         PgLogLevel::WARNING,
         report::error_code(e),
-        format!("pg_reaper: policy \"{}\" failed ({what}): {message}", policy.name)
+        format!(
+            "pg_reaper: policy \"{}\" failed ({what}): {message}",
+            policy.name
+        )
     );
     if !record {
         return;

@@ -173,9 +173,7 @@ impl Audit {
         });
         // SAFETY: the lock an INSERT takes, held to the end of the transaction; waiting for it
         // honours lock_timeout and statement_timeout like any lock wait.
-        unsafe {
-            pg_sys::LockRelationOid(relation, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE)
-        };
+        unsafe { pg_sys::LockRelationOid(relation, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
         Some(Audit { owner })
     }
 

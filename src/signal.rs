@@ -235,28 +235,22 @@ pub fn sleep_interruptibly(duration: Duration) {
     check_for_interrupts!();
 }
 
-/// Sleeps the whole of `duration` (a latch set by something else does not cut it short).
-pub fn sleep_fully(duration: Duration) {
-    let until = Instant::now() + duration;
-    while let Some(left) = until
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
-    {
-        sleep_interruptibly(left);
-    }
-}
-
 /// The pauses the test suite uses to reach the two windows of a signalling call; in a release
 /// build (without the `test-hooks` feature) they are empty and the settings do not exist.
 pub mod test_hooks {
-    use std::time::Duration;
-
-    /// Between choosing the victims and re-checking them.
+    /// Between choosing the victims and re-checking them; a cancel still ends it at once.
     pub fn pause_before_recheck() {
         #[cfg(feature = "test-hooks")]
         {
             let ms = crate::guc::test_hooks::RECHECK_DELAY_MS.get().max(0) as u64;
-            super::sleep_fully(Duration::from_millis(ms));
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            // A latch set by something else does not cut the pause short.
+            while let Some(left) = until
+                .checked_duration_since(std::time::Instant::now())
+                .filter(|d| !d.is_zero())
+            {
+                super::sleep_interruptibly(left);
+            }
         }
     }
 
@@ -267,7 +261,7 @@ pub mod test_hooks {
         #[cfg(feature = "test-hooks")]
         {
             let ms = crate::guc::test_hooks::SIGNAL_DELAY_MS.get().max(0) as u64;
-            let until = std::time::Instant::now() + Duration::from_millis(ms);
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
             while let Some(left) = until
                 .checked_duration_since(std::time::Instant::now())
                 .filter(|d| !d.is_zero())

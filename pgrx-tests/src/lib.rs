@@ -226,7 +226,13 @@ impl Cluster {
         self.connect_with_db(user, application_name, host, "postgres")
     }
 
-    fn connect_with_db(&self, user: &str, application_name: &str, host: &str, dbname: &str) -> Client {
+    fn connect_with_db(
+        &self,
+        user: &str,
+        application_name: &str,
+        host: &str,
+        dbname: &str,
+    ) -> Client {
         let mut config = postgres::Config::new();
         config
             .host(host)
@@ -647,7 +653,12 @@ pub fn sqlstate(e: &postgres::Error) -> Option<&str> {
 pub fn signal_process(pid: i32, sig: i32) {
     // SAFETY: kill(2) with a pid and a signal number.
     let r = unsafe { libc::kill(pid, sig) };
-    assert_eq!(r, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// A process's private memory (RssAnon, kB, so shared buffers do not count), as root.

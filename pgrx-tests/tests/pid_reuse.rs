@@ -93,10 +93,19 @@ fn a_victims_pid_cannot_change_hands_between_its_check_and_its_signal() {
             let listed = "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1";
             let deadline = std::time::Instant::now() + PATIENCE;
             while {
-                observer.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
-                observer.query_one(listed, &[&pid]).unwrap().get::<_, i64>(0) == 1
+                observer
+                    .batch_execute("SELECT pg_stat_clear_snapshot()")
+                    .unwrap();
+                observer
+                    .query_one(listed, &[&pid])
+                    .unwrap()
+                    .get::<_, i64>(0)
+                    == 1
             } {
-                assert!(std::time::Instant::now() < deadline, "the victim never began to exit");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the victim never began to exit"
+                );
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             // ...but cannot finish while it is pinned: the process is still there, not even a
@@ -112,7 +121,10 @@ fn a_victims_pid_cannot_change_hands_between_its_check_and_its_signal() {
             );
         },
     );
-    assert!(!forks.contains(&pid), "the kernel handed out {pid}: {forks:?}");
+    assert!(
+        !forks.contains(&pid),
+        "the kernel handed out {pid}: {forks:?}"
+    );
     // The one signal went to the victim itself, in its last moments, and to nobody else.
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].pid, pid);

@@ -265,7 +265,11 @@ fn a_locked_audit_table_stops_the_call_before_any_signal() {
     assert!(cluster.reaper_lines(victim.pid).is_empty());
     locker.batch_execute("COMMIT").unwrap();
     // The lock gone, the same call goes through.
-    let rows = terminate(&mut me, &format!(r#"{{"application_name": "{tag}"}}"#), 5000);
+    let rows = terminate(
+        &mut me,
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+        5000,
+    );
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].outcome, "terminated");
 }
@@ -280,7 +284,11 @@ fn audit_rows_that_cannot_be_written_leave_the_results_and_say_how_many_were_sig
     su.batch_execute("ALTER TABLE reaper.log ADD CONSTRAINT refuse_all CHECK (false) NOT VALID")
         .unwrap();
     let (mut me, notices) = cluster.collecting_client("postgres");
-    let rows = terminate(&mut me, &format!(r#"{{"application_name": "{tag}"}}"#), 5000);
+    let rows = terminate(
+        &mut me,
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+        5000,
+    );
     assert_eq!(
         pids(&rows),
         sorted(victims.iter().map(|s| s.pid).collect()),
@@ -297,7 +305,11 @@ fn audit_rows_that_cannot_be_written_leave_the_results_and_say_how_many_were_sig
         "{notices:?}"
     );
     for s in &victims {
-        assert_eq!(cluster.reaper_lines(s.pid).len(), 1, "the LOG line is the record");
+        assert_eq!(
+            cluster.reaper_lines(s.pid).len(),
+            1,
+            "the LOG line is the record"
+        );
     }
     assert_eq!(count(&mut su, "SELECT count(*) FROM reaper.log"), 0);
 }

@@ -608,7 +608,8 @@ fn every_case_is_refused_by_every_function_and_nothing_is_touched() {
     assert!(!log.contains("pg_reaper: "), "something was signalled");
     assert!(cases.len() >= 40, "{} cases", cases.len());
     assert!(
-        slowest < Duration::from_secs(2),
+        // A bound that only an exponential blow-up could break; the figure itself is reported.
+        slowest < Duration::from_secs(10),
         "slowest refusal took {slowest:?} ({slowest_case})"
     );
     let slowest_ms = slowest.as_secs_f64() * 1000.0;
@@ -688,7 +689,11 @@ fn pathological_regexes_on_a_one_mib_query_are_fast() {
         }
     }
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(2), "{calls} calls took {took:?}");
+    // A bound that only an exponential blow-up could break (backtracking engines take hours).
+    assert!(
+        took < Duration::from_secs(10),
+        "{calls} calls took {took:?}"
+    );
     assert!(query.still_running_after(Duration::from_millis(50)));
     assert!(cluster.alive(session.pid));
 }

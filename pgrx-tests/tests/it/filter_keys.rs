@@ -7,7 +7,6 @@
 
 use pg_reaper_integration::*;
 use std::sync::Arc;
-use std::thread::sleep;
 use std::time::Duration;
 
 /// The cluster the tests of this file share (see `shared_cluster`).
@@ -626,10 +625,17 @@ fn ages_in_milliseconds_and_intervals() {
     let xact_old = cluster.session("app", &tag);
     assert_eq!(xact_old.run("BEGIN"), Ended::Ok);
     let query_old = cluster.session("app", &tag);
-    let long_query = query_old.start("SELECT pg_sleep(1.3)");
-    sleep(Duration::from_millis(1300));
-    // At t1, more than a second later.
-    assert_eq!(long_query.wait(), Ended::Ok);
+    let long_query = query_old.start("SELECT pg_sleep(600)");
+    // t1: once that query has run for more than a second, it is cancelled.
+    cluster.wait_until(
+        query_old.pid,
+        "a.state = 'active' AND pg_catalog.clock_timestamp() - a.query_start > interval '1.1 s'",
+    );
+    cancel(
+        &mut cluster.superuser(),
+        &format!(r#"{{"pid": {}}}"#, query_old.pid),
+    );
+    assert_eq!(long_query.wait(), Ended::Error("57014".into()));
     assert_eq!(backend_only.run("SELECT 1"), Ended::Ok);
     assert_eq!(xact_old.run("SELECT 1"), Ended::Ok);
     let fresh = cluster.session("app", &tag);
@@ -841,28 +847,23 @@ fn any_exclude_and_all() {
 fn limit_with_every_order() {
     let cluster = cluster();
     let tag = tag("limit");
-    // Opened in turn: s[0] is the oldest backend, s[3] the newest.
+    // Opened in turn (each connection completes before the next begins): s[0] is the oldest
+    // backend, s[3] the newest.
     let mut s = Vec::new();
     for _ in 0..4 {
         s.push(cluster.session("app", &tag));
-        sleep(Duration::from_millis(50));
     }
     // Then, in this order: s[1] starts a query that outlasts the rest (oldest query, newest
     // state); s[3] runs a query (oldest state); s[2] and then s[0] open transactions.
-    let long_query = s[1].start("SELECT pg_sleep(0.8)");
+    let long_query = s[1].start("SELECT pg_sleep(600)");
     cluster.wait_until(s[1].pid, "a.state = 'active'");
-    sleep(Duration::from_millis(50));
     assert_eq!(s[3].run("SELECT 1"), Ended::Ok);
-    sleep(Duration::from_millis(50));
     assert_eq!(s[2].run("BEGIN; SELECT 1"), Ended::Ok);
-    sleep(Duration::from_millis(50));
     assert_eq!(s[0].run("BEGIN; SELECT 1"), Ended::Ok);
-    assert!(
-        long_query.still_running_after(Duration::ZERO),
-        "the long query must end last for its state_change to be the newest"
-    );
-    assert_eq!(long_query.wait(), Ended::Ok);
+    // The long query ends last (cancelled), so its state_change is the newest.
     let mut me = cluster.superuser();
+    cancel(&mut me, &format!(r#"{{"pid": {}}}"#, s[1].pid));
+    assert_eq!(long_query.wait(), Ended::Error("57014".into()));
     let pick = |me: &mut Client, limit: u32, order: &str| -> Vec<i32> {
         let f = format!(r#"{{"application_name": "{tag}", "limit": {limit}, "order": "{order}"}}"#);
         preview(me, &f).iter().map(|r| r.pid).collect()

@@ -18,7 +18,10 @@ fn a_hidden_session_never_matches_on_its_placeholder() {
     let mut signaller = cluster.connect("signaller");
 
     // What the signaller sees: the placeholder in `query`, NULL in every hidden column.
-    let rows = preview(&mut signaller, &format!(r#"{{"application_name": "{tag}"}}"#));
+    let rows = preview(
+        &mut signaller,
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+    );
     assert_eq!(
         pids(&rows),
         sorted(vec![idle.pid, busy.pid, in_tx.pid]),
@@ -65,7 +68,11 @@ fn a_hidden_session_never_matches_on_its_placeholder() {
     ] {
         let filter = format!(r#"{{"application_name": "{tag}", {hidden}}}"#);
         assert_eq!(preview(&mut signaller, &filter).len(), 0, "{filter}");
-        assert_eq!(terminate(&mut signaller, &filter, 1000).len(), 0, "{filter}");
+        assert_eq!(
+            terminate(&mut signaller, &filter, 1000).len(),
+            0,
+            "{filter}"
+        );
     }
     // The review's exact call, without the tag: nothing it cannot see is touched.
     let rows = call(

@@ -297,9 +297,9 @@ fn only_members_of_the_owner_may_run_a_policy() {
         .unwrap()
         .is_empty());
     assert_eq!(target.run("SELECT 1"), Ended::Ok);
-    assert!(cluster
-        .server_log()
-        .contains(r#"policy "su-owned" failed (it signalled nothing): role "intern" may not run it"#));
+    assert!(cluster.server_log().contains(
+        r#"policy "su-owned" failed (it signalled nothing): role "intern" may not run it"#
+    ));
     let failed = count(
         &mut su,
         "SELECT count(*) FROM reaper.log WHERE outcome = 'failed' AND caller = 'intern'",
@@ -339,10 +339,14 @@ fn a_policy_failure_warning_carries_its_sqlstate() {
         r#"{"application_name": "nobody"}"#,
         "'terminate', 0, 0, 'postgres'",
     );
-    su.batch_execute("GRANT SELECT ON reaper.policies TO intern; GRANT INSERT ON reaper.log TO intern")
-        .unwrap();
+    su.batch_execute(
+        "GRANT SELECT ON reaper.policies TO intern; GRANT INSERT ON reaper.log TO intern",
+    )
+    .unwrap();
     let (mut intern, notices) = cluster.collecting_client("intern");
-    assert!(call(&mut intern, "reaper.run_policies()", "").unwrap().is_empty());
+    assert!(call(&mut intern, "reaper.run_policies()", "")
+        .unwrap()
+        .is_empty());
     let notices = notices.lock().unwrap().clone();
     let codes: Vec<&str> = notices
         .iter()
@@ -359,7 +363,12 @@ fn only_what_a_policy_can_cause_is_caught_internal_errors_are_not() {
     cluster.create_role("app", "");
     let mut su = cluster.superuser();
     let tag = tag("internal");
-    insert_policy(&mut su, "p-internal", &format!(r#"{{"application_name": "{tag}"}}"#), "");
+    insert_policy(
+        &mut su,
+        "p-internal",
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+        "",
+    );
     // A trigger on the audit table stands in for a fault inside the run: an internal error, then
     // an out-of-memory error, then an ordinary one.
     for (code, fatal) in [("XX000", true), ("53200", true), ("22012", false)] {

@@ -239,7 +239,8 @@ fn every_bad_filter_is_refused_and_nothing_is_signalled() {
     let logged: i64 = count(&mut me, "SELECT count(*) FROM reaper.log");
     assert_eq!(logged, 0, "nothing was signalled, nothing logged");
     assert!(
-        slowest < Duration::from_secs(2),
+        // A bound that only an exponential blow-up could break; the figure itself is reported.
+        slowest < Duration::from_secs(10),
         "slowest refusal took {slowest:?}"
     );
     assert!(cases.len() >= 40);
@@ -276,8 +277,9 @@ fn a_pathological_regex_runs_in_linear_time() {
             format!(r#"{{"application_name": "{tag}", "query": {{"regex": "{pattern}"}}}}"#);
         assert!(preview(&mut me, &filter).is_empty(), "{pattern}");
     }
+    // A bound that only an exponential blow-up could break (backtracking engines take hours).
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "took {:?}",
         started.elapsed()
     );

@@ -26,8 +26,8 @@ fn single_session_behaviour_matches_the_expected_output() {
     let output = manifest.join(format!("../target/regress/pg{}", server_major()));
     let _ = std::fs::remove_dir_all(&output);
     std::fs::create_dir_all(&output).unwrap();
-    let pg_regress = PathBuf::from(pg_config_value("pkglibdir"))
-        .join("pgxs/src/test/regress/pg_regress");
+    let pg_regress =
+        PathBuf::from(pg_config_value("pkglibdir")).join("pgxs/src/test/regress/pg_regress");
     let status = Command::new(&pg_regress)
         .arg("--use-existing")
         .arg("--host=127.0.0.1")
@@ -45,6 +45,9 @@ fn single_session_behaviour_matches_the_expected_output() {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", pg_regress.display()));
     if !status.success() {
         let diffs = std::fs::read_to_string(output.join("regression.diffs")).unwrap_or_default();
-        panic!("pg_regress found differences (results in {}):\n{diffs}", output.display());
+        panic!(
+            "pg_regress found differences (results in {}):\n{diffs}",
+            output.display()
+        );
     }
 }

@@ -189,7 +189,6 @@ fn only_client_backends_unless_the_type_is_named() {
     );
     assert!(rows.is_empty(), "{rows:?}");
     // Every background process is still there, the same process, and nothing restarted.
-    sleep(Duration::from_millis(200));
     assert_eq!(background(&mut me), before);
     assert_eq!(cluster.postmaster_start(), postmaster);
 }
@@ -277,9 +276,7 @@ fn exclude_protects() {
     let cluster = cluster();
     let tag = tag("exclude");
     let a = cluster.session("app", &tag);
-    sleep(Duration::from_millis(20));
     let b = cluster.session("app", &tag);
-    sleep(Duration::from_millis(20));
     let c = cluster.session("batch", &tag).idle_in_transaction();
     let (busy, busy_query) = cluster.session("batch", &tag).busy(&cluster);
     let (busy_kept, kept_query) = cluster.session("app", &tag).busy(&cluster);
@@ -336,9 +333,10 @@ fn limit_caps_the_victims() {
     let cluster = cluster();
     let tag = tag("limit");
     let mut sessions = Vec::new();
+    // Opened in turn (each connection completes before the next begins): the first is the
+    // oldest backend.
     for _ in 0..5 {
         sessions.push(cluster.session("app", &tag));
-        sleep(Duration::from_millis(30));
     }
     let mut me = cluster.superuser();
     let rows = terminate(
@@ -362,11 +360,7 @@ fn limit_caps_the_victims() {
     // The cap holds for cancels too: the newest of three busy sessions, only.
     let tag = format!("{tag}_busy");
     let busy: Vec<(Session, Pending)> = (0..3)
-        .map(|_| {
-            let b = cluster.session("app", &tag).busy(&cluster);
-            sleep(Duration::from_millis(30));
-            b
-        })
+        .map(|_| cluster.session("app", &tag).busy(&cluster))
         .collect();
     let rows = cancel(
         &mut me,

@@ -12,20 +12,29 @@ fn a_misspelt_setting_is_an_error_once_the_library_is_loaded() {
     let err = me.batch_execute("SET pg_reaper.audti = off").unwrap_err();
     assert_eq!(sqlstate(&err), Some("42602"), "{err}");
     let message = err.as_db_error().unwrap().message().to_string();
-    assert_eq!(message, r#"invalid configuration parameter name "pg_reaper.audti""#);
     assert_eq!(
-        me.query_one("SHOW pg_reaper.audit", &[]).unwrap().get::<_, String>(0),
+        message,
+        r#"invalid configuration parameter name "pg_reaper.audti""#
+    );
+    assert_eq!(
+        me.query_one("SHOW pg_reaper.audit", &[])
+            .unwrap()
+            .get::<_, String>(0),
         "on"
     );
     // Set before the library was loaded in a session, it is removed with a WARNING on load.
     let (mut fresh, notices) = cluster.collecting_client("postgres");
-    fresh.batch_execute("SET pg_reaper.log_actoins = off").unwrap();
+    fresh
+        .batch_execute("SET pg_reaper.log_actoins = off")
+        .unwrap();
     fresh
         .batch_execute("SELECT reaper.validate_filter('{\"all\": true}')")
         .unwrap();
     let notices = notices.lock().unwrap().clone();
     assert_eq!(
         notices,
-        vec![r#"WARNING 42602: invalid configuration parameter name "pg_reaper.log_actoins", removing it"#]
+        vec![
+            r#"WARNING 42602: invalid configuration parameter name "pg_reaper.log_actoins", removing it"#
+        ]
     );
 }

@@ -193,8 +193,15 @@ fn an_auxiliary_process_is_a_failed_row_not_a_vanished_one() {
         );
     }
     assert_eq!(pids(&preview(&mut me, filter)), vec![pid], "still running");
-    assert!(notices.lock().unwrap().is_empty(), "{:?}", notices.lock().unwrap());
-    assert!(cluster.reaper_lines(pid).is_empty(), "nothing was signalled");
+    assert!(
+        notices.lock().unwrap().is_empty(),
+        "{:?}",
+        notices.lock().unwrap()
+    );
+    assert!(
+        cluster.reaper_lines(pid).is_empty(),
+        "nothing was signalled"
+    );
     let failed = count(
         &mut me,
         &format!("SELECT count(*) FROM reaper.log WHERE pid = {pid} AND outcome = 'failed'"),

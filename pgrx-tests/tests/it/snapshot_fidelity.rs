@@ -96,7 +96,10 @@ fn the_callers_statistics_snapshot_survives_a_call() {
     // snapshot until it ends; pg_reaper refreshes only the activity part. (14 has neither the
     // setting nor pg_stat_get_snapshot_timestamp: its statistics came from the collector.)
     if server_major() < 15 {
-        println!("skipped on PostgreSQL {}: no stats_fetch_consistency", server_major());
+        println!(
+            "skipped on PostgreSQL {}: no stats_fetch_consistency",
+            server_major()
+        );
         return;
     }
     let cluster = Cluster::start();
@@ -112,10 +115,17 @@ fn the_callers_statistics_snapshot_survives_a_call() {
     let stamp = "SELECT pg_catalog.pg_stat_get_snapshot_timestamp()::text";
     let before: Option<String> = me.query_one(stamp, &[]).unwrap().get(0);
     assert!(before.is_some(), "a statistics snapshot was taken");
-    let rows = terminate(&mut me, &format!(r#"{{"application_name": "{tag}"}}"#), 5000);
+    let rows = terminate(
+        &mut me,
+        &format!(r#"{{"application_name": "{tag}"}}"#),
+        5000,
+    );
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].pid, victim.pid);
     let after: Option<String> = me.query_one(stamp, &[]).unwrap().get(0);
-    assert_eq!(before, after, "the caller's statistics snapshot was thrown away");
+    assert_eq!(
+        before, after,
+        "the caller's statistics snapshot was thrown away"
+    );
     me.batch_execute("COMMIT").unwrap();
 }

@@ -12,6 +12,8 @@ const TARGETS: usize = 20;
 const KEEPERS: usize = 10;
 const BENCH_CLIENTS: u32 = 16;
 const MEMORY_CALLS: usize = 10_000;
+/// Idle sessions the memory loop cancels on every other call (a cancel leaves them alone).
+const CANCELLED: usize = 5;
 
 /// The caller backend's private memory: RssAnon from /proc (shared buffers excluded), and the
 /// total of its memory contexts.
@@ -70,6 +72,9 @@ fn soak_under_load() {
 
     let keepers: Vec<Session> = (0..KEEPERS)
         .map(|_| cluster.session("app", "soak_keeper"))
+        .collect();
+    let cancelled: Vec<Session> = (0..CANCELLED)
+        .map(|_| cluster.session("app", "soak_cancelled"))
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let reconnects = Arc::new(AtomicU64::new(0));
@@ -148,16 +153,27 @@ fn soak_under_load() {
     for t in targets {
         t.join().unwrap();
     }
-    // Then many calls back to back, matching nothing, to see whether memory creeps.
-    let nobody = r#"{"application_name": "nobody at all"}"#;
+    // Then many calls back to back, each doing the work: a preview of the idle sessions, then
+    // a cancel of each of them (delivered, with its subtransaction, LOG line and audit row),
+    // to see whether memory creeps.
+    let idle = r#"{"application_name": "soak_cancelled"}"#;
     for i in 0..MEMORY_CALLS {
         if i % 2 == 0 {
-            preview(&mut caller, nobody);
+            assert_eq!(preview(&mut caller, idle).len(), CANCELLED);
         } else {
-            terminate(&mut caller, nobody, 1000);
+            let rows = cancel(&mut caller, idle);
+            assert_eq!(rows.len(), CANCELLED);
+            assert!(rows.iter().all(|r| r.outcome == "cancelled"), "{rows:?}");
         }
     }
     let after = memory(&mut caller, caller_pid);
+    for s in &cancelled {
+        assert_eq!(
+            s.run("SELECT 1"),
+            Ended::Ok,
+            "a cancelled idle session lives"
+        );
+    }
 
     let bench_out = format!(
         "{}{}",
@@ -206,12 +222,17 @@ fn soak_under_load() {
     assert!(!log.contains("terminated by signal"), "a backend crashed");
     assert!(!log.contains("was terminated by"), "a backend crashed");
     assert!(!log.contains("server process (PID"), "a backend crashed");
-    // Every backend pg_reaper signalled was a target: its own log line says so.
+    // Every backend pg_reaper terminated was a target, and every one it cancelled one of the
+    // idle sessions of the memory loop: their own log lines say so.
     let signalled: Vec<&str> = log.lines().filter(|l| l.contains("pg_reaper: ")).collect();
     assert!(!signalled.is_empty());
     for line in &signalled {
+        let target =
+            line.contains("pg_reaper: terminate ") && line.contains(r#"application="soak_target""#);
+        let idle =
+            line.contains("pg_reaper: cancel ") && line.contains(r#"application="soak_cancelled""#);
         assert!(
-            line.contains(r#"user="app""#) && line.contains(r#"application="soak_target""#),
+            line.contains(r#"user="app""#) && (target || idle),
             "pg_reaper signalled something else: {line}"
         );
     }
@@ -238,15 +259,18 @@ fn soak_under_load() {
              | calls | {calls} |\n| result rows | {rows_seen} |\n| targets terminated | {terminated} |\n\
              | target reconnections | {} |\n| keepers alive at the end | {}/{KEEPERS} |\n\
              | pgbench clients killed | 0 |\n| postmaster restarts, crashes | 0 |\n\n\
-             Every result row, and every `pg_reaper:` line of the server log ({} of them), named a target session; \
+             Every result row named a target session, and every `pg_reaper:` line of the server log ({} of them) \
+             a target or one of the idle sessions of the memory loop; \
              the keepers were the same {KEEPERS} backends at the end; pgbench reported no aborted client and no \
              connection error. Memory of the calling backend, before the soak and \
-             after it plus {MEMORY_CALLS} more calls (preview and terminate, matching nothing):\n\n\
+             after it plus {MEMORY_CALLS} more calls (alternately a preview of {CANCELLED} idle sessions \
+             and a cancel of each of them, {} signals in all):\n\n\
              | | before | after |\n| --- | ---: | ---: |\n\
              | RssAnon | {} kB | {} kB |\n| memory contexts | {} kB | {} kB |\n",
             reconnects.load(Ordering::Relaxed),
             keepers.len(),
             signalled.len(),
+            MEMORY_CALLS / 2 * CANCELLED,
             before.0,
             after.0,
             before.1 / 1024,
