@@ -14,7 +14,7 @@ fn main() {
         .nth(1)
         .unwrap_or_else(|| "BENCHMARKS.md".into());
     let cluster = Cluster::start_with(Options {
-        max_connections: 1100,
+        max_connections: 2200,
         settings: vec!["shared_buffers = 128MB".into()],
     });
     // The sessions belong to an ordinary role: pg_reaper leaves superusers' sessions alone.
@@ -87,6 +87,10 @@ fn main() {
         plain[30], ours[30]
     );
 
+    drop(_sessions);
+    wait_none_left(&mut me);
+    let scaling = preview_scaling(&cluster, &mut me);
+
     let version: String = me.query_one("SELECT version()", &[]).unwrap().get(0);
     let mut md = String::from("# Benchmarks\n\nWritten by `make bench` (`pgrx-tests/src/bin/bench.rs`): one throwaway cluster, \
          both sides measured in the same run, from a client on the same machine. Numbers are wall-clock time \
@@ -126,8 +130,92 @@ fn main() {
         ms(ours[30]),
         ms(ours[59])
     );
+    md += &scaling;
     std::fs::write(&out, md).expect("write benchmarks");
     println!("wrote {out}");
+}
+
+/// The cost of one preview per session as the number of sessions grows: it must stay flat
+/// (one pass over the PGPROC array, one look at the lock manager, per snapshot). Three filters:
+/// plain; with a lock key while nobody waits for a lock (no lock-manager look at all); with a
+/// lock key while 20 sessions wait for a lock held by one more.
+fn preview_scaling(cluster: &Cluster, me: &mut Client) -> String {
+    const RUNS: usize = 30;
+    let plain = r#"{"application_name": "bench_idle"}"#;
+    let locks = r#"{"application_name": "bench_idle", "blocked": false}"#;
+    let waiting = r#"{"any": [{"application_name": "bench_idle", "blocked": false}, {"blocked": true}]}"#;
+    me.batch_execute("CREATE TABLE IF NOT EXISTS bench_lock (id int); GRANT ALL ON bench_lock TO bench")
+        .unwrap();
+    let mut md = format!(
+        "\n## Preview cost per session as sessions grow ({RUNS} runs each, median)\n\n\
+         `reaper.preview_matching` over N idle sessions: one pass over the PGPROC array and one look at the \
+         lock manager per snapshot, so the cost per session stays flat as N grows. \
+         Filters: plain `{plain}`; lock key, nobody waiting `{locks}`; lock key with 20 sessions waiting \
+         for a lock one more holds `{waiting}`.\n\n\
+         | N sessions | plain | per session | lock key | per session | lock key, 20 waiting | per session |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    );
+    for n in [250usize, 1000, 2000] {
+        let _sessions = open(cluster, n);
+        let median = |me: &mut Client, filter: &str| -> Duration {
+            let sql = "SELECT count(*) FROM reaper.preview_matching($1::text::jsonb)";
+            for _ in 0..3 {
+                me.query_one(sql, &[&filter]).unwrap();
+            }
+            let mut t: Vec<Duration> = (0..RUNS)
+                .map(|_| time(|| drop(me.query_one(sql, &[&filter]).unwrap())))
+                .collect();
+            t.sort();
+            t[RUNS / 2]
+        };
+        let plain_t = median(me, plain);
+        let locks_t = median(me, locks);
+        // One holder and 20 waiters (sessions of their own, not among the N).
+        let mut holder = cluster.connect_as("bench", "bench_holder");
+        holder
+            .batch_execute("BEGIN; LOCK TABLE bench_lock IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        let waiters: Vec<_> = (0..20)
+            .map(|_| {
+                let mut c = cluster.connect_as("bench", "bench_waiter");
+                std::thread::spawn(move || {
+                    let _ = c.batch_execute("SELECT count(*) FROM bench_lock");
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while me
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'bench_lock'::regclass",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+            < 20
+        {
+            assert!(Instant::now() < deadline, "the waiters never queued");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let waiting_t = median(me, waiting);
+        holder.batch_execute("COMMIT").unwrap();
+        for w in waiters {
+            w.join().unwrap();
+        }
+        let per = |d: Duration| format!("{:.2} µs", d.as_secs_f64() * 1e6 / n as f64);
+        println!("preview scaling N={n}: plain {plain_t:?}, lock key {locks_t:?}, 20 waiting {waiting_t:?}");
+        md += &format!(
+            "| {n} | {} | {} | {} | {} | {} | {} |\n",
+            ms(plain_t),
+            per(plain_t),
+            ms(locks_t),
+            per(locks_t),
+            ms(waiting_t),
+            per(waiting_t)
+        );
+        drop(_sessions);
+        wait_none_left(me);
+    }
+    md
 }
 
 /// N idle sessions tagged `bench_idle`, opened from a few threads.
