@@ -1,10 +1,15 @@
 # pg_reaper — every command works on a fresh Debian 12 machine, as root: it installs what is
 # missing first, and is quick when everything is already there.
+#
+# PG=14|15|16|17|18 picks the PostgreSQL major (default 15, Debian's). The first use of another
+# major fetches a relocatable build of it (pgrx-tests/postgres.sh); `make pg-config PG=17` prints
+# the pg_config every target then uses.
 
-PG_CONFIG      ?= /usr/lib/postgresql/15/bin/pg_config
+PG             ?= 15
+SUPPORTED_PG   := 14 15 16 17 18
+PG_DIST        ?= /opt/pg_reaper
 PGRX_VERSION   := 0.18.1
-APT_PACKAGES   := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo postgresql-15-cron
-PGRX_TEST_DATA ?= /tmp/pg_reaper_pgrx
+APT_PACKAGES   := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo postgresql-15-cron python3-pip
 # Tests run several real sessions per test; two test threads keep a 2-core machine responsive.
 TEST_THREADS   ?= 2
 # Cases per property of the filter's property tests: `make test` runs a short pass, `make fuzz`
@@ -14,29 +19,41 @@ FUZZ_CASES     ?= 100000
 SOAK_SECS      ?= 60
 REPORT_DIR     := target/reliability
 CARGO          ?= cargo
+VERSION        := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
 SHELL          := /bin/bash
 
-export PG_CONFIG
+ifeq ($(filter $(PG),$(SUPPORTED_PG)),)
+$(error PG=$(PG) is not supported: use one of $(SUPPORTED_PG) (13 is out of support upstream))
+endif
+
+# The pg_config of the chosen major: Debian's for 15, the fetched build's otherwise. Only a
+# PG_CONFIG given on the command line overrides it (an inherited one may be another major's).
+ifneq ($(origin PG_CONFIG),command line)
+ifeq ($(PG),15)
+PG_CONFIG := /usr/lib/postgresql/15/bin/pg_config
+else
+PG_CONFIG := $(PG_DIST)/postgresql-$(PG)/bin/pg_config
+endif
+endif
+export PG_CONFIG PG_DIST
+
+# Each major builds in its own target directory (its own bindings, no rebuild when switching),
+# against its own headers.
+EXT_ENV        := CARGO_TARGET_DIR=target/pg$(PG) PGRX_PG_CONFIG_PATH=$(PG_CONFIG)
+PGRX_TEST_DATA ?= /tmp/pg_reaper_pgrx$(PG)
+
 # Backtraces would end up in the DETAIL of every error the server reports.
 unexport RUST_BACKTRACE
 
-.PHONY: all deps tools install install-test-build test test-all unit-test pg-test integration-test \
-        reliability-report reliability demo bench soak fuzz lint clean
+.PHONY: all deps tools pg-config install install-test-build test test-all unit-test pg-test \
+        integration-test test-versions reliability-report reliability demo bench soak fuzz lint \
+        package clean
 
 all: install
 
 # ---- set-up -------------------------------------------------------------------------------
-deps: .deps/apt .deps/cargo-pgrx .deps/pgrx-init tools
-
-# Every outside command the targets and the test harness run, checked up front with a clear
-# message (the packages above bring them on Debian).
-TOOLS := runuser sudo cargo rustc $(PG_CONFIG)
-tools:
-	@for t in $(TOOLS); do \
-	    command -v $$t >/dev/null 2>&1 || { echo "make: '$$t' is required and missing (see README, 'Two commands')" >&2; exit 1; }; \
-	done
-	@id postgres >/dev/null 2>&1 || { echo "make: the 'postgres' OS user is required (it comes with the postgresql package)" >&2; exit 1; }
+deps: .deps/apt .deps/cargo-pgrx tools $(PG_CONFIG) .deps/pgrx-init-$(PG)
 
 .deps/apt:
 	@mkdir -p .deps
@@ -53,29 +70,47 @@ tools:
 	fi
 	@touch $@
 
-.deps/pgrx-init: .deps/cargo-pgrx
-	@if ! grep -qs '^pg15' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml; then \
-	    $(CARGO) pgrx init --pg15 $(PG_CONFIG); \
+# Debian's 15 comes with the apt packages; the other majors are fetched on first use.
+$(PG_DIST)/postgresql-%/bin/pg_config:
+	@pgrx-tests/postgres.sh $* >/dev/null
+
+# cargo-pgrx must know the major (for `cargo pgrx test`); init merges it into its config.
+.deps/pgrx-init-$(PG): .deps/cargo-pgrx $(PG_CONFIG)
+	@if ! grep -qs '^pg$(PG) = "$(PG_CONFIG)"' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml; then \
+	    $(CARGO) pgrx init --pg$(PG) $(PG_CONFIG); \
 	fi
 	@touch $@
 
+# Every outside command the targets and the test harness run, checked up front with a clear
+# message (the packages above bring them on Debian).
+TOOLS := runuser sudo cargo rustc python3 tar dpkg-deb
+tools: .deps/apt
+	@for t in $(TOOLS); do \
+	    command -v $$t >/dev/null 2>&1 || { echo "make: '$$t' is required and missing (see README, 'Two commands')" >&2; exit 1; }; \
+	done
+	@id postgres >/dev/null 2>&1 || { echo "make: the 'postgres' OS user is required (it comes with the postgresql package)" >&2; exit 1; }
+
+# The pg_config the other targets use for PG, fetching the major if needed.
+pg-config: .deps/apt
+	@pgrx-tests/postgres.sh $(PG)
+
 install: deps
-	$(CARGO) pgrx install --release --pg-config $(PG_CONFIG)
+	$(EXT_ENV) $(CARGO) pgrx install --release --pg-config $(PG_CONFIG)
 
 # What the multi-session tests run against: the release build plus the test-only pauses
 # (feature test-hooks), which `make install` and the packages never contain.
 install-test-build: deps
-	$(CARGO) pgrx install --release --pg-config $(PG_CONFIG) --features test-hooks
+	$(EXT_ENV) $(CARGO) pgrx install --release --pg-config $(PG_CONFIG) --features test-hooks
 
 # ---- tests --------------------------------------------------------------------------------
-# The whole suite (lint first), then one closing line that counts every test of every runner.
-# The figures of this run go to target/RELIABILITY.md; nothing tracked is modified (`make
-# reliability` copies that report to RELIABILITY.md on purpose).
+# The whole suite for PG (lint first), then one closing line that counts every test of every
+# runner. The figures of this run go to target/RELIABILITY.md; nothing tracked is modified
+# (`make reliability` copies that report to RELIABILITY.md on purpose).
 test: deps
 	@mkdir -p target
 	@rm -rf $(REPORT_DIR)
 	@set -o pipefail; $(MAKE) --no-print-directory test-all 2>&1 | tee target/test.log
-	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "%d passed, %d failed\n", p, f }' target/test.log
+	@pgrx-tests/count-tests.sh "PostgreSQL $(PG)" target/test.log
 
 test-all: lint unit-test pg-test integration-test reliability-report
 
@@ -99,15 +134,27 @@ fuzz: deps
 # #[pg_test]s inside a server that cargo-pgrx starts (as the postgres OS user); the pure
 # filter tests ran above.
 pg-test: deps
-	$(CARGO) pgrx test pg15 tests::pg_ --runas postgres --pgdata $(PGRX_TEST_DATA)
+	$(EXT_ENV) $(CARGO) pgrx test pg$(PG) tests::pg_ --runas postgres --pgdata $(PGRX_TEST_DATA)
 
-# Multi-session tests on throwaway clusters (one per test, or shared by a file's tests). (The soak runs briefly
-# here; `make soak` runs it for SOAK_SECS.)
+# Multi-session tests on throwaway clusters of PG (one per test, or shared by a module's
+# tests), in one test binary, plus the pid-reuse binary. The integration binary does not
+# depend on the major: it is built once. (The soak runs briefly here; `make soak` runs it for
+# SOAK_SECS.)
 integration-test: install-test-build
+	@rm -f target/skipped/pg$(PG).txt
 	$(CARGO) test --release -p pg_reaper_integration --tests --no-fail-fast -- --test-threads=$(TEST_THREADS)
 
+# Every supported major: the whole of `make test` on 15 (with pg_cron), then the #[pg_test]s
+# and the multi-session suite on 14, 16, 17 and 18 (pg_cron exists here only for 15: its tests
+# report themselves skipped there). One summary line per major, and the total.
+test-versions: test
+	@set -o pipefail; for v in $(filter-out 15,$(SUPPORTED_PG)); do \
+	    $(MAKE) --no-print-directory pg-test integration-test PG=$$v 2>&1 | tee target/test-pg$$v.log || true; \
+	done
+	@pgrx-tests/count-tests.sh --versions target/test.log $(foreach v,$(filter-out 15,$(SUPPORTED_PG)),target/test-pg$(v).log)
+
 soak: install-test-build
-	PG_REAPER_SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release -p pg_reaper_integration --test soak -- --nocapture
+	PG_REAPER_SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release -p pg_reaper_integration --test it soak:: -- --nocapture
 	$(MAKE) --no-print-directory reliability-report
 
 # target/RELIABILITY.md, from the figures this run of the tests wrote to $(REPORT_DIR) (which
@@ -122,12 +169,17 @@ reliability:
 	@test -f target/RELIABILITY.md || { echo "make: run 'make test' first" >&2; exit 1; }
 	cp target/RELIABILITY.md RELIABILITY.md
 
-# ---- show and measure ---------------------------------------------------------------------
+# ---- show, measure, ship ------------------------------------------------------------------
 demo: install
 	bash pgrx-tests/demo.sh
 
 bench: install
 	$(CARGO) run --release -q -p pg_reaper_integration --bin bench -- BENCHMARKS.md
+
+# postgresql-$(PG)-pg-reaper_$(VERSION)-1_amd64.deb in target/, with the Debian/PGDG layout.
+package: deps
+	$(EXT_ENV) $(CARGO) pgrx package --pg-config $(PG_CONFIG) --out-dir target/package/pg$(PG)/build
+	pgrx-tests/package.sh $(PG) $(VERSION) target/package/pg$(PG)
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use pgrx::prelude::*;
 
+use crate::compat;
 use crate::error::refuse;
 use crate::filter::{Filter, FilterError};
 use crate::jsonb_arg::JsonbText;
@@ -111,7 +112,7 @@ fn policy_columns(rows: Vec<(String, ResultRow)>) -> impl Iterator<Item = Policy
 }
 
 /// The normalized filter, or the error the signalling functions would raise for it.
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(stable, parallel_safe)]
 fn validate_filter(filter: Option<JsonbText>) -> pgrx::JsonB {
     pgrx::JsonB(parse(filter).to_json())
 }
@@ -119,9 +120,20 @@ fn validate_filter(filter: Option<JsonbText>) -> pgrx::JsonB {
 fn parse(filter: Option<JsonbText>) -> Filter {
     let parsed = match filter {
         None => Err(FilterError::Null),
-        Some(JsonbText(text)) => Filter::parse_str(&text),
+        Some(JsonbText(text)) => parse_filter(&text),
     };
     parsed.unwrap_or_else(|e| refuse(&e.to_string()))
+}
+
+/// A filter, validated against the running server's vocabulary. The types of the background
+/// workers running now are only read when the filter names a type the static lists lack.
+pub fn parse_filter(text: &str) -> Result<Filter, FilterError> {
+    match Filter::parse_str(text, &compat::server_vocabulary(false)) {
+        Err(FilterError::UnknownBackendType { .. }) => {
+            Filter::parse_str(text, &compat::server_vocabulary(true))
+        }
+        parsed => parsed,
+    }
 }
 
 fn duration(name: &str, ms: Option<i64>) -> Duration {

@@ -7,6 +7,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
+
+use crate::filter::{Vocabulary, KNOWN_WORKER_TYPES, STATES};
 use std::ptr::{addr_of, addr_of_mut};
 use std::sync::atomic::{fence, Ordering};
 
@@ -275,4 +277,66 @@ pub fn may_act_as(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
         #[cfg(not(any(feature = "pg14", feature = "pg15")))]
         return pg_sys::member_can_set_role(member, role);
     }
+}
+
+/// The running server's vocabulary for exact `state` and `backend_type` values. With
+/// `running_workers`, the types of the background workers running now (and visible to the
+/// caller) are added: that needs a read of the status array, so it is only asked for when a
+/// filter names a type the static lists lack.
+pub fn server_vocabulary(running_workers: bool) -> Vocabulary {
+    // 18 shows a backend that is still authenticating as `starting`.
+    #[cfg(feature = "pg18")]
+    const NEW_STATES: &[&str] = &["starting"];
+    #[cfg(not(feature = "pg18"))]
+    const NEW_STATES: &[&str] = &[];
+    let states = STATES
+        .iter()
+        .chain(NEW_STATES)
+        .map(|s| s.to_string())
+        .collect();
+    let mut backend_types: Vec<String> = backend_type_names();
+    backend_types.extend(KNOWN_WORKER_TYPES.iter().map(|s| s.to_string()));
+    if running_workers {
+        for i in 1..=local_backend_count() {
+            let Some(st) = local_backend_status(i) else {
+                continue;
+            };
+            if st.st_backendType != pg_sys::BackendType::B_BG_WORKER
+                || !may_see_sessions_of(st.st_userid)
+            {
+                continue;
+            }
+            // SAFETY: returns NULL or a string in a static buffer, copied at once.
+            let name = unsafe { pg_sys::GetBackgroundWorkerTypeByPid(st.st_procpid) };
+            if !name.is_null() {
+                // SAFETY: a NUL-terminated string (see above).
+                let name = unsafe { CStr::from_ptr(name) }
+                    .to_string_lossy()
+                    .into_owned();
+                backend_types.push(name);
+            }
+        }
+    }
+    Vocabulary {
+        server: format!("PostgreSQL {}", pg_sys::PG_MAJORVERSION_NUM),
+        states,
+        backend_types,
+    }
+}
+
+/// The server's own process types, as pg_stat_activity names them (GetBackendTypeDesc). Each
+/// major numbers them differently (17 reordered them; 16, 17 and 18 added some), so they are
+/// enumerated rather than listed. "background worker" is left out: pg_stat_activity shows a
+/// background worker's own type instead.
+fn backend_type_names() -> Vec<String> {
+    const UNKNOWN: &str = "unknown process type";
+    (1..64)
+        .filter_map(|t| {
+            // SAFETY: returns a static string for every value, "unknown process type" for
+            // values beyond the enum.
+            let desc = unsafe { CStr::from_ptr(pg_sys::GetBackendTypeDesc(t)) };
+            let desc = desc.to_string_lossy().into_owned();
+            (desc != UNKNOWN && desc != "background worker").then_some(desc)
+        })
+        .collect()
 }

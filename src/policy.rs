@@ -8,7 +8,6 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
 
 use crate::error::{raise, refuse};
-use crate::filter::Filter;
 use crate::pipeline::{self, Action};
 use crate::report::{self, Actor, Audit, ResultRow};
 use crate::signal::{self, in_subtransaction};
@@ -118,7 +117,7 @@ fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
             ),
         );
     }
-    let filter = Filter::parse_str(&policy.filter)
+    let filter = crate::api::parse_filter(&policy.filter)
         .unwrap_or_else(|e| refuse(&format!("its filter is invalid: {e}")));
     let millis = |ms: i64| Duration::from_millis(ms.max(0) as u64);
     let action = match policy.action.as_str() {

@@ -724,3 +724,21 @@ pub fn record_figures(name: &str, markdown: &str) {
     std::fs::create_dir_all(&dir).expect("reliability dir");
     std::fs::write(dir.join(format!("{name}.md")), markdown).expect("write figures");
 }
+
+/// Reports `test` as skipped on this server, with the reason, and returns: the test runner
+/// counts it as passed, so the skip is also written to `target/skipped/pg<major>.txt`, which
+/// the closing count of `make test` subtracts and lists by name.
+pub fn skip(test: &str, reason: &str) {
+    let major = server_major();
+    let line = format!("{test}: {reason}");
+    println!("SKIPPED {line}");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/skipped");
+    std::fs::create_dir_all(&dir).expect("skipped dir");
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("pg{major}.txt")))
+        .expect("skipped file");
+    writeln!(file, "{line}").expect("write skipped");
+}

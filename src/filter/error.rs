@@ -26,7 +26,7 @@ pub enum FilterError {
     #[error("unknown filter key \"{key}\"{}", did_you_mean(suggestion))]
     UnknownKey {
         key: String,
-        suggestion: Option<&'static str>,
+        suggestion: Option<String>,
     },
 
     #[error("filter key \"{key}\" is only allowed at the top level of a filter")]
@@ -86,7 +86,18 @@ pub enum FilterError {
         what: &'static str,
         value: String,
         expected: String,
-        suggestion: Option<&'static str>,
+        suggestion: Option<String>,
+    },
+
+    #[error(
+        "filter key \"{key}\": {server} has no backend type {value:?}{}",
+        did_you_mean(suggestion)
+    )]
+    UnknownBackendType {
+        key: String,
+        value: String,
+        server: String,
+        suggestion: Option<String>,
     },
 
     #[error("filter key \"{key}\" must be true; leave it out to not use it")]
@@ -96,7 +107,7 @@ pub enum FilterError {
     NoCriterion { path: String },
 }
 
-fn did_you_mean(suggestion: &Option<&'static str>) -> String {
+fn did_you_mean(suggestion: &Option<String>) -> String {
     match suggestion {
         Some(s) => format!(" (did you mean \"{s}\"?)"),
         None => String::new(),
@@ -116,14 +127,14 @@ fn no_criterion(path: &str) -> String {
 }
 
 /// The closest candidate to `word` by edit distance, if it is close enough to be a likely typo.
-pub(crate) fn suggest(word: &str, candidates: &[&'static str]) -> Option<&'static str> {
+pub(crate) fn suggest<S: AsRef<str>>(word: &str, candidates: &[S]) -> Option<String> {
     let word = word.to_ascii_lowercase();
     candidates
         .iter()
-        .map(|c| (edit_distance(&word, c), *c))
+        .map(|c| (edit_distance(&word, c.as_ref()), c.as_ref()))
         .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d < c.len())
         .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+        .map(|(_, c)| c.to_string())
 }
 
 /// Optimal string alignment distance (Levenshtein plus adjacent transpositions).

@@ -245,8 +245,23 @@ impl Order {
     }
 }
 
-/// The values `pg_stat_activity.state` can take in PostgreSQL 15; an exact `state` that is none
-/// of them is a typo that would silently match nothing.
+/// What the running server can show in the columns whose exact values a filter is checked
+/// against: an exact `state` or `backend_type` it can never show is a typo (or another major's
+/// name) that would silently match nothing, so it is refused. The SQL layer builds this from
+/// the running server; [`Vocabulary::default`] is PostgreSQL 15's, for tests and tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vocabulary {
+    /// The server, for messages ("PostgreSQL 17").
+    pub server: String,
+    /// The values `pg_stat_activity.state` can take.
+    pub states: Vec<String>,
+    /// The values `pg_stat_activity.backend_type` can take: the server's own process types,
+    /// the background workers PostgreSQL and known extensions register, and the types of the
+    /// background workers running now.
+    pub backend_types: Vec<String>,
+}
+
+/// The states of PostgreSQL 14 to 17 (18 adds `starting`).
 pub const STATES: &[&str] = &[
     "active",
     "idle",
@@ -255,3 +270,46 @@ pub const STATES: &[&str] = &[
     "fastpath function call",
     "disabled",
 ];
+
+/// PostgreSQL 15's own process types (GetBackendTypeDesc), as pg_stat_activity shows them.
+pub const BACKEND_TYPES_15: &[&str] = &[
+    "autovacuum launcher",
+    "autovacuum worker",
+    "client backend",
+    "background worker",
+    "background writer",
+    "checkpointer",
+    "startup",
+    "walreceiver",
+    "walsender",
+    "walwriter",
+    "archiver",
+    "logger",
+];
+
+/// Background-worker types (bgw_type, which pg_stat_activity shows as backend_type) that
+/// PostgreSQL itself and well-known extensions register, in any supported major.
+pub const KNOWN_WORKER_TYPES: &[&str] = &[
+    "parallel worker",
+    "logical replication launcher",
+    "logical replication worker",
+    "logical replication apply worker",
+    "logical replication parallel worker",
+    "logical replication tablesync worker",
+    "pg_cron launcher",
+    "pg_reaper worker",
+];
+
+impl Default for Vocabulary {
+    fn default() -> Vocabulary {
+        Vocabulary {
+            server: "PostgreSQL 15".into(),
+            states: STATES.iter().map(|s| s.to_string()).collect(),
+            backend_types: BACKEND_TYPES_15
+                .iter()
+                .chain(KNOWN_WORKER_TYPES)
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}

@@ -10,7 +10,7 @@ use super::error::{suggest, FilterError};
 use super::interval::parse_interval;
 use super::{
     AddrList, AddrMatch, AgeField, Criteria, Filter, Order, PidMatch, TextField, TextMatch,
-    MAX_ARRAY_ITEMS, MAX_FILTER_BYTES, MAX_NESTING, MAX_REGEX_BYTES, MAX_STRING_BYTES, STATES,
+    Vocabulary, MAX_ARRAY_ITEMS, MAX_FILTER_BYTES, MAX_NESTING, MAX_REGEX_BYTES, MAX_STRING_BYTES,
 };
 
 /// Every key the language knows, for did-you-mean hints.
@@ -46,8 +46,9 @@ const AGE_FORMS: &str =
 
 impl Filter {
     /// Parses the text form of a filter (what `jsonb_out` gives), refusing duplicate keys and
-    /// anything over [`MAX_FILTER_BYTES`] before building a JSON tree.
-    pub fn parse_str(text: &str) -> Result<Filter, FilterError> {
+    /// anything over [`MAX_FILTER_BYTES`] before building a JSON tree; exact `state` and
+    /// `backend_type` values are checked against `vocabulary`.
+    pub fn parse_str(text: &str, vocabulary: &Vocabulary) -> Result<Filter, FilterError> {
         if text.len() > MAX_FILTER_BYTES {
             return Err(FilterError::TooLarge {
                 bytes: text.len(),
@@ -55,11 +56,11 @@ impl Filter {
             });
         }
         let value = parse_json_strict(text)?;
-        Filter::from_value(&value)
+        Filter::from_value(&value, vocabulary)
     }
 
     /// Validates an already parsed filter.
-    pub fn from_value(value: &Value) -> Result<Filter, FilterError> {
+    pub fn from_value(value: &Value, vocabulary: &Vocabulary) -> Result<Filter, FilterError> {
         let object = match value {
             Value::Object(o) => o,
             Value::Null => return Err(FilterError::Null),
@@ -75,7 +76,7 @@ impl Filter {
             order: Order::default(),
             include_superusers: false,
         };
-        filter.criteria = parse_criteria(object, "", 0, Some(&mut filter))?;
+        filter.criteria = parse_criteria(object, "", 0, vocabulary, Some(&mut filter))?;
         Ok(filter)
     }
 
@@ -129,6 +130,7 @@ fn parse_criteria(
     object: &Map<String, Value>,
     path: &str,
     depth: usize,
+    vocabulary: &Vocabulary,
     mut top: Option<&mut Filter>,
 ) -> Result<Criteria, FilterError> {
     if depth > MAX_NESTING {
@@ -141,7 +143,8 @@ fn parse_criteria(
     for (key, value) in object {
         let full = join(path, key);
         if let Some(field) = TextField::ALL.iter().find(|f| f.key() == key) {
-            c.text.push((*field, parse_text(&full, *field, value)?));
+            c.text
+                .push((*field, parse_text(&full, *field, value, vocabulary)?));
             continue;
         }
         if let Some(field) = AgeField::ALL.iter().find(|f| f.key() == key) {
@@ -170,7 +173,7 @@ fn parse_criteria(
                     let object = item
                         .as_object()
                         .ok_or_else(|| wrong_type(&item_path, "a filter object", item))?;
-                    branches.push(parse_sub_filter(object, &item_path, depth + 1)?);
+                    branches.push(parse_sub_filter(object, &item_path, depth + 1, vocabulary)?);
                 }
                 c.any = Some(branches);
             }
@@ -178,7 +181,12 @@ fn parse_criteria(
                 let object = value
                     .as_object()
                     .ok_or_else(|| wrong_type(&full, "a filter object", value))?;
-                c.exclude = Some(Box::new(parse_sub_filter(object, &full, depth + 1)?));
+                c.exclude = Some(Box::new(parse_sub_filter(
+                    object,
+                    &full,
+                    depth + 1,
+                    vocabulary,
+                )?));
             }
             "limit" | "order" | "include_superusers" => {
                 let Some(filter) = top.as_deref_mut() else {
@@ -210,8 +218,9 @@ fn parse_sub_filter(
     object: &Map<String, Value>,
     path: &str,
     depth: usize,
+    vocabulary: &Vocabulary,
 ) -> Result<Criteria, FilterError> {
-    parse_criteria(object, path, depth, None)
+    parse_criteria(object, path, depth, vocabulary, None)
 }
 
 impl Criteria {
@@ -278,18 +287,34 @@ fn array_strings<'v>(
         .collect()
 }
 
-fn parse_text(key: &str, field: TextField, value: &Value) -> Result<TextMatch, FilterError> {
+fn parse_text(
+    key: &str,
+    field: TextField,
+    value: &Value,
+    vocabulary: &Vocabulary,
+) -> Result<TextMatch, FilterError> {
+    // An exact state or backend type the server can never show would silently match nothing.
     let check_state = |s: &str| -> Result<(), FilterError> {
-        if field == TextField::State && !STATES.contains(&s) {
-            return Err(FilterError::UnknownValue {
-                key: key.to_string(),
-                what: "state",
-                value: s.to_string(),
-                expected: STATES.join(", "),
-                suggestion: suggest(s, STATES),
-            });
+        match field {
+            TextField::State if !vocabulary.states.iter().any(|v| v == s) => {
+                Err(FilterError::UnknownValue {
+                    key: key.to_string(),
+                    what: "state",
+                    value: s.to_string(),
+                    expected: vocabulary.states.join(", "),
+                    suggestion: suggest(s, &vocabulary.states),
+                })
+            }
+            TextField::BackendType if !vocabulary.backend_types.iter().any(|v| v == s) => {
+                Err(FilterError::UnknownBackendType {
+                    key: key.to_string(),
+                    value: s.chars().take(100).collect(),
+                    server: vocabulary.server.clone(),
+                    suggestion: suggest(s, &vocabulary.backend_types),
+                })
+            }
+            _ => Ok(()),
         }
-        Ok(())
     };
     match value {
         Value::String(s) => {

@@ -41,11 +41,19 @@ const AGE_KEYS: &[&str] = &[
     "min_backend_age",
 ];
 
+/// Exact backend types drawn from this pool (every one in the default vocabulary).
+const BACKEND_TYPES: &[&str] = &[
+    "client backend",
+    "walsender",
+    "pg_cron launcher",
+    "autovacuum worker",
+];
+
 fn text_value(key: &'static str) -> BoxedStrategy<Value> {
-    let pool: Vec<&str> = if key == "state" {
-        STATES.to_vec()
-    } else {
-        NAMES.to_vec()
+    let pool: Vec<&str> = match key {
+        "state" => STATES.to_vec(),
+        "backend_type" => BACKEND_TYPES.to_vec(),
+        _ => NAMES.to_vec(),
     };
     let one = proptest::sample::select(pool);
     prop_oneof![
@@ -141,12 +149,7 @@ fn arb_session() -> impl Strategy<Value = Session> {
     );
     let more = (
         opt_name(),
-        proptest::sample::select(vec![
-            "client backend",
-            "walsender",
-            "pg_cron launcher",
-            "autovacuum worker",
-        ]),
+        proptest::sample::select(BACKEND_TYPES.to_vec()),
         proptest::sample::select(STATES.to_vec()),
     );
     let addr = proptest::sample::select(vec![
@@ -304,18 +307,18 @@ proptest! {
 
     #[test]
     fn arbitrary_text_never_panics(text in ".{0,300}") {
-        let _ = Filter::parse_str(&text);
+        let _ = Filter::parse_str(&text, &Vocabulary::default());
     }
 
     #[test]
     fn arbitrary_json_never_panics(v in arb_json()) {
-        let _ = Filter::from_value(&v);
-        let _ = Filter::parse_str(&v.to_string());
+        let _ = Filter::from_value(&v, &Vocabulary::default());
+        let _ = Filter::parse_str(&v.to_string(), &Vocabulary::default());
     }
 
     #[test]
     fn matcher_agrees_with_reference(f in top_filter(), sessions in proptest::collection::vec(arb_session(), 1..8)) {
-        let filter = Filter::from_value(&f).unwrap();
+        let filter = Filter::from_value(&f, &Vocabulary::default()).unwrap();
         for s in &sessions {
             prop_assert_eq!(filter.matches(s, &CTX), ref_matches(&f, s), "filter {} session {:?}", f, s);
         }
@@ -327,11 +330,11 @@ proptest! {
 
     #[test]
     fn normalizing_is_idempotent(f in top_filter()) {
-        let once = Filter::from_value(&f).unwrap().to_json();
-        let twice = Filter::from_value(&once).unwrap().to_json();
+        let once = Filter::from_value(&f, &Vocabulary::default()).unwrap().to_json();
+        let twice = Filter::from_value(&once, &Vocabulary::default()).unwrap().to_json();
         prop_assert_eq!(&once, &twice);
         // And the text form parses to the same filter.
-        let again = Filter::parse_str(&once.to_string()).unwrap().to_json();
+        let again = Filter::parse_str(&once.to_string(), &Vocabulary::default()).unwrap().to_json();
         prop_assert_eq!(once, again);
     }
 }

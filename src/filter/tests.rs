@@ -12,11 +12,12 @@ const CTX: MatchContext = MatchContext {
 };
 
 fn parse(v: Value) -> Filter {
-    Filter::from_value(&v).unwrap_or_else(|e| panic!("{v} should parse: {e}"))
+    Filter::from_value(&v, &Vocabulary::default())
+        .unwrap_or_else(|e| panic!("{v} should parse: {e}"))
 }
 
 fn err(v: Value) -> String {
-    match Filter::from_value(&v) {
+    match Filter::from_value(&v, &Vocabulary::default()) {
         Ok(f) => panic!("{v} should be refused, parsed as {:?}", f.to_json()),
         Err(e) => e.to_string(),
     }
@@ -65,7 +66,11 @@ fn text_keys_in_all_three_forms() {
         ("query", "SELECT 1"),
     ] {
         assert!(matches(json!({ key: value }), &s), "{key} exact");
-        let miss = if key == "state" { "active" } else { "nope" };
+        let miss = match key {
+            "state" => "active",
+            "backend_type" => "walsender",
+            _ => "nope",
+        };
         assert!(matches(json!({ key: [miss, value] }), &s), "{key} array");
         assert!(matches(json!({ key: {"regex": "^."} }), &s), "{key} regex");
         assert!(!matches(json!({ key: miss }), &s), "{key} exact miss");
@@ -76,6 +81,29 @@ fn text_keys_in_all_three_forms() {
     }
     // client_hostname is NULL here: NULL never matches, not even an all-matching regex.
     assert!(!matches(json!({"client_hostname": {"regex": ""}}), &s));
+}
+
+#[test]
+fn exact_states_and_backend_types_are_the_servers() {
+    let v15 = Vocabulary::default();
+    let e = Filter::from_value(&json!({"backend_type": "walsnder"}), &v15).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        r#"filter key "backend_type": PostgreSQL 15 has no backend type "walsnder" (did you mean "walsender"?)"#
+    );
+    // Another major's type is refused; the server that has it accepts it.
+    assert!(Filter::from_value(&json!({"backend_type": "io worker"}), &v15).is_err());
+    let mut v18 = v15.clone();
+    v18.server = "PostgreSQL 18".into();
+    v18.backend_types.push("io worker".into());
+    v18.states.push("starting".into());
+    assert!(Filter::from_value(&json!({"backend_type": ["io worker"]}), &v18).is_ok());
+    assert!(Filter::from_value(&json!({"state": "starting"}), &v15).is_err());
+    assert!(Filter::from_value(&json!({"state": "starting"}), &v18).is_ok());
+    // A regex is not checked: it may name any type.
+    assert!(Filter::from_value(&json!({"backend_type": {"regex": "worker$"}}), &v15).is_ok());
+    // Known background workers are accepted anywhere.
+    assert!(Filter::from_value(&json!({"backend_type": "pg_cron launcher"}), &v15).is_ok());
 }
 
 #[test]
@@ -404,27 +432,27 @@ fn nesting_is_bounded() {
 fn text_level_refusals() {
     let too_big = format!("{{\"usename\": \"{}\"}}", "x".repeat(MAX_FILTER_BYTES));
     assert!(matches!(
-        Filter::parse_str(&too_big),
+        Filter::parse_str(&too_big, &Vocabulary::default()),
         Err(FilterError::TooLarge { .. })
     ));
     assert_eq!(
-        Filter::parse_str(r#"{"pid": 1, "pid": 2}"#).unwrap_err(),
+        Filter::parse_str(r#"{"pid": 1, "pid": 2}"#, &Vocabulary::default()).unwrap_err(),
         FilterError::DuplicateKey { key: "pid".into() }
     );
     let deep = format!("{{\"usename\": {}1{}}}", "[".repeat(200), "]".repeat(200));
     assert!(matches!(
-        Filter::parse_str(&deep),
+        Filter::parse_str(&deep, &Vocabulary::default()),
         Err(FilterError::InvalidJson(_))
     ));
     assert!(matches!(
-        Filter::parse_str("{"),
+        Filter::parse_str("{", &Vocabulary::default()),
         Err(FilterError::InvalidJson(_))
     ));
     assert!(matches!(
-        Filter::parse_str(r#"{"pid": 1e400}"#),
+        Filter::parse_str(r#"{"pid": 1e400}"#, &Vocabulary::default()),
         Err(FilterError::InvalidJson(_))
     ));
-    assert!(Filter::parse_str(r#"{"pid": 1}"#).is_ok());
+    assert!(Filter::parse_str(r#"{"pid": 1}"#, &Vocabulary::default()).is_ok());
 }
 
 #[test]

@@ -96,11 +96,10 @@ fn the_callers_statistics_snapshot_survives_a_call() {
     // snapshot until it ends; pg_reaper refreshes only the activity part. (14 has neither the
     // setting nor pg_stat_get_snapshot_timestamp: its statistics came from the collector.)
     if server_major() < 15 {
-        println!(
-            "skipped on PostgreSQL {}: no stats_fetch_consistency",
-            server_major()
+        return skip(
+            "snapshot_fidelity::the_callers_statistics_snapshot_survives_a_call",
+            "PostgreSQL 14 has no stats_fetch_consistency",
         );
-        return;
     }
     let cluster = Cluster::start();
     cluster.create_role("app", "");
