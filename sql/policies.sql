@@ -23,11 +23,15 @@ COMMENT ON COLUMN reaper.policies.action IS 'terminate, cancel or cancel_then_te
 COMMENT ON COLUMN reaper.policies.owner IS
     'the role whose privileges the policy signals with; only its members may write the policy';
 
--- Refuses what run_policies could not run, and owners the writer may not act for.
+-- Refuses what run_policies could not run, and owners the writer may not act for: "act for"
+-- is what SET ROLE allows, which from PostgreSQL 16 on needs the SET option of the membership.
 CREATE FUNCTION reaper.policies_check() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    act_as text := CASE WHEN current_setting('server_version_num')::int >= 160000
+                        THEN 'SET' ELSE 'MEMBER' END;
 BEGIN
     PERFORM reaper.validate_filter(NEW.filter);
     IF NEW.action NOT IN ('terminate', 'cancel', 'cancel_then_terminate') THEN
@@ -39,14 +43,14 @@ BEGIN
         RAISE EXCEPTION 'policy "%": timeout_ms and grace_ms must not be negative', NEW.name
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NOT pg_has_role(current_user, NEW.owner, 'MEMBER') THEN
+    IF NOT pg_has_role(current_user, NEW.owner, act_as) THEN
         RAISE EXCEPTION 'permission denied to write policy "%" owned by role %', NEW.name, NEW.owner
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'A policy''s owner must be a role you are a member of.';
+                  HINT = 'A policy''s owner must be a role you may SET ROLE to.';
     END IF;
     IF TG_OP = 'UPDATE'
        AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = OLD.owner)
-       AND NOT pg_has_role(current_user, OLD.owner, 'MEMBER') THEN
+       AND NOT pg_has_role(current_user, OLD.owner, act_as) THEN
         RAISE EXCEPTION 'permission denied to change policy "%" owned by role %', OLD.name, OLD.owner
             USING ERRCODE = 'insufficient_privilege';
     END IF;

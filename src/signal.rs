@@ -116,7 +116,11 @@ pub fn send(target: &Target, signal: Signal, first: bool) -> Delivery {
         Err(CaughtError::PostgresError(e))
             if e.sql_error_code() == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
         {
-            Delivery::Denied(e.message().to_string())
+            // 16 moved the why of a denial from the message into the DETAIL: keep both.
+            Delivery::Denied(match e.detail() {
+                Some(detail) => format!("{}: {}", e.message(), detail.trim_end_matches('.')),
+                None => e.message().to_string(),
+            })
         }
         Err(other) => other.rethrow(),
     }

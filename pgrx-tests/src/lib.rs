@@ -71,6 +71,12 @@ pub struct Options {
     pub max_connections: u32,
     /// Extra postgresql.conf lines.
     pub settings: Vec<String>,
+    /// The server's programs; None: those of the `PG_CONFIG` server.
+    pub bin_dir: Option<PathBuf>,
+    /// Run `CREATE EXTENSION pg_reaper` in database postgres once the cluster is up.
+    pub create_extension: bool,
+    /// An existing data directory to start instead of a fresh initdb (a standby, say).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -78,6 +84,9 @@ impl Default for Options {
         Options {
             max_connections: 100,
             settings: Vec::new(),
+            bin_dir: None,
+            create_extension: true,
+            data_dir: None,
         }
     }
 }
@@ -86,6 +95,8 @@ impl Default for Options {
 pub struct Cluster {
     pub dir: PathBuf,
     pub port: u16,
+    /// The server's programs.
+    pub bin: PathBuf,
 }
 
 static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
@@ -93,8 +104,18 @@ static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
 /// Runs one of the server's programs as the postgres OS user, with a UTF-8 locale whatever the
 /// caller's environment has (cron, systemd and minimal containers often have no LANG).
 pub fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
+    as_postgres_from(std::path::Path::new(bin_dir()), program, args)
+}
+
+/// `as_postgres` with the programs of another installation.
+pub fn as_postgres_from(
+    bin: &std::path::Path,
+    program: &str,
+    args: &[&str],
+) -> std::process::Output {
     let output = Command::new("runuser")
-        .args(["-u", "postgres", "--", &format!("{}/{program}", bin_dir())])
+        .args(["-u", "postgres", "--"])
+        .arg(bin.join(program))
         .env("LANG", "C.UTF-8")
         .env("LC_ALL", "C.UTF-8")
         .args(args)
@@ -129,24 +150,40 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("cluster dir");
         let (uid, gid) = postgres_user();
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the cluster dir");
+        let bin = options
+            .bin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(bin_dir()));
         let data = dir.join("data");
-        as_postgres(
-            "initdb",
-            &[
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "--encoding=UTF8",
-                "--locale=C.UTF-8",
-                "-D",
-                data.to_str().unwrap(),
-            ],
-        );
+        match &options.data_dir {
+            Some(prepared) => {
+                let status = Command::new("mv").arg(prepared).arg(&data).status();
+                assert!(
+                    status.is_ok_and(|s| s.success()),
+                    "move {prepared:?} in place"
+                );
+            }
+            None => {
+                as_postgres_from(
+                    &bin,
+                    "initdb",
+                    &[
+                        "-A",
+                        "trust",
+                        "-U",
+                        "postgres",
+                        "--no-sync",
+                        "--encoding=UTF8",
+                        "--locale=C.UTF-8",
+                        "-D",
+                        data.to_str().unwrap(),
+                    ],
+                );
+            }
+        }
         let port = free_port();
         let mut conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+            "\n# the test harness\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
              max_connections = {}\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
              log_line_prefix = '%m [%p] '\nshared_buffers = 32MB\n",
             dir.display(),
@@ -160,23 +197,70 @@ impl Cluster {
         let mut existing = std::fs::read_to_string(&conf_path).expect("postgresql.conf");
         existing.push_str(&conf);
         std::fs::write(&conf_path, existing).expect("write postgresql.conf");
-        let cluster = Cluster { dir, port };
-        cluster.pg_ctl(&[
+        let cluster = Cluster { dir, port, bin };
+        cluster.start_server();
+        if options.create_extension {
+            cluster
+                .superuser()
+                .batch_execute("CREATE EXTENSION pg_reaper")
+                .expect("CREATE EXTENSION");
+        }
+        cluster
+    }
+
+    /// A hot standby of `primary` (pg_basebackup over loopback, streaming), started with the
+    /// same options; the primary needs nothing special (wal_level = replica is the default).
+    pub fn standby_of(primary: &Cluster, mut options: Options) -> Cluster {
+        let n = CLUSTERS.fetch_add(1, Ordering::SeqCst);
+        let backup = PathBuf::from(format!("/tmp/pgr-{}-{n}-backup", std::process::id()));
+        let _ = std::fs::remove_dir_all(&backup);
+        as_postgres_from(
+            &primary.bin,
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                backup.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+            ],
+        );
+        options.data_dir = Some(backup);
+        options.create_extension = false;
+        options.bin_dir = Some(primary.bin.clone());
+        options.settings.push("hot_standby = on".into());
+        Cluster::start_with(options)
+    }
+
+    /// Starts the (stopped) server.
+    pub fn start_server(&self) {
+        self.pg_ctl(&[
             "-w",
             "-t",
             "60",
             "start",
             "-l",
-            cluster.log_path().to_str().unwrap(),
+            self.log_path().to_str().unwrap(),
         ]);
-        cluster
-            .superuser()
-            .batch_execute("CREATE EXTENSION pg_reaper")
-            .expect("CREATE EXTENSION");
-        cluster
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// Stops the server (fast shutdown).
+    pub fn stop_server(&self) {
+        self.pg_ctl(&["-w", "-t", "60", "-m", "fast", "stop"]);
+    }
+
+    /// Promotes a standby and waits until it accepts writes.
+    pub fn promote(&self) {
+        self.pg_ctl(&["-w", "-t", "60", "promote"]);
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
 
@@ -188,7 +272,7 @@ impl Cluster {
         let data = self.data_dir();
         let mut all = vec!["-D", data.to_str().unwrap()];
         all.extend_from_slice(args);
-        as_postgres("pg_ctl", &all);
+        as_postgres_from(&self.bin, "pg_ctl", &all);
     }
 
     /// The `pg_reaper:` lines of the server log about backend `pid`.
@@ -361,14 +445,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.data_dir();
         let _ = Command::new("runuser")
-            .args([
-                "-u",
-                "postgres",
-                "--",
-                &format!("{}/pg_ctl", bin_dir()),
-                "-D",
-                data.to_str().unwrap(),
-            ])
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", data.to_str().unwrap()])
             .args(["-m", "immediate", "stop"])
             .output();
         if std::env::var_os("PG_REAPER_KEEP_CLUSTER").is_none() {
@@ -717,9 +796,21 @@ pub fn shared_cluster(key: &'static str, setup: fn(&Cluster)) -> std::sync::Arc<
     cluster
 }
 
-/// Appends a section of figures to the reliability report (assembled into RELIABILITY.md by
-/// `make test`); `name` orders and names the section.
+/// Adds a section of figures to the reliability report (assembled into target/RELIABILITY.md by
+/// `make test`); `name` orders and names the section. The report describes the run on
+/// PostgreSQL 15 (`make test`); on other majors only `record_figures_per_major` sections count.
 pub fn record_figures(name: &str, markdown: &str) {
+    if server_major() == 15 {
+        write_figures(name, markdown);
+    }
+}
+
+/// A section recorded on every major, one file per major (its title should name the major).
+pub fn record_figures_per_major(name: &str, markdown: &str) {
+    write_figures(&format!("{name}-pg{}", server_major()), markdown);
+}
+
+fn write_figures(name: &str, markdown: &str) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/reliability");
     std::fs::create_dir_all(&dir).expect("reliability dir");
     std::fs::write(dir.join(format!("{name}.md")), markdown).expect("write figures");

@@ -2,7 +2,19 @@
 \dx pg_reaper
 \df reaper.*
 \dt reaper.*
-\dp reaper.*
+-- Privileges beyond the owner's (none: the DBA grants), and what PUBLIC may do.
+SELECT c.relname, a.grantee::regrole, a.privilege_type
+  FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+ WHERE c.relnamespace = 'reaper'::regnamespace AND c.relkind = 'r'
+   AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
+ ORDER BY 1, 2, 3;
+SELECT c.relname,
+       pg_catalog.has_table_privilege('public', c.oid, 'SELECT') AS public_select,
+       pg_catalog.has_table_privilege('public', c.oid, 'INSERT') AS public_insert
+  FROM pg_catalog.pg_class c
+ WHERE c.relnamespace = 'reaper'::regnamespace AND c.relkind = 'r'
+ ORDER BY 1;
+SELECT pg_catalog.has_schema_privilege('public', 'reaper', 'USAGE') AS public_usage;
 SELECT p.oid::regprocedure AS function,
        p.provolatile AS volatility, p.proparallel AS parallel, p.prosecdef AS security_definer,
        pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE') AS public_may_execute,

@@ -16,6 +16,7 @@ fn main() {
     let cluster = Cluster::start_with(Options {
         max_connections: 2200,
         settings: vec!["shared_buffers = 128MB".into()],
+        ..Options::default()
     });
     // The sessions belong to an ordinary role: pg_reaper leaves superusers' sessions alone.
     cluster.create_role("bench", "");

@@ -2,7 +2,6 @@
 //! pg_dump keeping the configuration.
 
 use pg_reaper_integration::*;
-use std::process::Command;
 
 #[test]
 fn direct_calls_are_logged_row_for_row_and_previews_are_not() {
@@ -217,21 +216,19 @@ fn pg_dump_keeps_the_policies() {
          VALUES ('keep-me', '{\"usename\": \"batch\"}', 'cancel', 0, 'survives a dump')",
     )
     .unwrap();
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_dump"])
-        .args([
+    // The server's own pg_dump (as_postgres asserts that it succeeds).
+    let out = as_postgres(
+        "pg_dump",
+        &[
             "-h",
             cluster.dir.to_str().unwrap(),
             "-p",
             &cluster.port.to_string(),
-        ])
-        .args(["-U", "postgres", "-d", "postgres"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ],
     );
     let dump = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -403,3 +403,60 @@ fn only_what_a_policy_can_cause_is_caught_internal_errors_are_not() {
         );
     }
 }
+
+#[test]
+fn acting_as_a_policys_owner_means_what_set_role_means() {
+    // From PostgreSQL 16 a membership can be granted WITH SET FALSE: the member inherits the
+    // owner's privileges but may not SET ROLE to it, so it may neither write nor run a policy
+    // owned by that role. Before 16 every membership allowed SET ROLE.
+    let cluster = Cluster::start();
+    cluster.create_role("owner", "IN ROLE pg_signal_backend");
+    cluster.create_role("helper", "");
+    cluster.create_role("app", "");
+    let mut su = cluster.superuser();
+    let set_option = server_major() >= 16;
+    let grant = if set_option {
+        "GRANT owner TO helper WITH SET FALSE"
+    } else {
+        "GRANT owner TO helper"
+    };
+    su.batch_execute(&format!(
+        "{grant}; GRANT SELECT, INSERT, UPDATE ON reaper.policies TO helper"
+    ))
+    .unwrap();
+    let mut helper = cluster.connect("helper");
+    let can_set_role = helper.batch_execute("SET ROLE owner; RESET ROLE").is_ok();
+    assert_eq!(can_set_role, !set_option, "SET ROLE itself");
+
+    let tag = tag("set_option");
+    let victim = cluster.session("app", &tag);
+    let write = helper.execute(
+        "INSERT INTO reaper.policies (name, filter, owner) VALUES ('by-helper', $1::text::jsonb, 'owner')",
+        &[&format!(r#"{{"application_name": "{tag}"}}"#)],
+    );
+    assert_eq!(write.is_ok(), can_set_role, "writing: {write:?}");
+    if !can_set_role {
+        assert_eq!(sqlstate(&write.unwrap_err()), Some("42501"));
+        insert_policy(
+            &mut su,
+            "by-helper",
+            &format!(r#"{{"application_name": "{tag}"}}"#),
+            "'terminate', 0, 0, 'owner'",
+        );
+    }
+    let (mut helper, notices) = cluster.collecting_client("helper");
+    let rows = call(&mut helper, "reaper.run_policy('by-helper')", "").unwrap();
+    if can_set_role {
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert!(cluster.wait_gone(victim.pid));
+    } else {
+        assert!(rows.is_empty(), "{rows:?}");
+        let notices = notices.lock().unwrap().clone();
+        assert!(
+            notices.iter().any(|n| n.starts_with("WARNING 42501: ")
+                && n.contains("may not run it: only roles that may SET ROLE to its owner")),
+            "{notices:?}"
+        );
+        assert_eq!(victim.run("SELECT 1"), Ended::Ok);
+    }
+}
