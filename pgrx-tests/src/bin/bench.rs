@@ -143,9 +143,12 @@ fn preview_scaling(cluster: &Cluster, me: &mut Client) -> String {
     const RUNS: usize = 30;
     let plain = r#"{"application_name": "bench_idle"}"#;
     let locks = r#"{"application_name": "bench_idle", "blocked": false}"#;
-    let waiting = r#"{"any": [{"application_name": "bench_idle", "blocked": false}, {"blocked": true}]}"#;
-    me.batch_execute("CREATE TABLE IF NOT EXISTS bench_lock (id int); GRANT ALL ON bench_lock TO bench")
-        .unwrap();
+    let waiting =
+        r#"{"any": [{"application_name": "bench_idle", "blocked": false}, {"blocked": true}]}"#;
+    me.batch_execute(
+        "CREATE TABLE IF NOT EXISTS bench_lock (id int); GRANT ALL ON bench_lock TO bench",
+    )
+    .unwrap();
     let mut md = format!(
         "\n## Preview cost per session as sessions grow ({RUNS} runs each, median)\n\n\
          `reaper.preview_matching` over N idle sessions: one pass over the PGPROC array and one look at the \
