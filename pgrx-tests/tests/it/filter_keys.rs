@@ -951,8 +951,8 @@ fn a_parallel_leader_whose_worker_waits_is_blocked_as_pg_blocking_pids_says() {
     su.batch_execute(
         "CREATE TABLE big AS SELECT g FROM generate_series(1, 20000) g; ANALYZE big; \
          CREATE TABLE guarded (x int); \
-         CREATE FUNCTION peek() RETURNS bigint LANGUAGE sql PARALLEL SAFE \
-           AS 'SELECT count(*) FROM guarded'; \
+         CREATE FUNCTION peek() RETURNS bigint LANGUAGE plpgsql PARALLEL SAFE \
+           AS $$BEGIN RETURN (SELECT count(*) FROM guarded); END$$; \
          GRANT SELECT ON big, guarded TO app",
     )
     .unwrap();
@@ -963,13 +963,18 @@ fn a_parallel_leader_whose_worker_waits_is_blocked_as_pg_blocking_pids_says() {
         Ended::Ok
     );
     let leader = cluster.session("app", "leader");
-    // Only the worker runs the scan (and so only it waits for the lock).
-    let query = leader.start(
-        "SET parallel_leader_participation = off; SET parallel_setup_cost = 0; \
-         SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0; \
-         SET max_parallel_workers_per_gather = 1; \
-         SELECT count(*) FROM big WHERE peek() >= 0",
-    );
+    // A forced parallel plan (the setting was renamed in 16) without the leader's
+    // participation: only the worker runs the scan, and so only it waits for the lock, while
+    // the leader waits for the worker.
+    let force = if server_major() >= 16 {
+        "debug_parallel_query"
+    } else {
+        "force_parallel_mode"
+    };
+    let query = leader.start(&format!(
+        "SET parallel_leader_participation = off; SET {force} = on; \
+         SELECT count(*) FROM big WHERE peek() >= 0"
+    ));
     let mut me = cluster.superuser();
     let worker: i32 = {
         let deadline = std::time::Instant::now() + PATIENCE;
