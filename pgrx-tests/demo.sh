@@ -9,15 +9,18 @@ PORT=$((20000 + RANDOM % 10000))
 chown postgres "$DIR"
 as_pg() { runuser -u postgres -- "$@"; }
 
+# A UTF-8 cluster whatever the shell's locale (cron, systemd and containers often have none).
+export LANG=C.UTF-8 LC_ALL=C.UTF-8
+
 cleanup() {
-    jobs -p | xargs -r kill 2>/dev/null || true
+    for job in $(jobs -p); do kill "$job" 2>/dev/null || true; done
     as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$DIR"
 }
 trap cleanup EXIT
 
 echo "==> starting a throwaway PostgreSQL cluster in $DIR (port $PORT)"
-as_pg "$BIN/initdb" -A trust -U postgres -D "$DIR/data" >/dev/null
+as_pg "$BIN/initdb" -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D "$DIR/data" >/dev/null
 cat >>"$DIR/data/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $PORT
@@ -48,6 +51,17 @@ hold() {
     # No ON_ERROR_STOP here: a cancelled statement must not end the session.
     (echo "$statements"; sleep 600) | PGAPPNAME=$app "$BIN/psql" -X -q -U "$role" >/dev/null 2>&1 &
 }
+# Waits (up to 30 s) until the SQL condition $2 holds.
+wait_for() {
+    local what=$1 condition=$2
+    for _ in $(seq 300); do
+        [ "$(sql -Atc "$condition")" = t ] && return 0
+        sleep 0.1
+    done
+    echo "demo: timed out waiting until $what" >&2
+    exit 1
+}
+
 # A session that runs one statement until it ends or is stopped.
 run() {
     local role=$1 statement=$2 app=$3
@@ -58,11 +72,16 @@ echo "==> opening sessions"
 hold app   "BEGIN; SELECT balance FROM accounts WHERE id = 1;" web-checkout   # idle in transaction
 hold app   "SELECT pg_sleep(600);"                              report-daily    # a long query
 hold batch "BEGIN; LOCK TABLE accounts IN ROW EXCLUSIVE MODE; UPDATE accounts SET balance = 0 WHERE id = 2;" nightly-batch
-sleep 0.5
+wait_for "nightly-batch holds its lock" \
+    "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'nightly-batch' AND state = 'idle in transaction'"
 run  app   "UPDATE accounts SET balance = balance + 1 WHERE id = 2" web-api   # blocked behind nightly-batch
 hold postgres "SELECT 1;" admin-console                                      # a superuser
 hold app   "SELECT 1;" web-idle                                              # plain idle
-sleep 1.5
+wait_for "every session is in place" \
+    "SELECT count(*) = 6 FROM pg_stat_activity
+      WHERE (application_name, state) IN (('web-checkout', 'idle in transaction'), ('report-daily', 'active'),
+             ('nightly-batch', 'idle in transaction'), ('web-api', 'active'), ('admin-console', 'idle'),
+             ('web-idle', 'idle'))"
 
 show "Every client session (pg_stat_activity, as it is)" \
     "SELECT pid, usename, application_name, state, wait_event_type, left(query, 50) AS query

@@ -40,17 +40,41 @@ impl AsRef<Session> for Backend {
     }
 }
 
-/// A fresh read of every backend, with the time it was taken (PostgreSQL's microseconds).
+/// A fresh read of every backend, with the time it was taken (PostgreSQL's microseconds), and
+/// the lock graph it was matched with, if any.
 pub struct Snapshot {
     pub backends: Vec<Backend>,
     pub taken_at: i64,
+    pub locks: Option<LockGraph>,
+}
+
+/// Whether a snapshot reads the lock graph.
+#[derive(Debug, Clone, Copy)]
+pub enum LockInfo<'g> {
+    /// The filter has no lock key.
+    Skip,
+    /// A fresh look at the lock manager.
+    Read,
+    /// A recent look, reused (the escalation's grace period polls every few milliseconds, and
+    /// asking the lock manager that often would slow everyone's locking).
+    Reuse(&'g LockGraph),
+}
+
+impl LockInfo<'_> {
+    pub fn fresh(needed: bool) -> LockInfo<'static> {
+        if needed {
+            LockInfo::Read
+        } else {
+            LockInfo::Skip
+        }
+    }
 }
 
 impl Snapshot {
     /// Reads the backend status anew (its copy is cached per transaction, so that copy, and
     /// only that one, is dropped first), then the wait events from each process's PGPROC, and,
     /// when the filter asks, the lock graph from one look at the lock manager.
-    pub fn take(with_lock_info: bool) -> Snapshot {
+    pub fn take(lock_info: LockInfo) -> Snapshot {
         compat::clear_activity_snapshot();
         // SAFETY: reads the clock.
         let taken_at = unsafe { pg_sys::GetCurrentTimestamp() };
@@ -61,13 +85,21 @@ impl Snapshot {
             .filter_map(compat::local_backend_status)
             .map(|st| read_backend(&st, &procs, &mut names))
             .collect();
-        if with_lock_info {
-            let graph = LockGraph::read(&procs);
+        let locks = match lock_info {
+            LockInfo::Skip => None,
+            LockInfo::Read => Some(LockGraph::read(&procs)),
+            LockInfo::Reuse(graph) => Some(graph.clone()),
+        };
+        if let Some(graph) = &locks {
             for b in &mut backends {
                 graph.describe(&mut b.session);
             }
         }
-        Snapshot { backends, taken_at }
+        Snapshot {
+            backends,
+            taken_at,
+            locks,
+        }
     }
 }
 
@@ -177,12 +209,12 @@ fn read_backend(
     // result row shows pg_stat_activity's placeholder instead (`HIDDEN_QUERY`).
     if !hidden {
         session.backend_type = backend_type(st);
-        session.state = state_name(st.st_state).map(str::to_string);
+        session.state = compat::state_name(st.st_state).map(str::to_string);
         // SAFETY: pgstat_clip_activity copies (and clips) the copy's query text into palloc'd
         // memory that `owned` frees.
         session.query = unsafe { owned(pg_sys::pgstat_clip_activity(st.st_activity_raw)) };
         (session.wait_event_type, session.wait_event) = match procs.wait_event_info(pid) {
-            Some(info) => wait_event(info),
+            Some(info) => compat::wait_event_names(info),
             None => (None, None),
         };
         session.backend_start = timestamp(st.st_proc_start_timestamp);
@@ -212,33 +244,6 @@ fn backend_type(st: &pg_sys::PgBackendStatus) -> Option<String> {
         } else {
             borrowed(pg_sys::GetBackendTypeDesc(st.st_backendType))
         }
-    }
-}
-
-fn state_name(state: pg_sys::BackendState::Type) -> Option<&'static str> {
-    use pg_sys::BackendState::*;
-    match state {
-        STATE_IDLE => Some("idle"),
-        STATE_RUNNING => Some("active"),
-        STATE_IDLEINTRANSACTION => Some("idle in transaction"),
-        STATE_FASTPATH => Some("fastpath function call"),
-        STATE_IDLEINTRANSACTION_ABORTED => Some("idle in transaction (aborted)"),
-        STATE_DISABLED => Some("disabled"),
-        // 18 shows a backend that is still authenticating, with no role yet.
-        #[cfg(feature = "pg18")]
-        STATE_STARTING => Some("starting"),
-        _ => None,
-    }
-}
-
-/// The wait event's type and name, as pg_stat_activity spells them.
-fn wait_event(info: u32) -> (Option<String>, Option<String>) {
-    // SAFETY: both return static strings or NULL for any value.
-    unsafe {
-        (
-            borrowed(pg_sys::pgstat_get_wait_event_type(info)),
-            borrowed(pg_sys::pgstat_get_wait_event(info)),
-        )
     }
 }
 

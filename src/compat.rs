@@ -121,21 +121,56 @@ impl ProcsByPid {
         Some(unsafe { addr_of!((*proc).wait_event_info).read_volatile() })
     }
 
-    /// The pids of the processes that wait for a heavyweight lock right now: the only ones the
-    /// lock manager need be asked about.
-    pub fn lock_waiters(&self) -> Vec<i32> {
-        self.procs
-            .iter()
-            // SAFETY: as above; the pointer is only compared with NULL.
-            .filter(|&(_, &proc)| unsafe { !addr_of!((*proc).waitLock).read_volatile().is_null() })
-            .map(|(&pid, _)| pid)
-            .collect()
+    /// Whether any process waits for a heavyweight lock right now (read without locks: a cheap
+    /// first look, so that a snapshot in which nobody waits never touches the lock manager).
+    pub fn any_lock_waiter(&self) -> bool {
+        self.procs.values().any(|&proc| {
+            // SAFETY: `proc` points into the PGPROC array; the pointer is only compared with
+            // NULL.
+            unsafe { !addr_of!((*proc).waitLock).read_volatile().is_null() }
+        })
+    }
+
+    /// The lock groups with a member that waits for a heavyweight lock right now, as (the pid
+    /// to ask the lock manager about, every member's pid): pg_blocking_pids of any member of a
+    /// lock group (a parallel query's leader and workers) describes the whole group. These are
+    /// the only processes the lock manager need be asked about. Call with the lock-manager
+    /// partition locks held, which protect the lock-group fields.
+    pub fn lock_waiting_groups(&self) -> Vec<(i32, Vec<i32>)> {
+        let leader_of = |proc: *mut pg_sys::PGPROC| {
+            // SAFETY: `proc` points into the PGPROC array; one volatile load of a pointer that
+            // is NULL or points into the same array.
+            let leader = unsafe { addr_of!((*proc).lockGroupLeader).read_volatile() };
+            if leader.is_null() {
+                proc
+            } else {
+                leader
+            }
+        };
+        let mut members: HashMap<*mut pg_sys::PGPROC, Vec<i32>> = HashMap::new();
+        for (&pid, &proc) in &self.procs {
+            members.entry(leader_of(proc)).or_default().push(pid);
+        }
+        let mut groups = Vec::new();
+        for (leader, pids) in members {
+            let waiting = pids.iter().any(|pid| {
+                let proc = self.procs[pid];
+                // SAFETY: as above; the pointer is only compared with NULL.
+                unsafe { !addr_of!((*proc).waitLock).read_volatile().is_null() }
+            });
+            if waiting {
+                // SAFETY: as above; one volatile load of the leader's pid.
+                let ask = unsafe { addr_of!((*leader).pid).read_volatile() };
+                groups.push((if ask != 0 { ask } else { pids[0] }, pids));
+            }
+        }
+        groups
     }
 }
 
 /// ProcArrayLock, held in shared mode: while it is held no process can leave the proc array,
 /// so a backend found there cannot exit and have its pid handed to another process.
-/// Released on drop, and by transaction abort if an ERROR unwinds past it.
+/// Released on drop, or, when an ERROR unwinds past it, by the (sub)transaction abort.
 pub struct ProcArrayPin(());
 
 impl ProcArrayPin {
@@ -153,52 +188,121 @@ impl ProcArrayPin {
         (!proc.is_null()).then_some(proc)
     }
 
-    /// What `proc`'s entry of the live backend status array says now, read with the status
-    /// array's change-count protocol.
-    pub fn live_identity(&self, proc: *mut pg_sys::PGPROC) -> LiveIdentity {
-        // A reader spinning while it holds a lock must give up at some point (a writer stopped
-        // half-way, say); PostgreSQL's writers hold the odd count for a few instructions.
-        const MAX_SPINS: u32 = 100_000;
+    /// The role the process runs as now (what pg_signal_backend will check).
+    pub fn role_of(&self, proc: *mut pg_sys::PGPROC) -> pg_sys::Oid {
+        // SAFETY: `proc` is in the proc array and pinned there; one volatile load.
+        unsafe { addr_of!((*proc).roleId).read_volatile() }
+    }
+
+    /// What `proc`'s entry of the live backend status array says now: its identity, and the
+    /// activity a filter may have matched on. Read with the status array's change-count
+    /// protocol, spinning at most a few dozen microseconds (PostgreSQL's writers hold the odd
+    /// count for a few instructions; a writer stopped half-way must not keep us here).
+    pub fn live_state(&self, proc: *mut pg_sys::PGPROC) -> LiveState {
+        const MAX_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
         let Some(entry) = live_status_entry(proc) else {
-            return LiveIdentity::Starting;
+            return LiveState::Starting;
         };
-        for _ in 0..MAX_SPINS {
+        let started = std::time::Instant::now();
+        let mut query = Vec::new();
+        loop {
             // SAFETY: `entry` points into the status array in shared memory, which never
-            // moves; the fields are read with volatile loads between two reads of the change
-            // count, as pgstat_begin_read_activity / pgstat_end_read_activity do, and the
-            // result is used only when the count was even and unchanged.
+            // moves, and its activity buffer is the backend's own slot of another array that
+            // never moves, at most pgstat_track_activity_query_size bytes. Every field is
+            // read with volatile loads between two reads of the change count, as
+            // pgstat_begin_read_activity / pgstat_end_read_activity do, and used only when the
+            // count was even and unchanged.
             unsafe {
                 let before = addr_of!((*entry).st_changecount).read_volatile();
                 fence(Ordering::Acquire);
                 let pid = addr_of!((*entry).st_procpid).read_volatile();
-                let started = addr_of!((*entry).st_proc_start_timestamp).read_volatile();
+                let backend_start = addr_of!((*entry).st_proc_start_timestamp).read_volatile();
+                let state = addr_of!((*entry).st_state).read_volatile();
+                let xact_start = addr_of!((*entry).st_xact_start_timestamp).read_volatile();
+                let query_start = addr_of!((*entry).st_activity_start_timestamp).read_volatile();
+                let state_change = addr_of!((*entry).st_state_start_timestamp).read_volatile();
+                let raw = addr_of!((*entry).st_activity_raw).read_volatile();
+                query.clear();
+                if !raw.is_null() {
+                    let size =
+                        usize::try_from(pg_sys::pgstat_track_activity_query_size).unwrap_or(0);
+                    for i in 0..size {
+                        let byte = raw.add(i).cast::<u8>().read_volatile();
+                        if byte == 0 {
+                            break;
+                        }
+                        query.push(byte);
+                    }
+                }
                 fence(Ordering::Acquire);
                 let after = addr_of!((*entry).st_changecount).read_volatile();
                 if before == after && before % 2 == 0 {
-                    return LiveIdentity::Known { pid, started };
+                    return LiveState::Known(LiveActivity {
+                        pid,
+                        backend_start,
+                        state,
+                        xact_start,
+                        query_start,
+                        state_change,
+                        query: std::mem::take(&mut query),
+                    });
                 }
+            }
+            if started.elapsed() > MAX_SPIN {
+                return LiveState::Busy;
             }
             std::hint::spin_loop();
         }
-        LiveIdentity::Busy
+    }
+
+    /// The process's current wait event (pg_stat_activity reads it the same way, unlocked).
+    pub fn wait_event_info(&self, proc: *mut pg_sys::PGPROC) -> u32 {
+        // SAFETY: `proc` is in the proc array and pinned there; one volatile load.
+        unsafe { addr_of!((*proc).wait_event_info).read_volatile() }
     }
 }
 
-/// A live status entry's answer to "who are you?".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LiveIdentity {
-    /// The pid and start time it holds (pid 0: the process is on its way out).
-    Known { pid: i32, started: i64 },
+/// A live status entry's answer to "who are you, and what are you doing?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveState {
+    Known(LiveActivity),
     /// The process has no entry yet: it is still starting.
     Starting,
-    /// The entry was being rewritten for as long as we were willing to wait.
+    /// The entry was being rewritten for as long as we were willing to spin.
     Busy,
+}
+
+/// The fields of a live status entry that identify a backend and that a filter may match on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveActivity {
+    /// 0 once the process is on its way out.
+    pub pid: i32,
+    pub backend_start: i64,
+    pub state: pg_sys::BackendState::Type,
+    pub xact_start: i64,
+    pub query_start: i64,
+    pub state_change: i64,
+    /// The query text as stored (not yet clipped to a character boundary).
+    pub query: Vec<u8>,
 }
 
 impl Drop for ProcArrayPin {
     fn drop(&mut self) {
-        // SAFETY: acquired in `acquire`, released once.
-        unsafe { pg_sys::LWLockRelease(proc_array_lock()) };
+        release_unless_error_unwinding(proc_array_lock());
+    }
+}
+
+/// Releases an LWLock this code acquired, except while a PostgreSQL ERROR unwinds: elog.c
+/// resets InterruptHoldoffCount to 0 before it jumps, so releasing then would take the count
+/// below zero (the session would then ignore cancels and terminates until its next error);
+/// the (sub)transaction abort releases it instead, as it does for C code.
+pub fn release_unless_error_unwinding(lock: *mut pg_sys::LWLock) {
+    // SAFETY: reads a backend-local counter; the lock was acquired by this backend, and a
+    // positive count means no ERROR has reset the hold-off that acquiring it took.
+    unsafe {
+        if pg_sys::InterruptHoldoffCount > 0 {
+            pg_sys::LWLockRelease(lock);
+        }
     }
 }
 
@@ -214,11 +318,15 @@ pub fn proc_array_lock() -> *mut pg_sys::LWLock {
 /// backend_status.c; it is found from our own entry (MyBEEntry) and our own index in it.
 fn live_status_entry(proc: *mut pg_sys::PGPROC) -> Option<*const pg_sys::PgBackendStatus> {
     let (mine, theirs) = status_indexes(proc)?;
-    // SAFETY: MyBEEntry is this backend's entry, at index `mine` of the status array, whose
-    // first MaxBackends entries belong to backends; `theirs` was checked to be below that.
+    // SAFETY: MyBEEntry is this backend's entry (checked non-NULL), at index `mine` of the
+    // status array, whose first MaxBackends entries belong to backends; `theirs` was checked
+    // to be below that.
     unsafe {
-        let base = pg_sys::MyBEEntry.cast_const().sub(mine);
-        Some(base.add(theirs))
+        let me = pg_sys::MyBEEntry.cast_const();
+        if me.is_null() {
+            return None;
+        }
+        Some(me.sub(mine).add(theirs))
     }
 }
 
@@ -247,8 +355,10 @@ fn status_indexes(proc: *mut pg_sys::PGPROC) -> Option<(usize, usize)> {
 }
 
 /// Fills the role caches that pg_signal_backend's permission checks read, so that while the
-/// victim is pinned (ProcArrayLock held) those checks find everything cached and touch no
-/// catalog: no buffer I/O, no heavyweight lock, under a lightweight one.
+/// victim is pinned (ProcArrayLock held) those checks are catcache hits and touch no catalog: no
+/// buffer I/O, no heavyweight lock, under a lightweight one. (Nothing between this and the pin
+/// processes invalidation messages, so the entries stay.) The pinned check compares the
+/// victim's live role with `target_role` and, if it changed, comes back here first.
 pub fn prewarm_signal_permissions(target_role: pg_sys::Oid) {
     // SAFETY: plain catalog checks on role oids, inside a transaction.
     unsafe {
@@ -339,4 +449,52 @@ fn backend_type_names() -> Vec<String> {
             (desc != UNKNOWN && desc != "background worker").then_some(desc)
         })
         .collect()
+}
+
+/// pg_stat_activity's name for a backend state.
+pub fn state_name(state: pg_sys::BackendState::Type) -> Option<&'static str> {
+    use pg_sys::BackendState::*;
+    match state {
+        STATE_IDLE => Some("idle"),
+        STATE_RUNNING => Some("active"),
+        STATE_IDLEINTRANSACTION => Some("idle in transaction"),
+        STATE_FASTPATH => Some("fastpath function call"),
+        STATE_IDLEINTRANSACTION_ABORTED => Some("idle in transaction (aborted)"),
+        STATE_DISABLED => Some("disabled"),
+        // 18 shows a backend that is still authenticating, with no role yet.
+        #[cfg(feature = "pg18")]
+        STATE_STARTING => Some("starting"),
+        _ => None,
+    }
+}
+
+/// A wait event's type and name, as pg_stat_activity spells them.
+pub fn wait_event_names(info: u32) -> (Option<String>, Option<String>) {
+    let name = |p: *const std::ffi::c_char| {
+        // SAFETY: the wait-event functions return static strings or NULL for any value.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    };
+    // SAFETY: as above.
+    unsafe {
+        (
+            name(pg_sys::pgstat_get_wait_event_type(info)),
+            name(pg_sys::pgstat_get_wait_event(info)),
+        )
+    }
+}
+
+/// A query text as pg_stat_activity shows it: clipped to whole characters, as
+/// pgstat_clip_activity does.
+pub fn clip_activity(raw: &[u8]) -> Option<String> {
+    let text = std::ffi::CString::new(raw).ok()?;
+    // SAFETY: a NUL-terminated copy; the result is palloc'd, copied and freed.
+    unsafe {
+        let clipped = pg_sys::pgstat_clip_activity(text.as_ptr());
+        if clipped.is_null() {
+            return None;
+        }
+        let owned = CStr::from_ptr(clipped).to_string_lossy().into_owned();
+        pg_sys::pfree(clipped.cast());
+        Some(owned)
+    }
 }

@@ -42,6 +42,9 @@ pub mod test_hooks {
     /// A pause between choosing the victims and re-checking them.
     pub static RECHECK_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+    /// A pause between the re-check and the first victim's pinned check.
+    pub static CHECK_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
     /// A pause between a victim's identity check and its signal (first victim only), with the
     /// victim pinned as it is during that step.
     pub static SIGNAL_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
@@ -52,6 +55,16 @@ pub mod test_hooks {
             c"For tests: pause this long between choosing victims and re-checking them.",
             c"Lets a test make a victim exit or stop matching before its re-check.",
             &RECHECK_DELAY_MS,
+            0,
+            60_000,
+            GucContext::Suset,
+            GucFlags::NO_SHOW_ALL | GucFlags::UNIT_MS,
+        );
+        GucRegistry::define_int_guc(
+            c"pg_reaper.check_delay_ms",
+            c"For tests: pause this long between the re-check and the first victim's pinned check.",
+            c"Lets a test change what the first victim is doing after the re-check.",
+            &CHECK_DELAY_MS,
             0,
             60_000,
             GucContext::Suset,

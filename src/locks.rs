@@ -10,7 +10,7 @@ use crate::compat::ProcsByPid;
 use crate::filter::Session;
 
 /// Who blocks whom.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LockGraph {
     /// Each waiting process and the processes it waits for (pg_blocking_pids of it; a
     /// prepared transaction holding the lock appears as pid 0).
@@ -20,23 +20,25 @@ pub struct LockGraph {
 }
 
 impl LockGraph {
-    /// Asks the lock manager about every process that waits for a lock, all under one hold of
-    /// its partition locks, so that the answers are consistent with each other. No waiter, no
-    /// question: a snapshot where nobody waits costs nothing here.
+    /// Asks the lock manager about every lock group (or lone process) that waits for a lock,
+    /// all under one hold of its partition locks, so that the answers are consistent with each
+    /// other. No waiter, no question: a snapshot where nobody waits costs one pass over the
+    /// PGPROCs and never touches the lock manager.
     pub fn read(procs: &ProcsByPid) -> LockGraph {
-        let waiters = procs.lock_waiters();
         let mut graph = LockGraph::default();
-        if waiters.is_empty() {
+        if !procs.any_lock_waiter() {
             return graph;
         }
         let _look = LockManagerLook::hold();
-        for waiter in waiters {
-            let blockers = blocking_pids(waiter);
+        for (ask, members) in procs.lock_waiting_groups() {
+            let blockers = blocking_pids(ask);
             if blockers.is_empty() {
                 continue;
             }
             graph.blocking.extend(blockers.iter().copied());
-            graph.blockers_of.insert(waiter, blockers);
+            for member in members {
+                graph.blockers_of.insert(member, blockers.clone());
+            }
         }
         graph
     }
@@ -72,13 +74,11 @@ impl LockManagerLook {
 
 impl Drop for LockManagerLook {
     fn drop(&mut self) {
-        // SAFETY: acquired in `hold`, released once, in reverse order.
-        unsafe {
-            for i in (0..pg_sys::NUM_LOCK_PARTITIONS as usize).rev() {
-                pg_sys::LWLockRelease(partition_lock(i));
-            }
-            pg_sys::LWLockRelease(crate::compat::proc_array_lock());
+        // Released in reverse order; left to the abort while an ERROR unwinds.
+        for i in (0..pg_sys::NUM_LOCK_PARTITIONS as usize).rev() {
+            crate::compat::release_unless_error_unwinding(partition_lock(i));
         }
+        crate::compat::release_unless_error_unwinding(crate::compat::proc_array_lock());
     }
 }
 

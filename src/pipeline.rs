@@ -9,13 +9,17 @@ use std::time::{Duration, Instant};
 use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
 
-use crate::activity::{Backend, Snapshot};
+use crate::activity::{Backend, LockInfo, Snapshot};
 use crate::filter::{Filter, MatchContext};
 use crate::report::{self, Actor, Audit, Outcome, ResultRow};
 use crate::signal::{self, Delivery, Signal, Target};
 
 /// How often the escalation's grace period re-reads pg_stat_activity.
 const GRACE_POLL: Duration = Duration::from_millis(10);
+
+/// How often it looks at the lock manager again, for a filter with lock keys: each look holds
+/// every lock-manager partition for a moment, which everyone's locking waits for.
+const LOCK_REFRESH: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -45,7 +49,7 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
     } else {
         Audit::prepare()
     };
-    let snapshot = Snapshot::take(filter.needs_lock_info());
+    let snapshot = Snapshot::take(LockInfo::fresh(filter.needs_lock_info()));
     let chosen = filter.select(&snapshot.backends, &context(&snapshot));
     let mut backends: Vec<Option<Backend>> = snapshot.backends.into_iter().map(Some).collect();
     let victims: Vec<Backend> = chosen
@@ -83,7 +87,6 @@ enum Lost {
     Exited,
     PidReused,
     StoppedMatching,
-    Unconfirmed,
 }
 
 impl Lost {
@@ -92,7 +95,6 @@ impl Lost {
             Lost::Exited => "exited",
             Lost::PidReused => "its pid was reused by another backend",
             Lost::StoppedMatching => "no longer matched the filter",
-            Lost::Unconfirmed => "its identity could not be confirmed",
         }
     }
 }
@@ -135,7 +137,7 @@ fn signal_all(
         return Vec::new();
     }
     signal::test_hooks::pause_before_recheck();
-    let fresh = Snapshot::take(filter.needs_lock_info());
+    let fresh = Snapshot::take(LockInfo::fresh(filter.needs_lock_info()));
     let ctx = context(&fresh);
     let index = index(&fresh);
     let rows = RefCell::new(Vec::with_capacity(victims.len()));
@@ -144,7 +146,7 @@ fn signal_all(
     PgTryBuilder::new(AssertUnwindSafe(|| {
         for (n, victim) in victims.into_iter().enumerate() {
             let row = match recheck(filter, &victim, &index, &ctx) {
-                Ok(b) => deliver(b.clone(), signal, n == 0),
+                Ok(b) => deliver(filter, &ctx, b.clone(), signal, n == 0),
                 Err(lost) => {
                     let why = format!("{} before it was signalled", lost.describe());
                     ResultRow::new(victim, Outcome::Vanished, Some(why))
@@ -168,20 +170,38 @@ fn signal_all(
     rows.into_inner()
 }
 
-/// Signals one re-checked victim and says what became of it.
-fn deliver(backend: Backend, signal: Signal, first: bool) -> ResultRow {
+/// Signals one re-checked victim (matched again on its live values under the pin) and says
+/// what became of it.
+fn deliver(
+    filter: &Filter,
+    ctx: &MatchContext,
+    backend: Backend,
+    signal: Signal,
+    first: bool,
+) -> ResultRow {
     let target = Target {
         pid: backend.session.pid,
         started_at: backend.started_at,
         role: backend.role,
+        session: backend.session.clone(),
+        hidden: backend.hidden,
+    };
+    // "Now" moves on with the live values: ages are measured at the signal.
+    let matches = |s: &crate::filter::Session| {
+        let now = MatchContext {
+            // SAFETY: reads the clock.
+            now: unsafe { pg_sys::GetCurrentTimestamp() },
+            ..*ctx
+        };
+        filter.matches(s, &now)
     };
     let vanished = |lost: Lost| Some(format!("{} before it was signalled", lost.describe()));
-    let (outcome, detail) = match signal::send(&target, signal, first) {
+    let (outcome, detail) = match signal::send(&target, signal, first, &matches) {
         Delivery::Delivered if signal == Signal::Cancel => (Outcome::Cancelled, None),
         Delivery::Delivered => (Outcome::Signalled, None),
         Delivery::Exited => (Outcome::Vanished, vanished(Lost::Exited)),
         Delivery::PidReused => (Outcome::Vanished, vanished(Lost::PidReused)),
-        Delivery::Unconfirmed => (Outcome::Vanished, vanished(Lost::Unconfirmed)),
+        Delivery::StoppedMatching => (Outcome::Vanished, vanished(Lost::StoppedMatching)),
         Delivery::Denied(why) => (Outcome::Denied, Some(why)),
         Delivery::NotABackend => (
             Outcome::Failed,
@@ -190,10 +210,7 @@ fn deliver(backend: Backend, signal: Signal, first: bool) -> ResultRow {
                 target.pid
             )),
         ),
-        Delivery::Failed => (
-            Outcome::Failed,
-            Some("PostgreSQL could not send the signal; its WARNING in the server log says why".into()),
-        ),
+        Delivery::Failed(why) => (Outcome::Failed, Some(why)),
     };
     ResultRow::new(backend, outcome, detail)
 }
@@ -253,8 +270,19 @@ fn cancel_then_terminate(
         return rows;
     }
     let started = Instant::now();
+    // The lock graph is looked at afresh at most every LOCK_REFRESH meanwhile.
+    let mut graph: Option<(crate::locks::LockGraph, Instant)> = None;
     let still_matching = loop {
-        let fresh = Snapshot::take(filter.needs_lock_info());
+        let lock_info = match &graph {
+            _ if !filter.needs_lock_info() => LockInfo::Skip,
+            Some((g, at)) if at.elapsed() < LOCK_REFRESH => LockInfo::Reuse(g),
+            _ => LockInfo::Read,
+        };
+        let reread = matches!(lock_info, LockInfo::Read);
+        let fresh = Snapshot::take(lock_info);
+        if reread {
+            graph = fresh.locks.clone().map(|g| (g, Instant::now()));
+        }
         let ctx = context(&fresh);
         let index = index(&fresh);
         let mut still = Vec::new();

@@ -50,11 +50,7 @@ pub fn run(only: Option<&str>) -> Vec<(String, ResultRow)> {
             notice!("pg_reaper: policy \"{}\" is disabled; skipped", policy.name);
             continue;
         }
-        let actor = Actor {
-            caller,
-            run_as: policy.owner,
-            policy: Some(policy.name.clone()),
-        };
+        let actor = Actor::new(caller, policy.owner, Some(policy.name.clone()));
         let sent_before = signal::delivered_so_far();
         match in_subtransaction(|| run_one(&policy, &actor)) {
             Ok(result) => rows.extend(result.into_iter().map(|r| (policy.name.clone(), r))),
@@ -112,7 +108,7 @@ fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             &format!(
                 "role \"{}\" may not run it: only roles that may SET ROLE to its owner \"{}\" may",
-                role::name(actor.caller),
+                actor.caller_name,
                 role::name(policy.owner)
             ),
         );
@@ -155,11 +151,23 @@ fn report_failure(policy: &Policy, actor: &Actor, e: &CaughtError, sent: u64, re
     if !record {
         return;
     }
-    if let Some(audit) = Audit::prepare() {
-        audit.write_failure(
-            &policy.action,
-            actor,
-            &format!("policy failed ({what}): {message}"),
+    // In a subtransaction of its own: the failure may have been the audit table itself (locked,
+    // missing, a read-only transaction), and recording it must not stop the other policies.
+    let recorded = in_subtransaction(|| {
+        if let Some(audit) = Audit::prepare() {
+            audit.write_failure(
+                &policy.action,
+                actor,
+                &format!("policy failed ({what}): {message}"),
+            );
+        }
+    });
+    if let Err(e) = recorded {
+        warning!(
+            "pg_reaper: the failure of policy \"{}\" could not be recorded in reaper.log: {}",
+            policy.name,
+            report::message(&e)
         );
+        report::rethrow_if_fatal_to_the_call(e);
     }
 }

@@ -80,19 +80,27 @@ impl ResultRow {
 #[derive(Debug, Clone)]
 pub struct Actor {
     pub caller: pg_sys::Oid,
-    pub run_as: pg_sys::Oid,
     pub policy: Option<String>,
+    /// The two roles' names, looked up once, up front: the LOG lines are written after the
+    /// signal loop even when an error stopped it, when no catalog may be read any more.
+    pub caller_name: String,
+    pub run_as_name: String,
 }
 
 impl Actor {
+    pub fn new(caller: pg_sys::Oid, run_as: pg_sys::Oid, policy: Option<String>) -> Actor {
+        Actor {
+            caller,
+            policy,
+            caller_name: role::name(caller),
+            run_as_name: role::name(run_as),
+        }
+    }
+
     /// A direct call: the caller signals with its own privileges.
     pub fn caller() -> Actor {
         let me = role::current();
-        Actor {
-            caller: me,
-            run_as: me,
-            policy: None,
-        }
+        Actor::new(me, me, None)
     }
 }
 
@@ -104,10 +112,10 @@ pub fn log_signals(signal: Signal, rows: &[ResultRow], actor: &Actor) {
         return;
     }
     let policy = match &actor.policy {
-        Some(p) => format!(" policy={p:?} as role={:?}", role::name(actor.run_as)),
+        Some(p) => format!(" policy={p:?} as role={:?}", actor.run_as_name),
         None => String::new(),
     };
-    let caller = role::name(actor.caller);
+    let caller = &actor.caller_name;
     let show = |v: &Option<String>| v.clone().unwrap_or_default();
     for row in rows.iter().filter(|r| r.outcome.signalled()) {
         let s = &row.backend.session;
@@ -164,16 +172,7 @@ impl Audit {
                 "Run it in a read-write transaction, or have a superuser turn pg_reaper.audit off.",
             );
         }
-        let (relation, owner) = log_table().unwrap_or_else(|| {
-            raise_with_hint(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                "pg_reaper: table reaper.log is missing; nothing was signalled",
-                "Recreate the extension, or have a superuser turn pg_reaper.audit off.",
-            )
-        });
-        // SAFETY: the lock an INSERT takes, held to the end of the transaction; waiting for it
-        // honours lock_timeout and statement_timeout like any lock wait.
-        unsafe { pg_sys::LockRelationOid(relation, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+        let owner = lock_log_table();
         Some(Audit { owner })
     }
 
@@ -220,8 +219,8 @@ impl Audit {
         self.run(
             AUDIT_SQL,
             &[
-                role::name(actor.caller).into(),
-                role::name(actor.run_as).into(),
+                actor.caller_name.clone().into(),
+                actor.run_as_name.clone().into(),
                 actor.policy.clone().into(),
                 action.into(),
                 outcome.into(),
@@ -241,28 +240,19 @@ impl Audit {
     }
 
     /// A `failed` row for a policy that could not run (or stopped), saying what it signalled.
+    /// (The caller runs this in a subtransaction and reports a failure to write it.)
     pub fn write_failure(&self, action: &str, actor: &Actor, detail: &str) {
-        let written = in_subtransaction(|| {
-            self.run(
-                "INSERT INTO reaper.log (logged_at, caller, run_as, policy, action, outcome, detail) \
-                 VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, 'failed', $5)",
-                &[
-                    role::name(actor.caller).into(),
-                    role::name(actor.run_as).into(),
-                    actor.policy.clone().into(),
-                    action.into(),
-                    detail.into(),
-                ],
-            )
-        });
-        if let Err(e) = written {
-            warning!(
-                "pg_reaper: the failure of policy {:?} could not be recorded in reaper.log: {}",
-                actor.policy.as_deref().unwrap_or_default(),
-                message(&e)
-            );
-            rethrow_if_fatal_to_the_call(e);
-        }
+        self.run(
+            "INSERT INTO reaper.log (logged_at, caller, run_as, policy, action, outcome, detail) \
+             VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, 'failed', $5)",
+            &[
+                actor.caller_name.clone().into(),
+                actor.run_as_name.clone().into(),
+                actor.policy.clone().into(),
+                action.into(),
+                detail.into(),
+            ],
+        )
     }
 
     /// Runs an INSERT into `reaper.log` as the table's owner: callers need no right on the
@@ -279,30 +269,63 @@ impl Audit {
     }
 }
 
-/// reaper.log's oid and owner, from the syscache (no SQL, so nothing of the caller's
-/// search_path is involved).
-fn log_table() -> Option<(pg_sys::Oid, pg_sys::Oid)> {
-    // SAFETY: syscache lookups by name and oid; the tuple is released before returning.
+/// Takes the lock an INSERT into reaper.log takes, without waiting: a table locked by someone
+/// else (a LOCK TABLE left open, a VACUUM FULL) must not make pg_reaper wait for the very
+/// session it may be about to terminate. Returns the table's owner. Looked up by name after the
+/// lock is taken (RangeVarGetRelidExtended re-checks against a concurrent DROP), never with SQL.
+fn lock_log_table() -> pg_sys::Oid {
+    // SAFETY: builds a RangeVar of two static names and looks it up under the given lock
+    // mode; SKIP_LOCKED returns InvalidOid instead of waiting, MISSING_OK instead of raising.
+    let relation = unsafe {
+        let range_var = pg_sys::makeRangeVar(
+            c"reaper".as_ptr().cast_mut(),
+            c"log".as_ptr().cast_mut(),
+            -1,
+        );
+        pg_sys::RangeVarGetRelidExtended(
+            range_var,
+            pg_sys::RowExclusiveLock as pg_sys::LOCKMODE,
+            pg_sys::RVROption::RVR_MISSING_OK | pg_sys::RVROption::RVR_SKIP_LOCKED,
+            None,
+            std::ptr::null_mut(),
+        )
+    };
+    if relation == pg_sys::InvalidOid {
+        // SAFETY: syscache lookups by name.
+        let exists = unsafe {
+            let schema = pg_sys::get_namespace_oid(c"reaper".as_ptr(), true);
+            schema != pg_sys::InvalidOid
+                && pg_sys::get_relname_relid(c"log".as_ptr(), schema) != pg_sys::InvalidOid
+        };
+        if exists {
+            raise_with_hint(
+                PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+                "pg_reaper: table reaper.log is locked by another session; nothing was signalled",
+                "Its audit rows could not be written. End the session that holds the lock (see pg_locks), or have a superuser turn pg_reaper.audit off.",
+            );
+        }
+        raise_with_hint(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            "pg_reaper: table reaper.log is missing; nothing was signalled",
+            "Recreate the extension, or have a superuser turn pg_reaper.audit off.",
+        );
+    }
+    // SAFETY: a syscache lookup by oid; the tuple is released before returning.
     unsafe {
-        let schema = pg_sys::get_namespace_oid(c"reaper".as_ptr(), true);
-        if schema == pg_sys::InvalidOid {
-            return None;
-        }
-        let relation = pg_sys::get_relname_relid(c"log".as_ptr(), schema);
-        if relation == pg_sys::InvalidOid {
-            return None;
-        }
         let tuple = pg_sys::SearchSysCache1(
             pg_sys::SysCacheIdentifier::RELOID as i32,
             relation.into_datum().unwrap(),
         );
         if tuple.is_null() {
-            return None;
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                "pg_reaper: table reaper.log is missing; nothing was signalled",
+            );
         }
         let class = pg_sys::GETSTRUCT(tuple).cast::<pg_sys::FormData_pg_class>();
         let owner = (*class).relowner;
         pg_sys::ReleaseSysCache(tuple);
-        Some((relation, owner))
+        owner
     }
 }
 

@@ -18,7 +18,8 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
 
-use crate::compat::{self, LiveIdentity, ProcArrayPin};
+use crate::compat::{self, LiveActivity, LiveState, ProcArrayPin};
+use crate::filter::Session;
 
 /// How often the wait re-checks its pending backends.
 const POLL: Duration = Duration::from_millis(2);
@@ -38,13 +39,16 @@ impl Signal {
     }
 }
 
-/// The process a signal is meant for: the pid, with the start time and role it had when it
-/// matched.
-#[derive(Debug, Clone, Copy)]
+/// The process a signal is meant for, as the re-check saw it: its pid, start time, role,
+/// and the row the filter matched (to match again on live values just before the signal).
+#[derive(Debug, Clone)]
 pub struct Target {
     pub pid: i32,
     pub started_at: Option<i64>,
     pub role: pg_sys::Oid,
+    pub session: Session,
+    /// The caller may not see the session's activity: nothing of it is re-read.
+    pub hidden: bool,
 }
 
 /// What became of one signal.
@@ -55,15 +59,15 @@ pub enum Delivery {
     Exited,
     /// Not signalled: the pid now belongs to another process.
     PidReused,
-    /// Not signalled: its status entry was being rewritten for too long to confirm who it is.
-    Unconfirmed,
+    /// Not signalled: on its live values, just before the signal, it no longer matched.
+    StoppedMatching,
     /// Not signalled: an auxiliary process (checkpointer, walwriter, ...), which PostgreSQL's
     /// signal functions refuse to signal.
     NotABackend,
     /// PostgreSQL refused; its message.
     Denied(String),
-    /// PostgreSQL tried and could not deliver it (its WARNING is in the server log).
-    Failed,
+    /// Not delivered; why.
+    Failed(String),
 }
 
 thread_local! {
@@ -77,77 +81,133 @@ pub fn delivered_so_far() -> u64 {
     DELIVERED.with(Cell::get)
 }
 
-/// Sends `signal` to `target` with the current role's privileges, if it is still the process
-/// that matched. `first` marks the first victim of a call (for the test-only pause).
-pub fn send(target: &Target, signal: Signal, first: bool) -> Delivery {
-    compat::prewarm_signal_permissions(target.role);
-    let sent = in_subtransaction(|| {
-        let pin = ProcArrayPin::acquire();
-        if let Err(lost) = identify(&pin, target) {
-            return lost;
-        }
-        if first {
-            test_hooks::pause_before_signal();
-        }
-        let pid = target.pid.into_datum();
-        // SAFETY: PostgreSQL's own SQL-callable functions, called with their declared
-        // arguments (pg_terminate_backend(int4, int8) in every supported major). Their lookups
-        // of the caller's and the victim's roles hit the caches warmed above, so nothing under
-        // the pin reads a catalog.
-        let delivered = unsafe {
-            match signal {
-                Signal::Cancel => direct_function_call::<bool>(pg_sys::pg_cancel_backend, &[pid]),
-                Signal::Terminate => direct_function_call::<bool>(
-                    pg_sys::pg_terminate_backend,
-                    &[pid, 0i64.into_datum()],
-                ),
-            }
-        };
-        drop(pin);
-        if delivered == Some(true) {
-            DELIVERED.with(|d| d.set(d.get() + 1));
-            Delivery::Delivered
-        } else {
-            Delivery::Failed
-        }
-    });
-    match sent {
-        Ok(delivery) => delivery,
-        Err(CaughtError::PostgresError(e))
-            if e.sql_error_code() == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
-        {
-            // 16 moved the why of a denial from the message into the DETAIL: keep both.
-            Delivery::Denied(match e.detail() {
-                Some(detail) => format!("{}: {}", e.message(), detail.trim_end_matches('.')),
-                None => e.message().to_string(),
-            })
-        }
-        Err(other) => other.rethrow(),
-    }
+/// One pinned attempt's result.
+enum Attempt {
+    Done(Delivery),
+    /// The victim's live role is not the one whose permission checks were warmed.
+    RoleChanged(pg_sys::Oid),
+    /// Its status entry was being rewritten: let go of the pin, try again shortly.
+    Busy,
 }
 
-/// Whether the process behind `target.pid` is still the one that matched.
-fn identify(pin: &ProcArrayPin, target: &Target) -> Result<(), Delivery> {
+/// Sends `signal` to `target` with the current role's privileges, if it is still the process
+/// that matched and, on its live values, still matches (`matches`). `first` marks the first
+/// victim of a call (for the test-only pauses).
+pub fn send(
+    target: &Target,
+    signal: Signal,
+    first: bool,
+    matches: &dyn Fn(&Session) -> bool,
+) -> Delivery {
+    // A status entry stays odd (being written) for a few instructions; a writer stopped in the
+    // middle would keep it so. Give it about 100 ms, without holding the pin while waiting.
+    const ATTEMPTS: u32 = 100;
+    let mut role = target.role;
+    for attempt in 0..ATTEMPTS {
+        compat::prewarm_signal_permissions(role);
+        if first && attempt == 0 {
+            test_hooks::pause_before_check();
+        }
+        let sent = in_subtransaction(|| attempt_once(target, signal, first, role, matches));
+        match sent {
+            Ok(Attempt::Done(delivery)) => return delivery,
+            Ok(Attempt::RoleChanged(live)) => role = live,
+            Ok(Attempt::Busy) => sleep_interruptibly(Duration::from_millis(1)),
+            Err(CaughtError::PostgresError(e))
+                if e.sql_error_code() == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
+            {
+                // 16 moved the why of a denial from the message into the DETAIL: keep both.
+                return Delivery::Denied(match e.detail() {
+                    Some(detail) => format!("{}: {}", e.message(), detail.trim_end_matches('.')),
+                    None => e.message().to_string(),
+                });
+            }
+            Err(other) => other.rethrow(),
+        }
+    }
+    Delivery::Failed("its status entry was being rewritten for 100 ms; not signalled".into())
+}
+
+/// Pin the victim, check it, signal it: nothing slow between the check and the signal.
+fn attempt_once(
+    target: &Target,
+    signal: Signal,
+    first: bool,
+    warmed_role: pg_sys::Oid,
+    matches: &dyn Fn(&Session) -> bool,
+) -> Attempt {
+    let pin = ProcArrayPin::acquire();
     let Some(proc) = pin.backend(target.pid) else {
         // SAFETY: AuxiliaryPidGetProc only compares pids in the auxiliary PGPROC array.
         let auxiliary = !unsafe { pg_sys::AuxiliaryPidGetProc(target.pid) }.is_null();
-        return Err(if auxiliary {
+        return Attempt::Done(if auxiliary {
             Delivery::NotABackend
         } else {
             Delivery::Exited
         });
     };
-    match pin.live_identity(proc) {
-        LiveIdentity::Known { pid, started }
-            if pid == target.pid && Some(started) == target.started_at =>
-        {
-            Ok(())
-        }
-        // A backend on its way out clears its status entry before it leaves the proc array.
-        LiveIdentity::Known { pid: 0, .. } => Err(Delivery::Exited),
-        LiveIdentity::Known { .. } | LiveIdentity::Starting => Err(Delivery::PidReused),
-        LiveIdentity::Busy => Err(Delivery::Unconfirmed),
+    let live = match pin.live_state(proc) {
+        LiveState::Known(live) => live,
+        LiveState::Starting => return Attempt::Done(Delivery::PidReused),
+        LiveState::Busy => return Attempt::Busy,
+    };
+    // A backend on its way out clears its status entry before it leaves the proc array.
+    if live.pid == 0 {
+        return Attempt::Done(Delivery::Exited);
     }
+    if live.pid != target.pid || Some(live.backend_start) != target.started_at {
+        return Attempt::Done(Delivery::PidReused);
+    }
+    if !target.hidden {
+        let mut now = target.session.clone();
+        update_activity(&mut now, &live, pin.wait_event_info(proc));
+        if !matches(&now) {
+            return Attempt::Done(Delivery::StoppedMatching);
+        }
+    }
+    let role = pin.role_of(proc);
+    if role != warmed_role {
+        return Attempt::RoleChanged(role);
+    }
+    if first {
+        test_hooks::pause_before_signal();
+    }
+    let pid = target.pid.into_datum();
+    // SAFETY: PostgreSQL's own SQL-callable functions, called with their declared arguments
+    // (pg_terminate_backend(int4, int8) in every supported major). Their role checks are
+    // catcache hits for the roles warmed before the pin (the victim's live role was just
+    // compared with the warmed one), so nothing under the pin reads a catalog. They run no
+    // CHECK_FOR_INTERRUPTS. A denial raises 42501; the pin is then released by the
+    // subtransaction's abort.
+    let delivered = unsafe {
+        match signal {
+            Signal::Cancel => direct_function_call::<bool>(pg_sys::pg_cancel_backend, &[pid]),
+            Signal::Terminate => direct_function_call::<bool>(
+                pg_sys::pg_terminate_backend,
+                &[pid, 0i64.into_datum()],
+            ),
+        }
+    };
+    drop(pin);
+    Attempt::Done(if delivered == Some(true) {
+        DELIVERED.with(|d| d.set(d.get() + 1));
+        Delivery::Delivered
+    } else {
+        Delivery::Failed(
+            "PostgreSQL could not send the signal; its WARNING in the server log says why".into(),
+        )
+    })
+}
+
+/// The session's activity columns, from the live status entry and wait event.
+fn update_activity(s: &mut Session, live: &LiveActivity, wait_event_info: u32) {
+    let ts = |t: i64| (t != 0).then_some(t);
+    s.state = compat::state_name(live.state).map(str::to_string);
+    s.xact_start = ts(live.xact_start);
+    s.query_start = ts(live.query_start);
+    s.state_change = ts(live.state_change);
+    s.query = compat::clip_activity(&live.query);
+    (s.wait_event_type, s.wait_event) = compat::wait_event_names(wait_event_info);
 }
 
 /// Runs `f` in a subtransaction: committed when it returns, rolled back when it raises, the
@@ -258,7 +318,23 @@ pub mod test_hooks {
         }
     }
 
-    /// Between the first victim's identity check and its signal, with the victim pinned.
+    /// Between the re-check and the first victim's pinned check (not pinned).
+    pub fn pause_before_check() {
+        #[cfg(feature = "test-hooks")]
+        {
+            let ms = crate::guc::test_hooks::CHECK_DELAY_MS.get().max(0) as u64;
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            while let Some(left) = until
+                .checked_duration_since(std::time::Instant::now())
+                .filter(|d| !d.is_zero())
+            {
+                super::sleep_interruptibly(left);
+            }
+        }
+    }
+
+    /// Between the first victim's identity check and its signal, with the victim pinned: every
+    /// connection, exit and commit in the cluster waits meanwhile (tests only).
     /// Interrupts are held off while a lightweight lock is held, so this sleeps on the latch
     /// without checking for them; postmaster death still ends it.
     pub fn pause_before_signal() {

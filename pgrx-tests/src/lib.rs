@@ -637,6 +637,8 @@ pub fn terminate(client: &mut Client, filter: &str, timeout_ms: i64) -> Vec<Row>
 pub enum Window {
     /// Between choosing the victims and re-checking them (`pg_reaper.recheck_delay_ms`).
     BeforeRecheck,
+    /// Between the re-check and the first victim's pinned check (`pg_reaper.check_delay_ms`).
+    BeforeCheck,
     /// Between the first victim's identity check and its signal, with the victim pinned
     /// (`pg_reaper.signal_delay_ms`).
     BeforeSignal,
@@ -673,6 +675,7 @@ pub fn call_in_window_as(
     let filter = filter.to_string();
     let setting = match window {
         Window::BeforeRecheck => "pg_reaper.recheck_delay_ms",
+        Window::BeforeCheck => "pg_reaper.check_delay_ms",
         Window::BeforeSignal => "pg_reaper.signal_delay_ms",
     };
     let mut observer = cluster.superuser();

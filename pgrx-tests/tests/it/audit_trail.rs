@@ -248,8 +248,9 @@ fn a_locked_audit_table_stops_the_call_before_any_signal() {
     locker
         .batch_execute("BEGIN; LOCK TABLE reaper.log IN ACCESS EXCLUSIVE MODE")
         .unwrap();
+    // No lock_timeout: pg_reaper does not wait for the lock at all (the session holding it may
+    // be the very one it is asked to terminate).
     let mut me = cluster.superuser();
-    me.batch_execute("SET lock_timeout = '500ms'").unwrap();
     for f in [
         "reaper.cancel_matching($1::text::jsonb)",
         "reaper.terminate_matching($1::text::jsonb, 1000)",
@@ -257,7 +258,29 @@ fn a_locked_audit_table_stops_the_call_before_any_signal() {
     ] {
         let err = call(&mut me, f, &format!(r#"{{"application_name": "{tag}"}}"#)).unwrap_err();
         assert_eq!(sqlstate(&err), Some("55P03"), "{f}: {err}");
+        let message = err.as_db_error().unwrap().message().to_string();
+        assert_eq!(
+            message,
+            "pg_reaper: table reaper.log is locked by another session; nothing was signalled"
+        );
     }
+    // Policies fail one by one, each with its WARNING (the failure cannot be recorded either),
+    // and the call goes on to the end.
+    me.batch_execute(&format!(
+        "INSERT INTO reaper.policies (name, filter) VALUES \
+           ('a', '{{\"application_name\": \"{tag}\"}}'), ('b', '{{\"application_name\": \"{tag}\"}}')"
+    ))
+    .unwrap();
+    let (mut runner, notices) = cluster.collecting_client("postgres");
+    let rows = call(&mut runner, "reaper.run_policies()", "").unwrap();
+    assert!(rows.is_empty(), "{rows:?}");
+    let notices = notices.lock().unwrap().clone();
+    let failed: Vec<&String> = notices
+        .iter()
+        .filter(|n| n.starts_with("WARNING 55P03: pg_reaper: policy "))
+        .collect();
+    assert_eq!(failed.len(), 2, "{notices:?}");
+    me.batch_execute("DELETE FROM reaper.policies").unwrap();
     assert_eq!(victim.run("SELECT 1"), Ended::Ok, "nothing was signalled");
     assert!(cluster.reaper_lines(victim.pid).is_empty());
     locker.batch_execute("COMMIT").unwrap();

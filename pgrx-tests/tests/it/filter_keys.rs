@@ -940,3 +940,88 @@ fn include_superusers() {
     assert_eq!(pids(&rows), vec![boss.pid]);
     assert_gone_and_alive(&cluster, &[&boss], &[&postgres]);
 }
+
+#[test]
+fn a_parallel_leader_whose_worker_waits_is_blocked_as_pg_blocking_pids_says() {
+    // pg_blocking_pids of a lock group member describes the whole group: a parallel query's
+    // leader is blocked when one of its workers waits for a lock.
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let mut su = cluster.superuser();
+    su.batch_execute(
+        "CREATE TABLE big AS SELECT g FROM generate_series(1, 20000) g; ANALYZE big; \
+         CREATE TABLE guarded (x int); \
+         CREATE FUNCTION peek() RETURNS bigint LANGUAGE plpgsql PARALLEL SAFE \
+           AS $$BEGIN RETURN (SELECT count(*) FROM guarded); END$$; \
+         GRANT SELECT ON big, guarded TO app",
+    )
+    .unwrap();
+    let holder = cluster.session("app", "holder");
+    su.batch_execute("GRANT ALL ON guarded TO app").unwrap();
+    assert_eq!(
+        holder.run("BEGIN; LOCK TABLE guarded IN ACCESS EXCLUSIVE MODE"),
+        Ended::Ok
+    );
+    let leader = cluster.session("app", "leader");
+    // A forced parallel plan (the setting was renamed in 16) without the leader's
+    // participation: only the worker runs the scan, and so only it waits for the lock, while
+    // the leader waits for the worker.
+    let force = if server_major() >= 16 {
+        "debug_parallel_query"
+    } else {
+        "force_parallel_mode"
+    };
+    let query = leader.start(&format!(
+        "SET parallel_leader_participation = off; SET {force} = on; \
+         SELECT count(*) FROM big WHERE peek() >= 0"
+    ));
+    let mut me = cluster.superuser();
+    let worker: i32 = {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            me.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
+            let row = me
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity WHERE leader_pid = $1 AND pid <> $1 \
+                       AND wait_event_type = 'Lock'",
+                    &[&leader.pid],
+                )
+                .unwrap();
+            if let Some(row) = row {
+                break row.get(0);
+            }
+            assert!(std::time::Instant::now() < deadline, "no waiting worker");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // PostgreSQL's own answer, and pg_reaper's, for each of the three.
+    for pid in [holder.pid, leader.pid, worker] {
+        let theirs: (bool, bool) = {
+            let row = me
+                .query_one(
+                    "SELECT cardinality(pg_blocking_pids($1)) > 0, \
+                            EXISTS (SELECT 1 FROM pg_stat_activity a \
+                                     WHERE $1 = ANY (pg_blocking_pids(a.pid)))",
+                    &[&pid],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        let mut ours = |key: &str| {
+            let f = format!(r#"{{"pid": {pid}, "{key}": true, "backend_type": {{"regex": ""}}}}"#);
+            preview(&mut me, &f).len() == 1
+        };
+        assert_eq!((ours("blocked"), ours("blocking")), theirs, "pid {pid}");
+    }
+    assert!(
+        preview(
+            &mut me,
+            &format!(r#"{{"pid": {}, "blocked": true}}"#, leader.pid)
+        )
+        .len()
+            == 1,
+        "the leader is blocked through its worker"
+    );
+    assert_eq!(holder.run("COMMIT"), Ended::Ok);
+    assert_eq!(query.wait(), Ended::Ok);
+}

@@ -632,3 +632,44 @@ fn autovacuum_workers_follow_postgres_own_rules_on_every_major() {
         ),
     );
 }
+
+#[test]
+fn after_a_denied_row_the_callers_own_session_still_obeys_cancels_and_timeouts() {
+    // PostgreSQL's refusal is an ERROR raised while pg_reaper pins the victim; the pin must be
+    // let go so that the caller's interrupt hold-off count is what it was (a count taken below
+    // zero would leave the session deaf to statement_timeout, cancels and terminates).
+    let cluster = Cluster::start();
+    create_roles(&cluster);
+    let (protected, protected_query) = cluster.session("postgres", "protected").busy(&cluster);
+    let mut plain = cluster.connect("plain");
+    for f in [
+        "reaper.cancel_matching($1::text::jsonb)",
+        "reaper.terminate_matching($1::text::jsonb, 1000)",
+    ] {
+        let rows = call(
+            &mut plain,
+            f,
+            &format!(
+                r#"{{"pid": {}, "include_superusers": true}}"#,
+                protected.pid
+            ),
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].outcome, "denied", "{rows:?}");
+    }
+    plain
+        .batch_execute("SET statement_timeout = '300ms'")
+        .unwrap();
+    let err = plain.batch_execute("SELECT pg_sleep(10)").unwrap_err();
+    assert_eq!(sqlstate(&err), Some("57014"), "{err}");
+    plain.batch_execute("RESET statement_timeout").unwrap();
+    // A cancel from outside reaches it too.
+    let (plain, pending) = Session::new(plain).busy(&cluster);
+    cluster
+        .superuser()
+        .query_one("SELECT pg_cancel_backend($1)", &[&plain.pid])
+        .unwrap();
+    assert_eq!(pending.wait(), Ended::Error("57014".into()));
+    assert!(protected_query.still_running_after(Duration::from_millis(50)));
+}

@@ -74,3 +74,43 @@ fn a_cancelled_caller_stops_promptly_and_signals_nothing() {
     let logged: i64 = count(&mut caller, "SELECT count(*) FROM reaper.log");
     assert_eq!(logged, 0);
 }
+
+#[test]
+fn a_victim_that_moves_on_after_the_recheck_is_matched_again_before_its_signal() {
+    // The victim runs the matching query at the re-check, then finishes it and starts another
+    // before its pinned check: on its live values it no longer matches, so the cancel meant for
+    // the first query never reaches the second.
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("moves_on");
+    let (victim, first) = cluster.session("app", &tag).busy(&cluster);
+    let filter = format!(
+        r#"{{"application_name": "{tag}", "query": "SELECT pg_sleep(600)", "state": "active"}}"#
+    );
+    let mut second = None;
+    let rows = call_in_window(
+        &cluster,
+        Window::BeforeCheck,
+        "reaper.cancel_matching($1::text::jsonb)",
+        &filter,
+        |observer| {
+            observer
+                .query_one("SELECT pg_cancel_backend($1)", &[&victim.pid])
+                .unwrap();
+            assert_eq!(first.wait(), Ended::Error("57014".into()));
+            second = Some(victim.start("SELECT pg_sleep(601)"));
+            wait_until_with(
+                observer,
+                victim.pid,
+                "a.query = 'SELECT pg_sleep(601)' AND a.state = 'active'",
+            );
+        },
+    );
+    assert_one_vanished(&rows, victim.pid, "no longer matched the filter");
+    let second = second.unwrap();
+    assert!(
+        second.still_running_after(std::time::Duration::from_millis(50)),
+        "the second query was cancelled"
+    );
+    assert!(cluster.reaper_lines(victim.pid).is_empty());
+}
