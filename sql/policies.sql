@@ -21,7 +21,7 @@ COMMENT ON TABLE reaper.policies IS
 COMMENT ON COLUMN reaper.policies.filter IS 'a pg_reaper filter (see reaper.validate_filter)';
 COMMENT ON COLUMN reaper.policies.action IS 'terminate, cancel or cancel_then_terminate';
 COMMENT ON COLUMN reaper.policies.owner IS
-    'the role whose privileges the policy signals with; only its members may write the policy';
+    'the role whose privileges the policy signals with; only roles that may SET ROLE to it may write or run the policy';
 
 -- Refuses what run_policies could not run, and owners the writer may not act for: "act for"
 -- is what SET ROLE allows, which from PostgreSQL 16 on needs the SET option of the membership.

@@ -39,6 +39,19 @@ fn bin_dir() -> &'static str {
     BIN.get_or_init(|| pg_config_value("bindir"))
 }
 
+/// The version of pg_reaper this tree builds (the extension's Cargo.toml, not this crate's).
+pub fn pg_reaper_version() -> String {
+    let manifest =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"))
+            .expect("Cargo.toml");
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("a version in Cargo.toml")
+        .to_string()
+}
+
 /// The server's major version (14, 15, ...).
 pub fn server_major() -> u32 {
     static MAJOR: OnceLock<u32> = OnceLock::new();

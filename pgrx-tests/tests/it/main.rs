@@ -10,6 +10,7 @@ mod cron_schedule;
 mod faults;
 mod filter_keys;
 mod hidden_sessions;
+mod packaging;
 mod permission_matrix;
 mod policy_runs;
 mod recheck;
