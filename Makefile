@@ -9,7 +9,8 @@ PG             ?= 15
 SUPPORTED_PG   := 14 15 16 17 18
 PG_DIST        ?= /opt/pg_reaper
 PGRX_VERSION   := 0.18.1
-APT_PACKAGES   := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo postgresql-15-cron python3-pip
+APT_PACKAGES   := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo postgresql-15-cron \
+                  python3-pip dpkg-dev binutils mmdebstrap
 # Tests run several real sessions per test; two test threads keep a 2-core machine responsive.
 TEST_THREADS   ?= 2
 # Cases per property of the filter's property tests: `make test` runs a short pass, `make fuzz`
@@ -20,6 +21,7 @@ SOAK_SECS      ?= 60
 REPORT_DIR     := target/reliability
 CARGO          ?= cargo
 VERSION        := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+ARCH           := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 
 SHELL          := /bin/bash
 
@@ -83,7 +85,7 @@ $(PG_DIST)/postgresql-%/bin/pg_config:
 
 # Every outside command the targets and the test harness run, checked up front with a clear
 # message (the packages above bring them on Debian).
-TOOLS := runuser sudo cargo rustc python3 tar dpkg-deb
+TOOLS := runuser sudo cargo rustc python3 tar dpkg-deb dpkg-shlibdeps strip mmdebstrap
 tools: .deps/apt
 	@for t in $(TOOLS); do \
 	    command -v $$t >/dev/null 2>&1 || { echo "make: '$$t' is required and missing (see README, 'Two commands')" >&2; exit 1; }; \
@@ -140,9 +142,9 @@ pg-test: deps
 # tests), in one test binary, plus the pid-reuse binary. The integration binary does not
 # depend on the major: it is built once. (The soak runs briefly here; `make soak` runs it for
 # SOAK_SECS.)
-integration-test: install-test-build
+integration-test: install-test-build package
 	@rm -f target/skipped/pg$(PG).txt
-	$(CARGO) test --release -p pg_reaper_integration --tests --no-fail-fast -- --test-threads=$(TEST_THREADS)
+	PG_REAPER_DEB=$(CURDIR)/$(DEB) $(CARGO) test --release -p pg_reaper_integration --tests --no-fail-fast -- --test-threads=$(TEST_THREADS)
 
 # Every supported major: the whole of `make test` on 15 (with pg_cron), then the #[pg_test]s
 # and the multi-session suite on 14, 16, 17 and 18 (pg_cron exists here only for 15: its tests
@@ -176,10 +178,13 @@ demo: install
 bench: install
 	$(CARGO) run --release -q -p pg_reaper_integration --bin bench -- BENCHMARKS.md
 
-# postgresql-$(PG)-pg-reaper_$(VERSION)-1_amd64.deb in target/, with the Debian/PGDG layout.
+# postgresql-$(PG)-pg-reaper_$(VERSION)-1_$(ARCH).deb in target/package/, with the Debian/PGDG
+# layout; the test suite checks it (and installs the 15 one on a clean Debian 12 root).
+DEB := target/package/pg$(PG)/postgresql-$(PG)-pg-reaper_$(VERSION)-1_$(ARCH).deb
 package: deps
+	@rm -rf target/package/pg$(PG)
 	$(EXT_ENV) $(CARGO) pgrx package --pg-config $(PG_CONFIG) --out-dir target/package/pg$(PG)/build
-	pgrx-tests/package.sh $(PG) $(VERSION) target/package/pg$(PG)
+	@pgrx-tests/package.sh $(PG) $(VERSION) target/package/pg$(PG)
 
 lint: deps
 	$(CARGO) fmt --all -- --check

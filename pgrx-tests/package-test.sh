@@ -32,7 +32,7 @@ cleanup() {
     for p in /proc/[0-9]*; do
         [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && kill -9 "${p#/proc/}" 2>/dev/null
     done
-    for m in dev/shm proc; do umount "$root/$m" 2>/dev/null; done
+    for m in dev/pts dev/shm proc; do umount "$root/$m" 2>/dev/null; done
     umount "$root" 2>/dev/null
     umount "$work" 2>/dev/null
     rm -rf --one-file-system "$work"
@@ -44,6 +44,8 @@ mkdir "$work/upper" "$work/work" "$root"
 mount -t overlay overlay -o "lowerdir=$lower,upperdir=$work/upper,workdir=$work/work" "$root"
 mount -t proc proc "$root/proc"
 mount -t tmpfs -o mode=1777 shm "$root/dev/shm"
+mkdir -p "$root/dev/pts"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$root/dev/pts"
 # No service may start while packages are installed.
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
 chmod 755 "$root/usr/sbin/policy-rc.d"
@@ -72,7 +74,7 @@ psql -c "SELECT 'victim ' || outcome FROM reaper.terminate_matching('{\"applicat
 psql -c "SELECT 'audited ' || count(*) FROM reaper.log WHERE application_name = 'package_victim' AND outcome = 'terminated'"
 psql -c "SELECT 'left ' || count(*) FROM pg_stat_activity WHERE application_name = 'package_victim'"
 # What users install has none of the test suite's settings.
-if psql -c "SET pg_reaper.recheck_delay_ms = 1" 2>/dev/null; then
+if psql -c "LOAD 'pg_reaper'" -c "SET pg_reaper.recheck_delay_ms = 1" 2>/dev/null; then
     echo "test-only setting present in the package" >&2; exit 1
 fi
 echo "no test-only settings"

@@ -9,7 +9,7 @@
 #   package.sh MAJOR VERSION DIR    (DIR/build: the cargo pgrx package output; the .deb goes to DIR)
 set -euo pipefail
 
-major=${1:?major} version=${2:?version} dir=${3:?dir}
+major=${1:?major} version=${2:?version} dir=$(readlink -f "${3:?dir}")
 package=postgresql-$major-pg-reaper
 revision=$version-1
 arch=$(dpkg --print-architecture)
