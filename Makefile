@@ -48,7 +48,7 @@ PGRX_TEST_DATA ?= /tmp/pg_reaper_pgrx$(PG)
 # Backtraces would end up in the DETAIL of every error the server reports.
 unexport RUST_BACKTRACE
 
-.PHONY: all deps tools pg-config install install-test-build test test-all unit-test pg-test \
+.PHONY: all deps tools pg-config install install-test-build releases test test-all unit-test pg-test \
         integration-test test-versions reliability-report reliability demo bench soak fuzz lint \
         package clean
 
@@ -142,9 +142,9 @@ pg-test: deps
 # tests), in one test binary, plus the pid-reuse binary. The integration binary does not
 # depend on the major: it is built once. (The soak runs briefly here; `make soak` runs it for
 # SOAK_SECS.)
-integration-test: install-test-build package
+integration-test: install-test-build package releases
 	@rm -f target/skipped/pg$(PG).txt
-	PG_REAPER_DEB=$(CURDIR)/$(DEB) $(CARGO) test --release -p pg_reaper_integration --tests --no-fail-fast -- --test-threads=$(TEST_THREADS)
+	PG_REAPER_DEB=$(CURDIR)/$(DEB) PG_REAPER_RELEASES=$(CURDIR)/target/releases $(CARGO) test --release -p pg_reaper_integration --tests --no-fail-fast -- --test-threads=$(TEST_THREADS)
 
 # Every supported major: the whole of `make test` on 15 (with pg_cron), then the #[pg_test]s
 # and the multi-session suite on 14, 16, 17 and 18 (pg_cron exists here only for 15: its tests
@@ -170,6 +170,11 @@ reliability-report:
 reliability:
 	@test -f target/RELIABILITY.md || { echo "make: run 'make test' first" >&2; exit 1; }
 	cp target/RELIABILITY.md RELIABILITY.md
+
+# Every earlier release, built from its tag for PostgreSQL 15: the upgrade test walks each one
+# forward to this tree's version.
+releases: deps
+	@pgrx-tests/build-releases.sh
 
 # ---- show, measure, ship ------------------------------------------------------------------
 demo: install

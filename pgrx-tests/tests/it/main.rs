@@ -22,4 +22,5 @@ mod settings;
 mod signalling;
 mod snapshot_fidelity;
 mod soak;
+mod upgrades;
 mod vanished;

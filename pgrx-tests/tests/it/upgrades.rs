@@ -1,0 +1,418 @@
+//! Upgrades. In place: every earlier release, built from its tag, installed on a private copy
+//! of Debian's PostgreSQL 15 with policies and audit rows in it, then this tree's version
+//! installed beside it and `ALTER EXTENSION pg_reaper UPDATE`: the catalog equals a fresh
+//! `CREATE EXTENSION`, and every policy and log row is kept. Across majors: `pg_upgrade` from 15
+//! to 17 with pg_reaper in use, after which it works on the new server.
+
+use pg_reaper_integration::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Everything a DBA or pg_dump could tell apart in the extension's objects, one line each:
+/// functions (signature, result, volatility, parallel safety, strictness, security, settings,
+/// source, privileges, comment), tables and their columns (in order, types, defaults, NOT NULL,
+/// comments, privileges), indexes, constraints, triggers, the schema, the config-dump entries.
+const CATALOG: &str = r#"
+WITH ext AS (SELECT e.oid, e.extconfig, e.extcondition FROM pg_catalog.pg_extension e
+              WHERE e.extname OPERATOR(pg_catalog.=) 'pg_reaper'),
+     member AS (SELECT d.classid, d.objid FROM pg_catalog.pg_depend d, ext
+                 WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+                   AND d.refobjid OPERATOR(pg_catalog.=) ext.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'),
+     rel AS (SELECT c.oid FROM pg_catalog.pg_class c JOIN member m ON m.objid OPERATOR(pg_catalog.=) c.oid
+              WHERE m.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass)
+SELECT line FROM (
+  SELECT pg_catalog.format('function %s returns %s volatile=%s parallel=%s strict=%s secdef=%s config=%s lang=%s src=%s bin=%s acl=%s comment=%s',
+           p.oid::pg_catalog.regprocedure, pg_catalog.pg_get_function_result(p.oid), p.provolatile,
+           p.proparallel, p.proisstrict, p.prosecdef, p.proconfig, l.lanname,
+           pg_catalog.md5(p.prosrc), p.probin, p.proacl, pg_catalog.obj_description(p.oid, 'pg_proc')) AS line
+    FROM pg_catalog.pg_proc p JOIN member m ON m.objid OPERATOR(pg_catalog.=) p.oid
+    JOIN pg_catalog.pg_language l ON l.oid OPERATOR(pg_catalog.=) p.prolang
+   WHERE m.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+  UNION ALL
+  SELECT pg_catalog.format('relation %s kind=%s acl=%s comment=%s', c.oid::pg_catalog.regclass, c.relkind,
+           c.relacl, pg_catalog.obj_description(c.oid, 'pg_class'))
+    FROM pg_catalog.pg_class c JOIN rel ON rel.oid OPERATOR(pg_catalog.=) c.oid
+  UNION ALL
+  SELECT pg_catalog.format('column %s.%s #%s %s notnull=%s default=%s acl=%s comment=%s', a.attrelid::pg_catalog.regclass,
+           a.attname, a.attnum, pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
+           pg_catalog.pg_get_expr(ad.adbin, ad.adrelid), a.attacl, pg_catalog.col_description(a.attrelid, a.attnum))
+    FROM pg_catalog.pg_attribute a JOIN rel ON rel.oid OPERATOR(pg_catalog.=) a.attrelid
+    LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid OPERATOR(pg_catalog.=) a.attrelid AND ad.adnum OPERATOR(pg_catalog.=) a.attnum
+   WHERE a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT pg_catalog.format('index %s', pg_catalog.pg_get_indexdef(i.indexrelid))
+    FROM pg_catalog.pg_index i JOIN rel ON rel.oid OPERATOR(pg_catalog.=) i.indrelid
+  UNION ALL
+  SELECT pg_catalog.format('constraint %s.%s %s', co.conrelid::pg_catalog.regclass, co.conname, pg_catalog.pg_get_constraintdef(co.oid))
+    FROM pg_catalog.pg_constraint co JOIN rel ON rel.oid OPERATOR(pg_catalog.=) co.conrelid
+  UNION ALL
+  SELECT pg_catalog.format('trigger %s', pg_catalog.pg_get_triggerdef(t.oid))
+    FROM pg_catalog.pg_trigger t JOIN rel ON rel.oid OPERATOR(pg_catalog.=) t.tgrelid WHERE NOT t.tgisinternal
+  UNION ALL
+  SELECT pg_catalog.format('schema %s acl=%s comment=%s', n.nspname, n.nspacl, pg_catalog.obj_description(n.oid, 'pg_namespace'))
+    FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'reaper'
+  UNION ALL
+  SELECT pg_catalog.format('config-dump %s where=%s', cfg.rel::pg_catalog.regclass, cfg.cond)
+    FROM ext, LATERAL ROWS FROM (pg_catalog.unnest(ext.extconfig), pg_catalog.unnest(ext.extcondition)) AS cfg(rel, cond)
+  UNION ALL
+  SELECT pg_catalog.format('member %s', pg_catalog.pg_describe_object(m.classid, m.objid, 0)) FROM member m
+) described ORDER BY line"#;
+
+/// The rows that must survive an upgrade, as text.
+const DATA: &str = "SELECT (SELECT coalesce(pg_catalog.string_agg(p::text, E'\\n' ORDER BY p.name), '') \
+                      FROM reaper.policies p) || E'\\n--\\n' || \
+                   (SELECT coalesce(pg_catalog.string_agg(l::text, E'\\n' ORDER BY l.logged_at, l.pid), '') \
+                      FROM reaper.log l)";
+
+fn lines(client: &mut Client, sql: &str) -> Vec<String> {
+    client
+        .query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A private, relocated copy of Debian's PostgreSQL 15 (its programs find their libraries and
+/// extension files relative to themselves), with no pg_reaper in it.
+fn private_postgres_15(dir: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    for part in ["usr/lib/postgresql", "usr/share/postgresql"] {
+        std::fs::create_dir_all(dir.join(part)).unwrap();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(Path::new("/").join(part).join("15"))
+            .arg(dir.join(part))
+            .status()
+            .unwrap();
+        assert!(status.success(), "copy {part}");
+    }
+    remove_pg_reaper(dir);
+    let status = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir.join("usr/lib/postgresql/15/bin")
+}
+
+fn remove_pg_reaper(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("usr/lib/postgresql/15/lib/pg_reaper.so"));
+    let ext = dir.join("usr/share/postgresql/15/extension");
+    for entry in std::fs::read_dir(&ext).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("pg_reaper")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+}
+
+/// Copies a `cargo pgrx package` (or .deb staging) tree's pg_reaper files into `dir`, over
+/// whatever version is there (the old scripts stay, as a package upgrade leaves them).
+fn install_from(tree: &Path, dir: &Path) {
+    let lib = "usr/lib/postgresql/15/lib/pg_reaper.so";
+    std::fs::copy(tree.join(lib), dir.join(lib)).unwrap();
+    let ext = "usr/share/postgresql/15/extension";
+    for entry in std::fs::read_dir(tree.join(ext)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(ext).join(path.file_name().unwrap())).unwrap();
+    }
+    let status = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Policies and audit rows made by the running version itself: a terminated session, a
+/// cancel_then_terminate, a failed policy.
+fn make_history(cluster: &Cluster, su: &mut Client) {
+    cluster.create_role("app", "");
+    cluster.create_role("ops", "IN ROLE pg_signal_backend, pg_read_all_stats");
+    su.batch_execute(
+        "INSERT INTO reaper.policies (name, filter, action, timeout_ms, grace_ms, owner, note) VALUES \
+           ('idle-tx', '{\"state\": \"idle in transaction\", \"application_name\": \"upgrade_victim\"}', \
+            'terminate', 5000, 0, 'ops', 'kept across upgrades'), \
+           ('reports', '{\"application_name\": {\"regex\": \"^report\"}, \"min_query_age\": \"1 hour\"}', \
+            'cancel_then_terminate', 5000, 2000, 'ops', NULL), \
+           ('off', '{\"usename\": \"nobody\"}', 'cancel', 0, 0, 'ops', 'disabled'); \
+         UPDATE reaper.policies SET enabled = false WHERE name = 'off'",
+    )
+    .unwrap();
+    let victim = cluster
+        .session("app", "upgrade_victim")
+        .idle_in_transaction();
+    let rows = call(su, "reaper.run_policies()", "").unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(cluster.wait_gone(victim.pid));
+    let other = cluster.session("app", "upgrade_other");
+    terminate(su, r#"{"application_name": "upgrade_other"}"#, 5000);
+    assert!(cluster.wait_gone(other.pid));
+    // A policy whose owner is gone leaves a `failed` row.
+    cluster.create_role("gone", "");
+    su.batch_execute(
+        "INSERT INTO reaper.policies (name, filter, owner) VALUES ('orphan', '{\"usename\": \"nobody\"}', 'gone'); \
+         DROP ROLE gone",
+    )
+    .unwrap();
+    let _ = call(su, "reaper.run_policies()", "");
+    let logged = count(su, "SELECT count(*) FROM reaper.log");
+    assert!(logged >= 3, "{logged} log rows");
+}
+
+fn current_tree(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let releases = std::env::var_os("PG_REAPER_RELEASES");
+    let deb = std::env::var_os("PG_REAPER_DEB");
+    if server_major() != 15 {
+        skip(
+            test,
+            "the earlier releases support PostgreSQL 15 only; they are upgraded there",
+        );
+        return None;
+    }
+    match (releases, deb) {
+        (Some(r), Some(d)) => {
+            // The package's staging root: this tree's release build, without test settings.
+            let root = PathBuf::from(d).parent().unwrap().join("root");
+            Some((PathBuf::from(r), root))
+        }
+        _ => {
+            skip(test, "the releases and the package are built by make test");
+            None
+        }
+    }
+}
+
+#[test]
+fn every_earlier_release_upgrades_in_place_to_a_fresh_install() {
+    let test = "upgrades::every_earlier_release_upgrades_in_place_to_a_fresh_install";
+    let Some((releases, current)) = current_tree(test) else {
+        return;
+    };
+    let listed =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("releases.txt"))
+            .unwrap();
+    let versions: Vec<&str> = listed
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert!(versions.len() >= 2, "{versions:?}");
+    let target = pg_reaper_version();
+    let mut report = String::new();
+    for version in versions {
+        let dir = PathBuf::from(format!(
+            "/tmp/pg_reaper_upgrade_{}_{version}",
+            std::process::id()
+        ));
+        let bin = private_postgres_15(&dir);
+        install_from(&releases.join(version).join("pkg"), &dir);
+        let cluster = Cluster::start_with(Options {
+            bin_dir: Some(bin),
+            create_extension: false,
+            ..Options::default()
+        });
+        let mut su = cluster.superuser();
+        su.batch_execute(&format!("CREATE EXTENSION pg_reaper VERSION '{version}'"))
+            .unwrap();
+        make_history(&cluster, &mut su);
+        let before: String = su.query_one(DATA, &[]).unwrap().get(0);
+        drop(su);
+
+        // The new version beside the old one, as a package upgrade leaves them.
+        cluster.stop_server();
+        install_from(&current, &dir);
+        cluster.start_server();
+        let mut su = cluster.superuser();
+        su.batch_execute("ALTER EXTENSION pg_reaper UPDATE")
+            .unwrap();
+        let now: String = su
+            .query_one(
+                "SELECT extversion FROM pg_extension WHERE extname = 'pg_reaper'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(now, target, "from {version}");
+        let upgraded = lines(&mut su, CATALOG);
+        let after: String = su.query_one(DATA, &[]).unwrap().get(0);
+        assert_eq!(after, before, "from {version}: policies and log rows kept");
+
+        su.batch_execute("CREATE DATABASE fresh").unwrap();
+        let mut fresh = cluster.connect_to("postgres", "fresh");
+        fresh.batch_execute("CREATE EXTENSION pg_reaper").unwrap();
+        let installed = lines(&mut fresh, CATALOG);
+        assert!(upgraded.len() > 40, "{upgraded:#?}");
+        let only_upgraded: Vec<&String> =
+            upgraded.iter().filter(|l| !installed.contains(l)).collect();
+        let only_fresh: Vec<&String> = installed.iter().filter(|l| !upgraded.contains(l)).collect();
+        assert!(
+            only_upgraded.is_empty() && only_fresh.is_empty(),
+            "from {version}: the upgraded catalog differs from a fresh install\n\
+             only after the upgrade: {only_upgraded:#?}\nonly in a fresh install: {only_fresh:#?}"
+        );
+
+        // It works: the policies run, a session is terminated.
+        let victim = cluster
+            .session("app", "upgrade_victim")
+            .idle_in_transaction();
+        let rows = call(&mut su, "reaper.run_policy('idle-tx')", "").unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].outcome, "terminated");
+        assert!(cluster.wait_gone(victim.pid));
+        report += &format!(
+            "| {version} | {target} | {} | {} | kept |\n",
+            upgraded.len(),
+            before.lines().count() - 1
+        );
+        drop(su);
+        drop(fresh);
+        drop(cluster);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    record_figures(
+        "60-upgrades",
+        &format!(
+            "## Upgrades in place\n\nEach earlier release built from its tag, installed on a private copy of PostgreSQL 15 with \
+             policies and audit rows made by that release, then `ALTER EXTENSION pg_reaper UPDATE` to this tree's version. \
+             Every catalog line (functions with their source, volatility, privileges and comments; tables, columns, defaults, \
+             indexes, constraints, triggers, grants, comments, config-dump entries, members) equals a fresh \
+             `CREATE EXTENSION`, and the policies and log rows are unchanged.\n\n\
+             | from | to | catalog lines compared | policy and log rows | rows |\n| --- | --- | ---: | ---: | --- |\n{report}"
+        ),
+    );
+}
+
+#[test]
+fn pg_upgrade_from_15_to_17_keeps_pg_reaper_and_its_rows() {
+    let test = "upgrades::pg_upgrade_from_15_to_17_keeps_pg_reaper_and_its_rows";
+    if server_major() != 17 {
+        return skip(
+            test,
+            "runs on PostgreSQL 17, upgrading a PostgreSQL 15 cluster to it (make test-versions)",
+        );
+    }
+    let target = pg_reaper_version();
+    let old_bin = PathBuf::from("/usr/lib/postgresql/15/bin");
+    let old_control = "/usr/share/postgresql/15/extension/pg_reaper.control";
+    let installed = std::fs::read_to_string(old_control).unwrap_or_default();
+    if !installed.contains(&format!("default_version = '{target}'")) {
+        return skip(
+            test,
+            &format!("PostgreSQL 15 has no pg_reaper {target} installed (make test-versions installs it first)"),
+        );
+    }
+    let new_bin = PathBuf::from(pg_config_value("bindir"));
+
+    let old = Cluster::start_with(Options {
+        bin_dir: Some(old_bin.clone()),
+        ..Options::default()
+    });
+    let mut su = old.superuser();
+    make_history(&old, &mut su);
+    let before: String = su.query_one(DATA, &[]).unwrap().get(0);
+    drop(su);
+    old.stop_server();
+
+    // The new cluster, empty, with the same encoding and locale; then pg_upgrade, as postgres,
+    // from a directory it may write its logs to.
+    let work = PathBuf::from(format!("/tmp/pg_reaper_pg_upgrade_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let status = Command::new("chown")
+        .arg("postgres")
+        .arg(&work)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let new_data = work.join("data");
+    as_postgres_from(
+        &new_bin,
+        "initdb",
+        &[
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "-D",
+            new_data.to_str().unwrap(),
+        ],
+    );
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(new_bin.join("pg_upgrade"))
+        .arg("-b")
+        .arg(&old_bin)
+        .arg("-B")
+        .arg(&new_bin)
+        .arg("-d")
+        .arg(old.data_dir())
+        .arg("-D")
+        .arg(&new_data)
+        .args(["-U", "postgres", "-p", "50432", "-P", "50433", "--no-sync"])
+        .current_dir(&work)
+        .env("LANG", "C.UTF-8")
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "pg_upgrade failed:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let new = Cluster::start_with(Options {
+        bin_dir: Some(new_bin),
+        data_dir: Some(new_data),
+        create_extension: false,
+        ..Options::default()
+    });
+    let mut su = new.superuser();
+    let version: String = su
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_reaper'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, target);
+    let after: String = su.query_one(DATA, &[]).unwrap().get(0);
+    assert_eq!(after, before, "policies and log rows kept by pg_upgrade");
+    let upgraded = lines(&mut su, CATALOG);
+    su.batch_execute("CREATE DATABASE fresh").unwrap();
+    let mut fresh = new.connect_to("postgres", "fresh");
+    fresh.batch_execute("CREATE EXTENSION pg_reaper").unwrap();
+    assert_eq!(
+        upgraded,
+        lines(&mut fresh, CATALOG),
+        "the catalog after pg_upgrade"
+    );
+    // It works on the new server: a policy runs, a session is terminated.
+    let victim = new.session("app", "upgrade_victim").idle_in_transaction();
+    let rows = call(&mut su, "reaper.run_policy('idle-tx')", "").unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].outcome, "terminated");
+    assert!(new.wait_gone(victim.pid));
+    let _ = std::fs::remove_dir_all(&work);
+    record_figures_per_major(
+        "61-pg-upgrade",
+        &format!(
+            "## pg_upgrade 15 to 17\n\nA PostgreSQL 15 cluster with pg_reaper {target}, policies and audit rows \
+             ({} rows), upgraded with PostgreSQL 17's pg_upgrade: the rows are unchanged, the catalog equals a fresh \
+             install on 17 ({} lines), and a policy terminated a real session on the new server.\n",
+            before.lines().count() - 1,
+            upgraded.len()
+        ),
+    );
+}
