@@ -1,18 +1,26 @@
-//! `make bench`: pg_reaper against the hand-written SQL it replaces, side by side in one run,
-//! on one throwaway cluster. Writes the figures to the Markdown file named by the first
-//! argument (default BENCHMARKS.md).
+//! `make bench PG=N`: pg_reaper against the hand-written SQL it replaces, side by side in one
+//! run, on one throwaway cluster of the chosen major. Each major's figures are kept in
+//! `pgrx-tests/bench/pg<major>.json`; BENCHMARKS.md (the path is the first argument) and the
+//! chart `pgrx-tests/bench/terminate.svg` are drawn again from every major measured so far.
+//! PostgreSQL 15, the reference major, gets the full set of measurements; the others the ones
+//! the per-major table compares.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pg_reaper_integration::{Client, Cluster, Options};
+use pg_reaper_integration::{server_major, Client, Cluster, Options};
+use serde_json::{json, Value};
 
 const APP: &str = "bench_idle";
 const FILTER: &str = r#"{"application_name": "bench_idle"}"#;
+const REFERENCE_MAJOR: u32 = 15;
 
 fn main() {
     let out = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "BENCHMARKS.md".into());
+    let major = server_major();
+    let full = major == REFERENCE_MAJOR;
     let cluster = Cluster::start_with(Options {
         max_connections: 2200,
         settings: vec!["shared_buffers = 128MB".into()],
@@ -21,11 +29,45 @@ fn main() {
     // The sessions belong to an ordinary role: pg_reaper leaves superusers' sessions alone.
     cluster.create_role("bench", "");
     let mut me = cluster.superuser();
+    let server: String = me.query_one("SELECT version()", &[]).unwrap().get(0);
 
-    let mut terminate_rows = Vec::new();
-    for n in [100usize, 200, 500] {
+    let sizes: &[usize] = if full { &[50, 100, 200, 500] } else { &[200] };
+    let terminate = terminate_rows(&cluster, &mut me, sizes);
+    let preview = preview_1000(&cluster, &mut me);
+    let mut results = json!({
+        "major": major,
+        "server": server,
+        "date": today(),
+        "machine": machine(),
+        "terminate": terminate,
+        "preview": preview,
+    });
+    if full {
+        results["scaling"] = preview_scaling(&cluster, &mut me);
+    }
+    let dir = bench_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("pg{major}.json"));
+    std::fs::write(&file, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    println!("wrote {}", file.display());
+
+    let all = load_all(&dir);
+    draw_terminate_chart(&all, &dir.join("terminate.svg"));
+    std::fs::write(&out, render(&all)).expect("write benchmarks");
+    println!("wrote {out}");
+}
+
+fn bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench")
+}
+
+/// Terminate N idle sessions and confirm they are gone (timeout 5000 ms): the plain SQL and
+/// pg_reaper, one after the other on fresh sessions.
+fn terminate_rows(cluster: &Cluster, me: &mut Client, sizes: &[usize]) -> Value {
+    let mut rows = Vec::new();
+    for &n in sizes {
         let plain = {
-            let _sessions = open(&cluster, n);
+            let _sessions = open(cluster, n);
             time(|| {
                 let killed: i64 = me
                     .query_one(
@@ -38,9 +80,9 @@ fn main() {
                 assert_eq!(killed as usize, n, "plain SQL terminated {killed} of {n}");
             })
         };
-        wait_none_left(&mut me);
+        wait_none_left(me);
         let ours = {
-            let _sessions = open(&cluster, n);
+            let _sessions = open(cluster, n);
             time(|| {
                 let terminated: i64 = me
                     .query_one(
@@ -56,13 +98,17 @@ fn main() {
                 );
             })
         };
-        wait_none_left(&mut me);
+        wait_none_left(me);
         println!("terminate N={n}: plain {plain:?}, pg_reaper {ours:?}");
-        terminate_rows.push((n, plain, ours));
+        rows.push(json!({"n": n, "plain_ms": millis(plain), "pg_reaper_ms": millis(ours)}));
     }
+    Value::Array(rows)
+}
 
+/// Preview 1000 idle sessions, 60 runs each, interleaved: min, median, max.
+fn preview_1000(cluster: &Cluster, me: &mut Client) -> Value {
     let n = 1000;
-    let _sessions = open(&cluster, n);
+    let _sessions = open(cluster, n);
     let plain_sql = "SELECT pid, backend_start, usename, datname, application_name, client_addr, backend_type, \
                      state, query, wait_event_type, wait_event, xact_start, query_start, state_change \
                      FROM pg_stat_activity WHERE application_name = 'bench_idle'";
@@ -87,60 +133,17 @@ fn main() {
         "preview N={n}: plain median {:?}, pg_reaper median {:?}",
         plain[30], ours[30]
     );
-
     drop(_sessions);
-    wait_none_left(&mut me);
-    let scaling = preview_scaling(&cluster, &mut me);
-
-    let version: String = me.query_one("SELECT version()", &[]).unwrap().get(0);
-    let mut md = String::from("# Benchmarks\n\nWritten by `make bench` (`pgrx-tests/src/bin/bench.rs`): one throwaway cluster, \
-         both sides measured in the same run, from a client on the same machine. Numbers are wall-clock time \
-         of the whole statement as the client sees it.\n\n");
-    md += &format!(
-        "- Machine: {} cores, {}\n- Server: {version}\n- Date: {}\n\n",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        meminfo(),
-        today()
-    );
-    md += "## Terminate N idle sessions and confirm they are gone (timeout 5000 ms)\n\n\
-           Plain SQL: `SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = 'bench_idle'` \
-           — each call waits for its backend before the next is signalled.\n\
-           pg_reaper: `SELECT * FROM reaper.terminate_matching('{\"application_name\": \"bench_idle\"}', 5000)` \
-           — all signalled first, then all confirmed against one deadline (audit rows included).\n\n\
-           | N | plain SQL | pg_reaper | speed-up |\n| ---: | ---: | ---: | ---: |\n";
-    for (n, plain, ours) in &terminate_rows {
-        md += &format!(
-            "| {n} | {} | {} | {:.0}x |\n",
-            ms(*plain),
-            ms(*ours),
-            plain.as_secs_f64() / ours.as_secs_f64()
-        );
-    }
-    md += &format!(
-        "\n## Preview {n} idle sessions (60 runs each, interleaved)\n\n\
-         Plain SQL: the same columns from `pg_stat_activity WHERE application_name = 'bench_idle'`.\n\
-         pg_reaper: `SELECT * FROM reaper.preview_matching('{{\"application_name\": \"bench_idle\"}}')`.\n\n\
-         | | min | median | max |\n| --- | ---: | ---: | ---: |\n\
-         | plain SQL | {} | {} | {} |\n| pg_reaper | {} | {} | {} |\n",
-        ms(plain[0]),
-        ms(plain[30]),
-        ms(plain[59]),
-        ms(ours[0]),
-        ms(ours[30]),
-        ms(ours[59])
-    );
-    md += &scaling;
-    std::fs::write(&out, md).expect("write benchmarks");
-    println!("wrote {out}");
+    wait_none_left(me);
+    let spread = |t: &[Duration]| json!([millis(t[0]), millis(t[30]), millis(t[59])]);
+    json!({"n": n, "plain_ms": spread(&plain), "pg_reaper_ms": spread(&ours)})
 }
 
 /// The cost of one preview per session as the number of sessions grows: it must stay flat
 /// (one pass over the PGPROC array, one look at the lock manager, per snapshot). Three filters:
 /// plain; with a lock key while nobody waits for a lock (no lock-manager look at all); with a
 /// lock key while 20 sessions wait for a lock held by one more.
-fn preview_scaling(cluster: &Cluster, me: &mut Client) -> String {
+fn preview_scaling(cluster: &Cluster, me: &mut Client) -> Value {
     const RUNS: usize = 30;
     let plain = r#"{"application_name": "bench_idle"}"#;
     let locks = r#"{"application_name": "bench_idle", "blocked": false}"#;
@@ -150,15 +153,7 @@ fn preview_scaling(cluster: &Cluster, me: &mut Client) -> String {
         "CREATE TABLE IF NOT EXISTS bench_lock (id int); GRANT ALL ON bench_lock TO bench",
     )
     .unwrap();
-    let mut md = format!(
-        "\n## Preview cost per session as sessions grow ({RUNS} runs each, median)\n\n\
-         `reaper.preview_matching` over N idle sessions: one pass over the PGPROC array and one look at the \
-         lock manager per snapshot, so the cost per session stays flat as N grows. \
-         Filters: plain `{plain}`; lock key, nobody waiting `{locks}`; lock key with 20 sessions waiting \
-         for a lock one more holds `{waiting}`.\n\n\
-         | N sessions | plain | per session | lock key | per session | lock key, 20 waiting | per session |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
-    );
+    let mut rows = Vec::new();
     for n in [250usize, 1000, 2000] {
         let _sessions = open(cluster, n);
         let median = |me: &mut Client, filter: &str| -> Duration {
@@ -205,21 +200,218 @@ fn preview_scaling(cluster: &Cluster, me: &mut Client) -> String {
         for w in waiters {
             w.join().unwrap();
         }
-        let per = |d: Duration| format!("{:.2} µs", d.as_secs_f64() * 1e6 / n as f64);
-        println!("preview scaling N={n}: plain {plain_t:?}, lock key {locks_t:?}, 20 waiting {waiting_t:?}");
-        md += &format!(
-            "| {n} | {} | {} | {} | {} | {} | {} |\n",
-            ms(plain_t),
-            per(plain_t),
-            ms(locks_t),
-            per(locks_t),
-            ms(waiting_t),
-            per(waiting_t)
+        println!(
+            "preview scaling N={n}: plain {plain_t:?}, lock key {locks_t:?}, 20 waiting {waiting_t:?}"
         );
+        rows.push(json!({"n": n, "plain_ms": millis(plain_t), "lock_key_ms": millis(locks_t),
+                         "lock_key_waiting_ms": millis(waiting_t)}));
         drop(_sessions);
         wait_none_left(me);
     }
+    json!({"runs": RUNS, "filters": [plain, locks, waiting], "rows": rows})
+}
+
+/// Every major's figures measured so far, in major order.
+fn load_all(dir: &Path) -> Vec<Value> {
+    let mut all: Vec<Value> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_name()?.to_str()?;
+            (name.starts_with("pg") && name.ends_with(".json")).then_some(path)
+        })
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect();
+    all.sort_by_key(|v| v["major"].as_u64());
+    all
+}
+
+fn reference(all: &[Value]) -> Option<&Value> {
+    all.iter()
+        .find(|v| v["major"].as_u64() == Some(u64::from(REFERENCE_MAJOR)))
+}
+
+/// BENCHMARKS.md.
+fn render(all: &[Value]) -> String {
+    let mut md = String::from(
+        "# Benchmarks\n\nWritten by `make bench PG=N` (`pgrx-tests/src/bin/bench.rs`): one throwaway cluster per major, \
+         both sides measured in the same run, from a client on the same machine. Numbers are wall-clock time \
+         of the whole statement as the client sees it. Each major's figures are kept in `pgrx-tests/bench/`; \
+         this page is drawn from all of them.\n\n",
+    );
+    md += "## By major\n\nTerminate 200 idle sessions and confirm they are gone (timeout 5000 ms); preview 1000 idle \
+           sessions (median of 60 runs, interleaved with the plain SELECT).\n\n\
+           | PostgreSQL | measured | terminate 200: plain SQL | pg_reaper | speed-up | preview 1000: plain SELECT | pg_reaper |\n\
+           | --- | --- | ---: | ---: | ---: | ---: | ---: |\n";
+    for v in all {
+        let t200 = v["terminate"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["n"] == 200)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let (plain, ours) = (t200["plain_ms"].as_f64(), t200["pg_reaper_ms"].as_f64());
+        md += &format!(
+            "| {} ({}) | {} | {} | {} | {} | {} | {} |\n",
+            v["major"],
+            minor_version(v["server"].as_str().unwrap_or("")),
+            v["date"].as_str().unwrap_or(""),
+            fmt_ms(plain),
+            fmt_ms(ours),
+            match (plain, ours) {
+                (Some(p), Some(o)) => format!("{:.0}x", p / o),
+                _ => "-".into(),
+            },
+            fmt_ms(v["preview"]["plain_ms"][1].as_f64()),
+            fmt_ms(v["preview"]["pg_reaper_ms"][1].as_f64()),
+        );
+    }
+    md += "\n![Confirmed termination time against the number of sessions, plain SQL and pg_reaper](pgrx-tests/bench/terminate.svg)\n";
+    let Some(r) = reference(all) else {
+        return md;
+    };
+    md += &format!(
+        "\n## PostgreSQL {REFERENCE_MAJOR} in detail\n\n- Server: {}\n- Machine: {}\n- Date: {}\n",
+        r["server"].as_str().unwrap_or(""),
+        r["machine"].as_str().unwrap_or(""),
+        r["date"].as_str().unwrap_or("")
+    );
+    md += "\n### Terminate N idle sessions and confirm they are gone (timeout 5000 ms)\n\n\
+           Plain SQL: `SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE application_name = 'bench_idle'` \
+           — each call waits for its backend before the next is signalled.\n\
+           pg_reaper: `SELECT * FROM reaper.terminate_matching('{\"application_name\": \"bench_idle\"}', 5000)` \
+           — each victim re-checked and pinned just before its own signal, all signalled first, then all confirmed against \
+           one deadline (audit rows included).\n\n\
+           | N | plain SQL | pg_reaper | speed-up |\n| ---: | ---: | ---: | ---: |\n";
+    for row in r["terminate"].as_array().unwrap() {
+        let (p, o) = (row["plain_ms"].as_f64(), row["pg_reaper_ms"].as_f64());
+        md += &format!(
+            "| {} | {} | {} | {:.0}x |\n",
+            row["n"],
+            fmt_ms(p),
+            fmt_ms(o),
+            p.unwrap_or(0.0) / o.unwrap_or(1.0)
+        );
+    }
+    md += &format!(
+        "\n### Preview {} idle sessions (60 runs each, interleaved)\n\n\
+         Plain SQL: the same columns from `pg_stat_activity WHERE application_name = 'bench_idle'`.\n\
+         pg_reaper: `SELECT * FROM reaper.preview_matching('{{\"application_name\": \"bench_idle\"}}')`.\n\n\
+         | | min | median | max |\n| --- | ---: | ---: | ---: |\n",
+        r["preview"]["n"]
+    );
+    for (label, key) in [("plain SQL", "plain_ms"), ("pg_reaper", "pg_reaper_ms")] {
+        let t = &r["preview"][key];
+        md += &format!(
+            "| {label} | {} | {} | {} |\n",
+            fmt_ms(t[0].as_f64()),
+            fmt_ms(t[1].as_f64()),
+            fmt_ms(t[2].as_f64())
+        );
+    }
+    if let Some(s) = r.get("scaling") {
+        let f = s["filters"].as_array().unwrap();
+        md += &format!(
+            "\n### Preview cost per session as sessions grow ({} runs each, median)\n\n\
+             `reaper.preview_matching` over N idle sessions: one pass over the PGPROC array and at most one look at the \
+             lock manager per snapshot, so the cost per session stays flat as N grows. Filters: plain `{}`; lock key, \
+             nobody waiting `{}`; lock key with 20 sessions waiting for a lock one more holds `{}`.\n\n\
+             | N sessions | plain | per session | lock key | per session | lock key, 20 waiting | per session |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            s["runs"],
+            f[0].as_str().unwrap(),
+            f[1].as_str().unwrap(),
+            f[2].as_str().unwrap()
+        );
+        for row in s["rows"].as_array().unwrap() {
+            let n = row["n"].as_f64().unwrap();
+            let per = |ms: Option<f64>| format!("{:.2} µs", ms.unwrap_or(0.0) * 1000.0 / n);
+            let (a, b, c) = (
+                row["plain_ms"].as_f64(),
+                row["lock_key_ms"].as_f64(),
+                row["lock_key_waiting_ms"].as_f64(),
+            );
+            md += &format!(
+                "| {n} | {} | {} | {} | {} | {} | {} |\n",
+                fmt_ms(a),
+                per(a),
+                fmt_ms(b),
+                per(b),
+                fmt_ms(c),
+                per(c)
+            );
+        }
+    }
     md
+}
+
+/// "PostgreSQL 15.20 (Debian ...) on x86_64..." -> "15.20".
+fn minor_version(server: &str) -> String {
+    server.split_whitespace().nth(1).unwrap_or("?").to_string()
+}
+
+/// Confirmed-termination time against N, plain SQL and pg_reaper, on a logarithmic time axis
+/// (the two differ a hundredfold), for the reference major; every other major's N = 200 point
+/// as well.
+fn draw_terminate_chart(all: &[Value], path: &Path) {
+    use plotters::prelude::*;
+    let Some(r) = reference(all) else {
+        return;
+    };
+    let series = |key: &str| -> Vec<(f64, f64)> {
+        r["terminate"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| (row["n"].as_f64().unwrap(), row[key].as_f64().unwrap()))
+            .collect()
+    };
+    let (plain, ours) = (series("plain_ms"), series("pg_reaper_ms"));
+    let max_n = plain.iter().map(|p| p.0).fold(0.0, f64::max) * 1.05;
+    let max_ms = plain.iter().map(|p| p.1).fold(1.0, f64::max) * 2.0;
+    let min_ms = ours.iter().map(|p| p.1).fold(f64::MAX, f64::min) / 2.0;
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "Terminate N idle sessions and confirm they are gone (PostgreSQL {REFERENCE_MAJOR})"
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..max_n, (min_ms..max_ms).log_scale())
+        .unwrap();
+    chart
+        .configure_mesh()
+        .x_desc("sessions terminated (N)")
+        .y_desc("time until all are confirmed gone (ms, log scale)")
+        .draw()
+        .unwrap();
+    for (points, color, label) in [
+        (&plain, &RED, "plain SQL: pg_terminate_backend(pid, 5000), one after another"),
+        (&ours, &BLUE, "pg_reaper: terminate_matching(filter, 5000)"),
+    ] {
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color))
+            .unwrap()
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .unwrap();
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()
+        .unwrap();
+    root.present().unwrap();
 }
 
 /// N idle sessions tagged `bench_idle`, opened from a few threads.
@@ -249,8 +441,8 @@ fn wait_none_left(me: &mut Client) {
         me.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
         let left: i64 = me
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                &[&APP],
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'bench%'",
+                &[],
             )
             .unwrap()
             .get(0);
@@ -268,17 +460,23 @@ fn time(f: impl FnOnce()) -> Duration {
     start.elapsed()
 }
 
-fn ms(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms >= 100.0 {
-        format!("{ms:.0} ms")
-    } else {
-        format!("{ms:.1} ms")
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn fmt_ms(ms: Option<f64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) if ms >= 100.0 => format!("{ms:.0} ms"),
+        Some(ms) => format!("{ms:.1} ms"),
     }
 }
 
-fn meminfo() -> String {
-    std::fs::read_to_string("/proc/meminfo")
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let ram = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
             m.lines()
@@ -287,11 +485,13 @@ fn meminfo() -> String {
         })
         .and_then(|kb| kb.parse::<u64>().ok())
         .map(|kb| format!("{} GiB RAM", kb / 1024 / 1024))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    format!("{cores} cores, {ram}")
 }
 
 fn today() -> String {
     std::process::Command::new("date")
+        .arg("-u")
         .arg("+%Y-%m-%d")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
