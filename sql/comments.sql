@@ -10,6 +10,10 @@ COMMENT ON FUNCTION reaper.cancel_then_terminate(jsonb, bigint, bigint) IS
 COMMENT ON FUNCTION reaper.validate_filter(jsonb) IS
     'The normalized filter, or the 22023 error the signalling functions would raise for it';
 COMMENT ON FUNCTION reaper.run_policies() IS
-    'Run every enabled policy of reaper.policies in name order, each with its owner''s privileges';
+    'Run every enabled policy of reaper.policies without a run_every, in name order, each with its owner''s privileges';
 COMMENT ON FUNCTION reaper.run_policy(text) IS
-    'Run one policy of reaper.policies, with its owner''s privileges';
+    'Run one policy of reaper.policies, scheduled or not, with its owner''s privileges';
+COMMENT ON FUNCTION reaper.worker_status() IS
+    'One row per policy the pg_reaper background worker schedules: where and how often it runs, its last run, its next';
+COMMENT ON FUNCTION reaper.worker() IS
+    'The pg_reaper background worker: its pid, what it is doing, and why it waits if it does';

@@ -9,7 +9,11 @@ CREATE TABLE reaper.policies (
     -- A policy signals with its owner's privileges, whoever runs it.
     owner      regrole     NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
     note       text,
-    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- The background worker runs the policy this often; NULL: only run_policies() runs it.
+    run_every  interval,
+    -- Where the worker runs it, since the same rows reach every node of a replicated cluster.
+    run_on     text        NOT NULL DEFAULT 'any'
 );
 REVOKE ALL ON reaper.policies FROM PUBLIC;
 
@@ -17,9 +21,13 @@ REVOKE ALL ON reaper.policies FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('reaper.policies', '');
 
 COMMENT ON TABLE reaper.policies IS
-    'pg_reaper policies: run by reaper.run_policies(), each with its owner''s privileges';
+    'pg_reaper policies: run by the background worker (run_every) or reaper.run_policies(), each with its owner''s privileges';
 COMMENT ON COLUMN reaper.policies.filter IS 'a pg_reaper filter (see reaper.validate_filter)';
 COMMENT ON COLUMN reaper.policies.action IS 'terminate, cancel or cancel_then_terminate';
+COMMENT ON COLUMN reaper.policies.run_every IS
+    'how often the pg_reaper background worker runs the policy (100 ms or more); NULL: only reaper.run_policies() runs it';
+COMMENT ON COLUMN reaper.policies.run_on IS
+    'where the worker runs it: any, primary or standby';
 COMMENT ON COLUMN reaper.policies.owner IS
     'the role whose privileges the policy signals with; only roles that may SET ROLE to it may write or run the policy';
 
@@ -42,6 +50,15 @@ BEGIN
     IF NEW.timeout_ms < 0 OR NEW.grace_ms < 0 THEN
         RAISE EXCEPTION 'policy "%": timeout_ms and grace_ms must not be negative', NEW.name
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.run_every < interval '100 milliseconds' THEN
+        RAISE EXCEPTION 'policy "%": run_every must be at least 100 milliseconds, not %', NEW.name, NEW.run_every
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.run_on NOT IN ('any', 'primary', 'standby') THEN
+        RAISE EXCEPTION 'policy "%": unknown run_on "%"', NEW.name, NEW.run_on
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use any, primary or standby.';
     END IF;
     IF NOT pg_has_role(current_user, NEW.owner, act_as) THEN
         RAISE EXCEPTION 'permission denied to write policy "%" owned by role %', NEW.name, NEW.owner

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use pgrx::prelude::*;
 
-use crate::compat;
 use crate::error::refuse;
 use crate::filter::{Filter, FilterError};
 use crate::jsonb_arg::JsonbText;
 use crate::pipeline::{self, Action};
 use crate::policy;
 use crate::report::{Actor, Columns, PolicyColumns, ResultRow};
+use crate::{compat, worker};
 
 /// The result columns every signalling function returns, in the contract's order.
 /// `$prefix` names columns that come before them (`policy` for the policy functions); the
@@ -142,4 +142,43 @@ fn duration(name: &str, ms: Option<i64>) -> Duration {
         Some(ms) if ms < 0 => refuse(&format!("{name} must not be negative, got {ms}")),
         Some(ms) => Duration::from_millis(ms as u64),
     }
+}
+
+/// One row per scheduled policy the background worker knows, from shared memory (so a hot
+/// standby answers too). No rows without `shared_preload_libraries = 'pg_reaper'`.
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::type_complexity)] // the columns are the contract
+fn worker_status() -> TableIterator<
+    'static,
+    (
+        name!(policy, String),
+        name!(run_on, String),
+        name!(run_every, Option<pgrx::datum::Interval>),
+        name!(last_run_at, Option<TimestampWithTimeZone>),
+        name!(last_duration_ms, Option<f64>),
+        name!(runs, i64),
+        name!(signalled, i64),
+        name!(last_outcomes, pgrx::JsonB),
+        name!(last_error, Option<String>),
+        name!(next_run_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    TableIterator::new(worker::status::policy_rows())
+}
+
+/// The worker itself: its pid (NULL while it restarts), what it is doing and why, from shared
+/// memory.
+#[pg_extern(volatile, parallel_safe)]
+fn worker() -> TableIterator<
+    'static,
+    (
+        name!(pid, Option<i32>),
+        name!(state, String),
+        name!(database, Option<String>),
+        name!(started_at, Option<TimestampWithTimeZone>),
+        name!(cycles, i64),
+        name!(message, Option<String>),
+    ),
+> {
+    TableIterator::once(worker::status::worker_row())
 }

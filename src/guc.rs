@@ -1,6 +1,9 @@
-//! pg_reaper's settings. Both are SUSET: a role that signals backends cannot hide that it did.
-//! The `pg_reaper.` prefix is reserved, so a misspelt setting is an error, as a misspelt filter
-//! key is.
+//! pg_reaper's settings. The two about records are SUSET: a role that signals backends cannot
+//! hide that it did. The worker's are read from the server's configuration (SIGHUP). The
+//! `pg_reaper.` prefix is reserved, so a misspelt setting is an error, as a misspelt filter key
+//! is.
+
+use std::ffi::CString;
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
@@ -9,6 +12,21 @@ pub static LOG_ACTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// One `reaper.log` row per non-preview result row.
 pub static AUDIT: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// Whether the background worker enforces the scheduled policies (off: it waits, parked).
+pub static WORKER: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// The database the worker connects to, where the extension is installed.
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// The database the worker is to connect to.
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "postgres".into())
+}
 
 pub fn register() {
     GucRegistry::define_bool_guc(
@@ -27,6 +45,22 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"pg_reaper.worker",
+        c"Whether the pg_reaper background worker enforces the scheduled policies.",
+        c"Off parks the worker without a restart; it needs shared_preload_libraries = 'pg_reaper'.",
+        &WORKER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_reaper.database",
+        c"The database the pg_reaper background worker connects to.",
+        c"The one where pg_reaper is installed; pg_stat_activity is cluster-wide, so one database covers every session.",
+        &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     #[cfg(feature = "test-hooks")]
     test_hooks::register();
     crate::compat::reserve_guc_prefix(c"pg_reaper");
@@ -41,6 +75,11 @@ pub mod test_hooks {
 
     /// A pause between choosing the victims and re-checking them.
     pub static RECHECK_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+    /// A policy whose runs panic (a Rust panic inside the run), to prove that nothing but the
+    /// run is lost.
+    pub static PANIC_POLICY: GucSetting<Option<std::ffi::CString>> =
+        GucSetting::<Option<std::ffi::CString>>::new(None);
 
     /// A pause between the re-check and the first victim's pinned check.
     pub static CHECK_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
@@ -59,6 +98,14 @@ pub mod test_hooks {
             60_000,
             GucContext::Suset,
             GucFlags::NO_SHOW_ALL | GucFlags::UNIT_MS,
+        );
+        GucRegistry::define_string_guc(
+            c"pg_reaper.test_panic_policy",
+            c"For tests: every run of the policy of this name panics.",
+            c"Proves that a panic inside a run costs that run only.",
+            &PANIC_POLICY,
+            GucContext::Sighup,
+            GucFlags::NO_SHOW_ALL,
         );
         GucRegistry::define_int_guc(
             c"pg_reaper.check_delay_ms",

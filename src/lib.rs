@@ -18,6 +18,7 @@ mod policy;
 mod report;
 mod role;
 mod signal;
+mod worker;
 
 pgrx::pg_module_magic!();
 
@@ -37,13 +38,19 @@ pgrx::extension_sql_file!(
         api::cancel_then_terminate,
         api::validate_filter,
         api::run_policies,
-        api::run_policy
+        api::run_policy,
+        api::worker_status,
+        api::worker
     ]
 );
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
+    // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register();
+    }
 }
 
 #[cfg(any(test, feature = "pg_test"))]

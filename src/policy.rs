@@ -1,5 +1,6 @@
 //! Stored policies (`reaper.policies`): each runs the same pipeline as a direct call, with its
 //! owner's privileges, in its own subtransaction so that one broken policy stops no other.
+//! `run_policies()` / `run_policy(name)` and the background worker are the callers.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
 
 use crate::error::{raise, refuse};
+use crate::filter::Filter;
 use crate::pipeline::{self, Action};
 use crate::report::{self, Actor, Audit, ResultRow};
 use crate::signal::{self, in_subtransaction};
@@ -15,27 +17,80 @@ use crate::{compat, role};
 
 const POLICIES_SQL: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
-       p.enabled
+       p.enabled, (pg_catalog.date_part('epoch', p.run_every) * 1000000)::pg_catalog.int8, p.run_on
   FROM reaper.policies p
- WHERE $1::pg_catalog.text IS NULL OR p.name OPERATOR(pg_catalog.=) $1
+ WHERE CASE $1::pg_catalog.int4
+         WHEN 0 THEN p.name OPERATOR(pg_catalog.=) $2
+         WHEN 1 THEN p.run_every IS NULL
+         ELSE p.enabled AND p.run_every IS NOT NULL
+       END
  ORDER BY p.name";
 
-/// One row of `reaper.policies`.
-struct Policy {
-    name: String,
-    filter: String,
-    action: String,
-    timeout_ms: i64,
-    grace_ms: i64,
-    owner: pg_sys::Oid,
-    enabled: bool,
+/// Which policies to read.
+#[derive(Debug, Clone, Copy)]
+pub enum Which<'a> {
+    /// One, by name, scheduled or not (`run_policy`).
+    Named(&'a str),
+    /// Those without a `run_every` (`run_policies`: the worker runs the others).
+    Unscheduled,
+    /// The enabled ones with a `run_every` (the worker).
+    Scheduled,
 }
 
-/// Runs every enabled policy in name order (or only `only`), returning each result row with
-/// its policy's name.
-pub fn run(only: Option<&str>) -> Vec<(String, ResultRow)> {
-    let policies = load(only);
-    if let Some(name) = only {
+/// Where the worker runs a policy (`reaper.policies.run_on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOn {
+    Any,
+    Primary,
+    Standby,
+}
+
+impl RunOn {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunOn::Any => "any",
+            RunOn::Primary => "primary",
+            RunOn::Standby => "standby",
+        }
+    }
+
+    /// Whether a policy with this `run_on` runs on this node now.
+    pub fn here(self, standby: bool) -> bool {
+        match self {
+            RunOn::Any => true,
+            RunOn::Primary => !standby,
+            RunOn::Standby => standby,
+        }
+    }
+}
+
+/// One row of `reaper.policies`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub filter: String,
+    pub action: String,
+    pub timeout_ms: i64,
+    pub grace_ms: i64,
+    pub owner: pg_sys::Oid,
+    pub enabled: bool,
+    pub run_every: Option<Duration>,
+    pub run_on: RunOn,
+}
+
+/// A policy's filter and action, validated: what the worker keeps between runs, so that a
+/// filter is parsed (and its regexes compiled) once per change of the policy.
+pub struct Prepared {
+    pub filter: Filter,
+    pub action: Action,
+}
+
+/// Runs every enabled policy without a `run_every`, in name order (or only `name`, scheduled
+/// or not), returning each result row with its policy's name.
+pub fn run(name: Option<&str>) -> Vec<(String, ResultRow)> {
+    let which = name.map_or(Which::Unscheduled, Which::Named);
+    let policies = load(which);
+    if let Some(name) = name {
         if policies.is_empty() {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
@@ -51,24 +106,62 @@ pub fn run(only: Option<&str>) -> Vec<(String, ResultRow)> {
             continue;
         }
         let actor = Actor::new(caller, policy.owner, Some(policy.name.clone()));
-        let sent_before = signal::delivered_so_far();
-        match in_subtransaction(|| run_one(&policy, &actor)) {
-            Ok(result) => rows.extend(result.into_iter().map(|r| (policy.name.clone(), r))),
-            Err(e) => {
-                let sent = signal::delivered_so_far() - sent_before;
-                let fatal = report::is_fatal_to_the_call(&e);
-                report_failure(&policy, &actor, &e, sent, !fatal);
-                report::rethrow_if_fatal_to_the_call(e);
-            }
+        if let Ok(result) = run_guarded(&policy, &actor, None) {
+            rows.extend(result.into_iter().map(|r| (policy.name.clone(), r)));
         }
     }
     rows
 }
 
-fn load(only: Option<&str>) -> Vec<Policy> {
+/// Runs one policy in a subtransaction of its own. A failure a policy can cause is reported
+/// (a WARNING with its SQLSTATE, a `failed` row saying what it had signalled) and returned as
+/// its message; anything else (a cancel, a shutdown, an internal error) ends the call.
+/// `prepared`: the filter and action validated earlier, if the caller keeps them.
+pub fn run_guarded(
+    policy: &Policy,
+    actor: &Actor,
+    prepared: Option<&Prepared>,
+) -> Result<Vec<ResultRow>, String> {
+    run_guarded_quietly(policy, actor, prepared, None)
+}
+
+/// `run_guarded`, except that a failure with the message `quiet` (the same as last time) is
+/// not reported again: the worker runs a policy every few hundred milliseconds, and a policy
+/// that keeps failing the same way must not flood the log and the audit trail.
+pub fn run_guarded_quietly(
+    policy: &Policy,
+    actor: &Actor,
+    prepared: Option<&Prepared>,
+    quiet: Option<&str>,
+) -> Result<Vec<ResultRow>, String> {
+    let sent_before = signal::delivered_so_far();
+    let ran = in_subtransaction(|| match prepared {
+        Some(p) => run_prepared(policy, p, actor),
+        None => run_prepared(policy, &prepare(policy), actor),
+    });
+    ran.map_err(|e| {
+        let sent = signal::delivered_so_far() - sent_before;
+        let fatal = report::is_fatal_to_the_call(&e);
+        let message = report::message(&e);
+        if sent > 0 || quiet != Some(message.as_str()) {
+            report_failure(policy, actor, &e, sent, !fatal);
+        }
+        report::rethrow_if_fatal_to_the_call(e);
+        message
+    })
+}
+
+pub fn load(which: Which) -> Vec<Policy> {
+    let (mode, name) = match which {
+        Which::Named(name) => (0, Some(name)),
+        Which::Unscheduled => (1, None),
+        Which::Scheduled => (2, None),
+    };
     Spi::connect(|client| -> SpiResult<Vec<Policy>> {
         let mut policies = Vec::new();
-        for row in client.select(POLICIES_SQL, None, &[only.into()])? {
+        for row in client.select(POLICIES_SQL, None, &[mode.into(), name.into()])? {
+            let run_every: Option<i64> = row.get(8)?;
+            let run_on: Option<String> = row.get(9)?;
             policies.push(Policy {
                 name: row.get(1)?.unwrap_or_default(),
                 filter: row.get(2)?.unwrap_or_default(),
@@ -77,6 +170,12 @@ fn load(only: Option<&str>) -> Vec<Policy> {
                 grace_ms: row.get(5)?.unwrap_or_default(),
                 owner: row.get(6)?.unwrap_or(pg_sys::InvalidOid),
                 enabled: row.get(7)?.unwrap_or(false),
+                run_every: run_every.map(|us| Duration::from_micros(us.max(0) as u64)),
+                run_on: match run_on.as_deref() {
+                    Some("primary") => RunOn::Primary,
+                    Some("standby") => RunOn::Standby,
+                    _ => RunOn::Any,
+                },
             });
         }
         Ok(policies)
@@ -89,9 +188,30 @@ fn load(only: Option<&str>) -> Vec<Policy> {
     })
 }
 
-/// Validates again what the table's trigger validated: the row may predate this version, or
-/// its owner may have been dropped since.
-fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
+/// Validates again what the table's trigger validated (the row may predate this version):
+/// the filter against the running server, and the action.
+pub fn prepare(policy: &Policy) -> Prepared {
+    let filter = crate::api::parse_filter(&policy.filter)
+        .unwrap_or_else(|e| refuse(&format!("its filter is invalid: {e}")));
+    let millis = |ms: i64| Duration::from_millis(ms.max(0) as u64);
+    let action = match policy.action.as_str() {
+        "terminate" => Action::Terminate {
+            timeout: millis(policy.timeout_ms),
+        },
+        "cancel" => Action::Cancel,
+        "cancel_then_terminate" => Action::CancelThenTerminate {
+            grace: millis(policy.grace_ms),
+            timeout: millis(policy.timeout_ms),
+        },
+        other => refuse(&format!("its action \"{other}\" is unknown")),
+    };
+    Prepared { filter, action }
+}
+
+/// Checks that the owner still exists and that the caller may act as it, then runs the
+/// pipeline with the owner's privileges.
+fn run_prepared(policy: &Policy, prepared: &Prepared, actor: &Actor) -> Vec<ResultRow> {
+    signal::test_hooks::panic_if_asked(&policy.name);
     if !role::exists(policy.owner) {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
@@ -113,21 +233,9 @@ fn run_one(policy: &Policy, actor: &Actor) -> Vec<ResultRow> {
             ),
         );
     }
-    let filter = crate::api::parse_filter(&policy.filter)
-        .unwrap_or_else(|e| refuse(&format!("its filter is invalid: {e}")));
-    let millis = |ms: i64| Duration::from_millis(ms.max(0) as u64);
-    let action = match policy.action.as_str() {
-        "terminate" => Action::Terminate {
-            timeout: millis(policy.timeout_ms),
-        },
-        "cancel" => Action::Cancel,
-        "cancel_then_terminate" => Action::CancelThenTerminate {
-            grace: millis(policy.grace_ms),
-            timeout: millis(policy.timeout_ms),
-        },
-        other => refuse(&format!("its action \"{other}\" is unknown")),
-    };
-    role::run_as(policy.owner, true, || pipeline::run(&filter, action, actor))
+    role::run_as(policy.owner, true, || {
+        pipeline::run(&prepared.filter, prepared.action, actor)
+    })
 }
 
 /// A failed policy: a WARNING for whoever ran it (and the server log), and a `failed` row in

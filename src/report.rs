@@ -24,6 +24,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Matched,
+        Outcome::Cancelled,
+        Outcome::Signalled,
+        Outcome::Terminated,
+        Outcome::TimedOut,
+        Outcome::Vanished,
+        Outcome::Denied,
+        Outcome::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Matched => "matched",
@@ -101,6 +112,15 @@ impl Actor {
     pub fn caller() -> Actor {
         let me = role::current();
         Actor::new(me, me, None)
+    }
+
+    /// The background worker running a policy: the caller is the worker itself (a superuser
+    /// session), named so in reaper.log and the LOG lines.
+    pub fn worker(owner: pg_sys::Oid, policy: &str) -> Actor {
+        Actor {
+            caller_name: crate::worker::WORKER_TYPE.to_string(),
+            ..Actor::new(role::current(), owner, Some(policy.to_string()))
+        }
     }
 }
 

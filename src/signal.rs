@@ -318,6 +318,19 @@ pub mod test_hooks {
         }
     }
 
+    /// A panic at the start of a run of the policy named by `pg_reaper.test_panic_policy`.
+    pub fn panic_if_asked(policy: &str) {
+        #[cfg(feature = "test-hooks")]
+        if crate::guc::test_hooks::PANIC_POLICY
+            .get()
+            .is_some_and(|p| p.to_bytes() == policy.as_bytes())
+        {
+            panic!("pg_reaper test hook: policy \"{policy}\" panics, as asked");
+        }
+        #[cfg(not(feature = "test-hooks"))]
+        let _ = policy;
+    }
+
     /// Between the re-check and the first victim's pinned check (not pinned).
     pub fn pause_before_check() {
         #[cfg(feature = "test-hooks")]

@@ -31,8 +31,9 @@ pub const MAX_ARRAY_ITEMS: usize = 10_000;
 pub const MAX_REGEX_BYTES: usize = 1 << 20;
 
 /// Backend types that only an exact `backend_type` string or array naming them can select, never
-/// a regex: the pg_cron scheduler would otherwise die to `{"backend_type": {"regex": "."}}`.
-pub const NAMED_ONLY_BACKEND_TYPES: &[&str] = &["pg_cron launcher"];
+/// a regex: the pg_cron scheduler and pg_reaper's own worker would otherwise die to
+/// `{"backend_type": {"regex": "."}}`.
+pub const NAMED_ONLY_BACKEND_TYPES: &[&str] = &["pg_cron launcher", "pg_reaper worker"];
 
 /// One backend as the matcher sees it. Timestamps are microseconds on any common epoch.
 #[derive(Debug, Clone, Default, PartialEq)]

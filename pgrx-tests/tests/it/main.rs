@@ -24,3 +24,4 @@ mod snapshot_fidelity;
 mod soak;
 mod upgrades;
 mod vanished;
+mod worker;
