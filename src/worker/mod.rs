@@ -225,7 +225,10 @@ fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
         // Said once while the same thing keeps failing the same way: cycles come every second,
         // runs every 100 ms.
         let new = SAID.with(|said| {
-            said.borrow_mut().insert(what.to_string(), error.clone()).as_deref() != Some(&error)
+            said.borrow_mut()
+                .insert(what.to_string(), error.clone())
+                .as_deref()
+                != Some(&error)
         });
         if new {
             log!("pg_reaper worker: {message}");

@@ -216,10 +216,19 @@ impl Entry {
 /// Whether the extension is there, at the library's version, in this database; if not, what
 /// the worker waits for.
 fn extension_ready(database: &str) -> Result<(), String> {
-    let version = Spi::get_one::<String>(
-        "SELECT e.extversion FROM pg_catalog.pg_extension e \
-          WHERE e.extname OPERATOR(pg_catalog.=) 'pg_reaper'",
-    )
+    // A read-only query through a read-only client: pgrx's Spi::get_one would assign a
+    // transaction id, which a hot standby refuses (and a primary need not spend).
+    let version: Option<String> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT e.extversion FROM pg_catalog.pg_extension e \
+                  WHERE e.extname OPERATOR(pg_catalog.=) 'pg_reaper'",
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one()
+    })
     .ok()
     .flatten();
     let library = env!("CARGO_PKG_VERSION");

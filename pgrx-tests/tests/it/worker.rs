@@ -515,3 +515,200 @@ fn wait_cycles(su: &mut Client, worker: i32, n: u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_primary_and_its_hot_standby_each_enforce_their_own_policies_and_promotion_goes_on() {
+    let primary = worker_cluster(&[], true);
+    primary.create_role("app", "");
+    let mut p = primary.superuser();
+    p.batch_execute(
+        "INSERT INTO reaper.policies (name, filter, run_every, run_on) VALUES \
+           ('primary-only', '{\"application_name\": \"on_primary\", \"state\": \"idle in transaction\"}', '200 ms', 'primary'), \
+           ('standby-only', '{\"application_name\": \"on_standby\", \"state\": \"idle in transaction\"}', '200 ms', 'standby')",
+    )
+    .unwrap();
+    let primary_worker = running_worker(&mut p);
+    let standby = Cluster::standby_of(
+        &primary,
+        Options {
+            settings: vec!["shared_preload_libraries = 'pg_reaper'".into()],
+            ..Options::default()
+        },
+    );
+    let mut s = standby.superuser();
+    assert!(
+        s.query_one("SELECT pg_is_in_recovery()", &[])
+            .unwrap()
+            .get::<_, bool>(0),
+        "a hot standby"
+    );
+    let standby_worker = running_worker(&mut s);
+    wait_for(
+        &mut s,
+        "SELECT count(*) = 2 FROM reaper.worker_status() WHERE runs > 0 OR next_run_at IS NULL",
+    );
+
+    // Each node terminates its own kind of session and leaves the other.
+    let on_primary = primary.session("app", "on_primary").idle_in_transaction();
+    let left_on_primary = primary.session("app", "on_standby").idle_in_transaction();
+    let on_standby = standby.session("app", "on_standby").idle_in_transaction();
+    let left_on_standby = standby.session("app", "on_primary").idle_in_transaction();
+    assert!(primary.wait_gone(on_primary.pid));
+    assert!(standby.wait_gone(on_standby.pid));
+    wait_cycles(&mut p, primary_worker, 3);
+    wait_cycles(&mut s, standby_worker, 3);
+    assert_eq!(left_on_primary.run("SELECT 1"), Ended::Ok);
+    assert_eq!(left_on_standby.run("SELECT 1"), Ended::Ok);
+    // On the standby nothing can be written: its LOG line is the record.
+    let line = standby.reaper_lines(on_standby.pid);
+    assert_eq!(line.len(), 1, "{line:?}");
+    assert!(line[0].contains(r#"policy="standby-only""#), "{}", line[0]);
+    assert_eq!(
+        count(
+            &mut p,
+            "SELECT count(*) FROM reaper.log WHERE policy = 'primary-only'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut p,
+            "SELECT count(*) FROM reaper.log WHERE policy = 'standby-only'"
+        ),
+        0
+    );
+    // The standby's status, from shared memory: the primary-only policy is not scheduled there.
+    wait_for(
+        &mut s,
+        "SELECT bool_and(CASE policy WHEN 'standby-only' THEN runs > 0 AND next_run_at IS NOT NULL \
+                                     ELSE runs = 0 AND next_run_at IS NULL END) \
+           FROM reaper.worker_status()",
+    );
+    drop(left_on_standby);
+
+    // Promotion: the same worker goes on, now as a primary's, and writes audit rows.
+    standby.promote();
+    wait_for(&mut s, "SELECT NOT pg_is_in_recovery()");
+    let promoted_victim = standby.session("app", "on_primary").idle_in_transaction();
+    assert!(standby.wait_gone(promoted_victim.pid));
+    wait_for(
+        &mut s,
+        &format!(
+            "SELECT count(*) = 1 FROM reaper.log WHERE pid = {} AND caller = 'pg_reaper worker' \
+               AND policy = 'primary-only'",
+            promoted_victim.pid
+        ),
+    );
+    assert_eq!(
+        worker_pid(&mut s),
+        Some(standby_worker),
+        "the same worker after promotion"
+    );
+    drop(left_on_primary);
+}
+
+#[test]
+fn the_workers_memory_stays_flat_over_10000_runs() {
+    // 50 policies with a regex and a lock key, every 100 ms, each run cancelling three idle
+    // sessions (delivered, and harmless to them): every run does the whole work.
+    let cluster = worker_cluster(&[], true);
+    cluster.create_role("app", "");
+    let idle: Vec<Session> = (0..3).map(|_| cluster.session("app", "mem")).collect();
+    let mut su = cluster.superuser();
+    let worker = running_worker(&mut su);
+    let values: Vec<String> = (0..50)
+        .map(|i| {
+            format!(
+                "('m{i:02}', '{{\"application_name\": {{\"regex\": \"^mem$\"}}, \"blocking\": false}}', 'cancel', '100 ms')"
+            )
+        })
+        .collect();
+    su.batch_execute(&format!(
+        "INSERT INTO reaper.policies (name, filter, action, run_every) VALUES {}",
+        values.join(", ")
+    ))
+    .unwrap();
+    let measure = |su: &mut Client, runs: i64| -> (i64, i64) {
+        wait_for_runs(su, runs);
+        let before = contexts_dumped(&cluster, worker);
+        su.query_one("SELECT pg_log_backend_memory_contexts($1)", &[&worker])
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while contexts_dumped(&cluster, worker).len() == before.len() {
+            assert!(Instant::now() < deadline, "no memory context dump");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let total = *contexts_dumped(&cluster, worker).last().unwrap();
+        (rss_anon_kb(worker), total)
+    };
+    let early = measure(&mut su, 1_000);
+    let late = measure(&mut su, 10_000);
+    println!(
+        "worker memory: RssAnon {} -> {} kB, contexts {} -> {} bytes",
+        early.0, late.0, early.1, late.1
+    );
+    for s in &idle {
+        assert_eq!(s.run("SELECT 1"), Ended::Ok);
+    }
+    let cancels = count(
+        &mut su,
+        "SELECT count(*) FROM reaper.log WHERE application_name = 'mem' AND outcome = 'cancelled'",
+    );
+    assert!(cancels >= 27_000, "{cancels} cancels audited");
+    assert_eq!(worker_pid(&mut su), Some(worker));
+    assert!(
+        late.0 - early.0 < 1024,
+        "RssAnon grew {} kB",
+        late.0 - early.0
+    );
+    assert!(
+        late.1 - early.1 < 256 * 1024,
+        "memory contexts grew {} bytes",
+        late.1 - early.1
+    );
+    record_figures(
+        "50-worker-memory",
+        &format!(
+            "## The worker's memory\n\n50 policies with a regex and a lock key, run every 100 ms by the worker, each run \
+             cancelling three idle sessions ({cancels} cancels audited): after 1,000 runs and after 10,000 runs the \
+             worker's RssAnon was {} kB and {} kB, its memory contexts {} and {} bytes.\n",
+            early.0, late.0, early.1, late.1
+        ),
+    );
+}
+
+/// Waits until the worker's policies have run `runs` times in all.
+fn wait_for_runs(su: &mut Client, runs: i64) {
+    let deadline = Instant::now() + PATIENCE * 12;
+    loop {
+        let done: i64 = su
+            .query_one(
+                "SELECT coalesce(sum(runs), 0)::bigint FROM reaper.worker_status()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if done >= runs {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {done} runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The "Grand total: N bytes" of every memory-context dump of `pid` in the server log.
+fn contexts_dumped(cluster: &Cluster, pid: i32) -> Vec<i64> {
+    cluster
+        .server_log()
+        .lines()
+        .filter(|l| l.contains(&format!("[{pid}]")) && l.contains("Grand total: "))
+        .filter_map(|l| {
+            l.split("Grand total: ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
