@@ -25,6 +25,8 @@ cat >>"$DIR/data/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $PORT
 unix_socket_directories = '$DIR'
+# The postmaster starts pg_reaper's background worker.
+shared_preload_libraries = 'pg_reaper'
 EOF
 as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
 
@@ -115,6 +117,27 @@ show "A policy, owned by ops (pg_signal_backend, pg_read_all_stats), run the way
      VALUES ('idle-tx', '{\"state\": \"idle in transaction\", \"min_state_age\": \"1 second\"}', 'terminate', 5000, 'ops',
              'idle transactions hold locks');
      SELECT policy, pid, usename, application_name, outcome, waited_ms FROM reaper.run_policies();"
+
+echo
+echo "==> the background worker: a policy with run_every, enforced with no call at all"
+sql -c "INSERT INTO reaper.policies (name, filter, action, run_every, owner, note)
+        VALUES ('idle-checkout', '{\"application_name\": \"checkout-2\", \"state\": \"idle in transaction\"}',
+                'terminate', '500 ms', 'ops', 'enforced by the worker, twice a second')"
+hold app "BEGIN; SELECT balance FROM accounts WHERE id = 3;" checkout-2
+wait_for "checkout-2 is idle in transaction" \
+    "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'checkout-2' AND state = 'idle in transaction'"
+started=$(date +%s%N)
+wait_for "the worker terminates checkout-2" \
+    "SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name = 'checkout-2'"
+echo "   checkout-2 was gone $(( ($(date +%s%N) - started) / 1000000 )) ms after it was seen idle in transaction; nobody called anything"
+
+show "What the worker knows (shared memory; a hot standby answers too)" \
+    "SELECT policy, run_on, run_every, runs, signalled, last_outcomes, last_error, last_duration_ms
+       FROM reaper.worker_status();"
+
+show "The worker itself: never a victim (no regex selects it), restarted by the postmaster if stopped" \
+    "SELECT w.pid, w.state, w.database, a.backend_type, a.application_name
+       FROM reaper.worker() w JOIN pg_stat_activity a USING (pid);"
 
 show "The audit trail: who killed what, when, and why" \
     "SELECT to_char(logged_at, 'HH24:MI:SS.MS') AS at, caller, run_as, policy, action, outcome, pid, application_name
