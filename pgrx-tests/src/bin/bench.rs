@@ -234,7 +234,10 @@ fn worker_figures() -> Value {
     let mut me = cluster.superuser();
     let worker: i32 = loop {
         let pid: Option<i32> = me
-            .query_one("SELECT pid FROM reaper.worker() WHERE state = 'running'", &[])
+            .query_one(
+                "SELECT pid FROM reaper.worker() WHERE state = 'running'",
+                &[],
+            )
             .map(|r| r.get(0))
             .unwrap_or(None);
         if let Some(pid) = pid {
@@ -255,7 +258,10 @@ fn worker_figures() -> Value {
     let mut latencies = Vec::new();
     for _ in 0..50 {
         let mut victim = cluster.connect_as("bench", "bench_victim");
-        let pid: i32 = victim.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let pid: i32 = victim
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
         victim.batch_execute("BEGIN; SELECT 1").unwrap();
         let matched = std::time::SystemTime::now();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -269,7 +275,10 @@ fn worker_figures() -> Value {
             if let Some(row) = row {
                 break row.get(0);
             }
-            assert!(Instant::now() < deadline, "the worker never signalled {pid}");
+            assert!(
+                Instant::now() < deadline,
+                "the worker never signalled {pid}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         };
         let matched = matched
@@ -308,15 +317,23 @@ fn worker_figures() -> Value {
     ))
     .unwrap();
     let runs = |me: &mut Client| -> i64 {
-        me.query_one("SELECT coalesce(sum(runs), 0)::bigint FROM reaper.worker_status()", &[])
-            .unwrap()
-            .get(0)
+        me.query_one(
+            "SELECT coalesce(sum(runs), 0)::bigint FROM reaper.worker_status()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
     };
     // Warm up, then measure 30 s of the worker's CPU time (schedstat: nanoseconds on CPU).
     std::thread::sleep(Duration::from_secs(3));
     let cpu = || -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{worker}/schedstat")).unwrap();
-        stat.split_whitespace().next().unwrap().parse::<f64>().unwrap() / 1e6
+        stat.split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            / 1e6
     };
     let (cpu0, runs0, t0) = (cpu(), runs(&mut me), Instant::now());
     std::thread::sleep(Duration::from_secs(30));
