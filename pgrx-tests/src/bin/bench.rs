@@ -203,8 +203,10 @@ fn preview_scaling(cluster: &Cluster, me: &mut Client) -> Value {
         println!(
             "preview scaling N={n}: plain {plain_t:?}, lock key {locks_t:?}, 20 waiting {waiting_t:?}"
         );
-        rows.push(json!({"n": n, "plain_ms": millis(plain_t), "lock_key_ms": millis(locks_t),
-                         "lock_key_waiting_ms": millis(waiting_t)}));
+        rows.push(
+            json!({"n": n, "plain_ms": millis(plain_t), "lock_key_ms": millis(locks_t),
+                         "lock_key_waiting_ms": millis(waiting_t)}),
+        );
         drop(_sessions);
         wait_none_left(me);
     }
@@ -392,7 +394,11 @@ fn draw_terminate_chart(all: &[Value], path: &Path) {
         .draw()
         .unwrap();
     for (points, color, label) in [
-        (&plain, &RED, "plain SQL: pg_terminate_backend(pid, 5000), one after another"),
+        (
+            &plain,
+            &RED,
+            "plain SQL: pg_terminate_backend(pid, 5000), one after another",
+        ),
         (&ours, &BLUE, "pg_reaper: terminate_matching(filter, 5000)"),
     ] {
         chart
