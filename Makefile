@@ -48,7 +48,7 @@ PGRX_TEST_DATA ?= /tmp/pg_reaper_pgrx$(PG)
 # Backtraces would end up in the DETAIL of every error the server reports.
 unexport RUST_BACKTRACE
 
-.PHONY: all deps tools pg-config install install-test-build releases test test-all unit-test pg-test \
+.PHONY: all deps tools pg-config install install-test-build releases upgrade-source test test-all unit-test pg-test \
         integration-test test-versions reliability-report reliability demo bench soak fuzz lint \
         package clean
 
@@ -142,16 +142,19 @@ pg-test: deps
 # tests), in one test binary, plus the pid-reuse binary. The integration binary does not
 # depend on the major: it is built once. (The soak runs briefly here; `make soak` runs it for
 # SOAK_SECS.)
-integration-test: install-test-build package releases
+integration-test: install-test-build package releases $(if $(filter 17,$(PG)),upgrade-source)
 	@rm -f target/skipped/pg$(PG).txt
-	PG_REAPER_DEB=$(CURDIR)/$(DEB) PG_REAPER_RELEASES=$(CURDIR)/target/releases $(CARGO) test --release -p pg_reaper_integration --tests --no-fail-fast -- --test-threads=$(TEST_THREADS)
+	PG_REAPER_DEB=$(CURDIR)/$(DEB) PG_REAPER_RELEASES=$(CURDIR)/target/releases \
+	$(if $(filter 17,$(PG)),PG_REAPER_UPGRADE_FROM=$(dir $(STOCK15_CONFIG))) \
+	$(CARGO) test --release -p pg_reaper_integration --tests --no-fail-fast -- --test-threads=$(TEST_THREADS)
 
 # Every supported major: the whole of `make test` on 15 (with pg_cron), then the #[pg_test]s
 # and the multi-session suite on 14, 16, 17 and 18 (pg_cron exists here only for 15: its tests
 # report themselves skipped there). One summary line per major, and the total.
-test-versions: test
+test-versions:
+	@$(MAKE) --no-print-directory test || true
 	@set -o pipefail; for v in $(filter-out 15,$(SUPPORTED_PG)); do \
-	    $(MAKE) --no-print-directory pg-test integration-test PG=$$v 2>&1 | tee target/test-pg$$v.log || true; \
+	    $(MAKE) --no-print-directory -k pg-test integration-test PG=$$v 2>&1 | tee target/test-pg$$v.log || true; \
 	done
 	@pgrx-tests/count-tests.sh --versions target/test.log $(foreach v,$(filter-out 15,$(SUPPORTED_PG)),target/test-pg$(v).log)
 
@@ -175,6 +178,17 @@ reliability:
 # forward to this tree's version.
 releases: deps
 	@pgrx-tests/build-releases.sh
+
+# The source of the pg_upgrade test (15 to 17), run with PG=17: a stock PostgreSQL 15 with this
+# tree's pg_reaper. (This machine's Debian postgresql-15 is a build that stores an attribute
+# option, pg_attver, on every column of every table; stock PostgreSQL 17 rejects it, so
+# pg_upgrade from that build fails for any table, pg_reaper's or not.)
+STOCK15_CONFIG := $(PG_DIST)/postgresql-15-stock/bin/pg_config
+$(STOCK15_CONFIG):
+	@pgrx-tests/postgres.sh 15-stock >/dev/null
+upgrade-source: deps $(STOCK15_CONFIG)
+	CARGO_TARGET_DIR=target/pg15-stock PGRX_PG_CONFIG_PATH=$(STOCK15_CONFIG) \
+	    $(CARGO) pgrx install --release --pg-config $(STOCK15_CONFIG)
 
 # ---- show, measure, ship ------------------------------------------------------------------
 demo: install

@@ -12,6 +12,8 @@ dist=${PG_DIST:-/opt/pg_reaper}
 
 case $major in
     15) echo /usr/lib/postgresql/15/bin/pg_config; exit 0 ;;
+    # A stock build of 15 (Debian's here is patched; see the Makefile's upgrade-source).
+    15-stock) version=15.19.0 ;;
     14) version=14.22.0 ;;
     16) version=16.15.0 ;;
     17) version=17.10.0 ;;

@@ -1,7 +1,14 @@
 -- What a DBA sees of the extension: its functions, tables, privileges and comments.
-\dx pg_reaper
+-- (\dx and \dt print differently from one psql to the next; these queries do not.)
+SELECT e.extname, e.extversion, n.nspname AS schema, e.extrelocatable AS relocatable,
+       pg_catalog.obj_description(e.oid, 'pg_extension') AS description
+  FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+ WHERE e.extname = 'pg_reaper';
 \df reaper.*
-\dt reaper.*
+SELECT c.relname, c.relkind, pg_catalog.pg_get_userbyid(c.relowner) AS owner
+  FROM pg_catalog.pg_class c
+ WHERE c.relnamespace = 'reaper'::regnamespace AND c.relkind = 'r'
+ ORDER BY 1;
 -- Privileges beyond the owner's (none: the DBA grants), and what PUBLIC may do.
 SELECT c.relname, a.grantee::regrole, a.privilege_type
   FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a

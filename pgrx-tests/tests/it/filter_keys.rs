@@ -1025,3 +1025,59 @@ fn a_parallel_leader_whose_worker_waits_is_blocked_as_pg_blocking_pids_says() {
     assert_eq!(holder.run("COMMIT"), Ended::Ok);
     assert_eq!(query.wait(), Ended::Ok);
 }
+
+#[test]
+fn an_exact_state_or_backend_type_must_be_one_the_running_server_has() {
+    let cluster = cluster();
+    let mut me = cluster.superuser();
+    let major = server_major();
+    let validate = |me: &mut Client, filter: &str| -> Result<(), String> {
+        me.query_one("SELECT reaper.validate_filter($1::text::jsonb)", &[&filter])
+            .map(|_| ())
+            .map_err(|e| {
+                assert_eq!(sqlstate(&e), Some("22023"), "{e}");
+                e.as_db_error().unwrap().message().to_string()
+            })
+    };
+    // Types that came with a major: accepted from it on, refused before, saying which server.
+    for (backend_type, since) in [
+        ("standalone backend", 16),
+        ("slotsync worker", 17),
+        ("walsummarizer", 17),
+        ("io worker", 18),
+    ] {
+        let result = validate(&mut me, &format!(r#"{{"backend_type": "{backend_type}"}}"#));
+        if major >= since {
+            assert_eq!(result, Ok(()), "{backend_type} on {major}");
+        } else {
+            assert_eq!(
+                result.unwrap_err(),
+                format!(
+                    r#"filter key "backend_type": PostgreSQL {major} has no backend type "{backend_type}""#
+                ),
+                "{backend_type} on {major}"
+            );
+        }
+    }
+    let typo = validate(
+        &mut me,
+        r#"{"backend_type": ["client backend", "walsnder"]}"#,
+    );
+    assert_eq!(
+        typo.unwrap_err(),
+        format!(
+            r#"filter key "backend_type": PostgreSQL {major} has no backend type "walsnder" (did you mean "walsender"?)"#
+        )
+    );
+    // 18 shows a backend that is still authenticating as `starting`.
+    let starting = validate(&mut me, r#"{"state": "starting"}"#);
+    assert_eq!(starting.is_ok(), major >= 18, "{starting:?}");
+    // Background workers: PostgreSQL's own and those running now are known; a regex is free.
+    for ok in [
+        r#"{"backend_type": "logical replication launcher", "include_superusers": true}"#,
+        r#"{"backend_type": "parallel worker"}"#,
+        r#"{"backend_type": {"regex": "anything at all"}}"#,
+    ] {
+        assert_eq!(validate(&mut me, ok), Ok(()), "{ok}");
+    }
+}
