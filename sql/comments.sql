@@ -17,3 +17,10 @@ COMMENT ON FUNCTION reaper.worker_status() IS
     'One row per policy the pg_reaper background worker schedules: where and how often it runs, its last run, its next';
 COMMENT ON FUNCTION reaper.worker() IS
     'The pg_reaper background worker: its pid, what it is doing, and why it waits if it does';
+
+-- The worker's status names the policies and their errors, which reaper.policies keeps from
+-- PUBLIC: for monitoring roles.
+REVOKE ALL ON FUNCTION reaper.worker_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reaper.worker() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reaper.worker_status() TO pg_monitor;
+GRANT EXECUTE ON FUNCTION reaper.worker() TO pg_monitor;

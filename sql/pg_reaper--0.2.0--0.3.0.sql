@@ -9,7 +9,7 @@ ALTER TABLE reaper.policies
 COMMENT ON TABLE reaper.policies IS
     'pg_reaper policies: run by the background worker (run_every) or reaper.run_policies(), each with its owner''s privileges';
 COMMENT ON COLUMN reaper.policies.run_every IS
-    'how often the pg_reaper background worker runs the policy (100 ms or more); NULL: only reaper.run_policies() runs it';
+    'how often the pg_reaper background worker runs the policy (100 ms to 1 year); NULL: only reaper.run_policies() runs it';
 COMMENT ON COLUMN reaper.policies.run_on IS
     'where the worker runs it: any, primary or standby';
 
@@ -31,8 +31,10 @@ BEGIN
         RAISE EXCEPTION 'policy "%": timeout_ms and grace_ms must not be negative', NEW.name
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NEW.run_every < interval '100 milliseconds' THEN
-        RAISE EXCEPTION 'policy "%": run_every must be at least 100 milliseconds, not %', NEW.name, NEW.run_every
+    -- isfinite: 17 has infinite intervals.
+    IF NEW.run_every < interval '100 milliseconds' OR NEW.run_every > interval '1 year'
+       OR NOT isfinite(NEW.run_every) THEN
+        RAISE EXCEPTION 'policy "%": run_every must be from 100 milliseconds to 1 year, not %', NEW.name, NEW.run_every
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF NEW.run_on NOT IN ('any', 'primary', 'standby') THEN
@@ -92,3 +94,10 @@ COMMENT ON FUNCTION reaper.worker_status() IS
     'One row per policy the pg_reaper background worker schedules: where and how often it runs, its last run, its next';
 COMMENT ON FUNCTION reaper.worker() IS
     'The pg_reaper background worker: its pid, what it is doing, and why it waits if it does';
+
+-- The worker's status names the policies and their errors, which reaper.policies keeps from
+-- PUBLIC: for monitoring roles.
+REVOKE ALL ON FUNCTION reaper.worker_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reaper.worker() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reaper.worker_status() TO pg_monitor;
+GRANT EXECUTE ON FUNCTION reaper.worker() TO pg_monitor;

@@ -25,7 +25,7 @@ COMMENT ON TABLE reaper.policies IS
 COMMENT ON COLUMN reaper.policies.filter IS 'a pg_reaper filter (see reaper.validate_filter)';
 COMMENT ON COLUMN reaper.policies.action IS 'terminate, cancel or cancel_then_terminate';
 COMMENT ON COLUMN reaper.policies.run_every IS
-    'how often the pg_reaper background worker runs the policy (100 ms or more); NULL: only reaper.run_policies() runs it';
+    'how often the pg_reaper background worker runs the policy (100 ms to 1 year); NULL: only reaper.run_policies() runs it';
 COMMENT ON COLUMN reaper.policies.run_on IS
     'where the worker runs it: any, primary or standby';
 COMMENT ON COLUMN reaper.policies.owner IS
@@ -51,8 +51,10 @@ BEGIN
         RAISE EXCEPTION 'policy "%": timeout_ms and grace_ms must not be negative', NEW.name
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NEW.run_every < interval '100 milliseconds' THEN
-        RAISE EXCEPTION 'policy "%": run_every must be at least 100 milliseconds, not %', NEW.name, NEW.run_every
+    -- isfinite: 17 has infinite intervals.
+    IF NEW.run_every < interval '100 milliseconds' OR NEW.run_every > interval '1 year'
+       OR NOT isfinite(NEW.run_every) THEN
+        RAISE EXCEPTION 'policy "%": run_every must be from 100 milliseconds to 1 year, not %', NEW.name, NEW.run_every
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF NEW.run_on NOT IN ('any', 'primary', 'standby') THEN

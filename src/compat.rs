@@ -498,3 +498,69 @@ pub fn clip_activity(raw: &[u8]) -> Option<String> {
         Some(owned)
     }
 }
+
+/// Makes SIGTERM end this background worker as it ends a backend: `die` sets the flags that
+/// the next CHECK_FOR_INTERRUPTS turns into a FATAL exit (code 1: the postmaster restarts it).
+pub fn terminate_on_sigterm() {
+    // SAFETY: installs PostgreSQL's own handler for this process.
+    unsafe {
+        // 18 renamed the backend's pqsignal to pqsignal_be.
+        #[cfg(not(feature = "pg18"))]
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres::die));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres::die));
+    }
+}
+
+/// PostgreSQL's own functions, where a signal handler needs the C symbol itself (pgrx's
+/// bindings wrap each function in Rust).
+mod postgres {
+    unsafe extern "C-unwind" {
+        /// tcop/postgres.c: the backends' SIGTERM handler.
+        pub fn die(postgres_signal_arg: std::ffi::c_int);
+    }
+}
+
+/// Sends this process's pending statistics to the cumulative statistics system; outside a
+/// transaction, as a backend does between statements.
+pub fn report_stats() {
+    // SAFETY: called between transactions. (15 made it return how long until the next flush;
+    // 14 returns nothing. Either way, nothing to do with it.)
+    unsafe {
+        #[allow(clippy::let_unit_value)]
+        let _ = pg_sys::pgstat_report_stat(false);
+    }
+}
+
+/// Why a background worker cannot connect to `database`, or None if it can: it does not
+/// exist, refuses connections, or was left invalid by an interrupted DROP DATABASE. In a
+/// transaction (syscache lookups on the shared catalog pg_database).
+pub fn why_not_connectable(database: &CStr) -> Option<String> {
+    /// datconnlimit of a database an interrupted DROP DATABASE left behind (back-patched to
+    /// every supported major in 2023: 14.9, 15.4, 16.0).
+    const DATCONNLIMIT_INVALID_DB: i32 = -2;
+    // SAFETY: syscache lookups in a transaction; the tuple is read, then released.
+    unsafe {
+        let oid = pg_sys::get_database_oid(database.as_ptr(), true);
+        if oid == pg_sys::InvalidOid {
+            return Some("does not exist".into());
+        }
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::DATABASEOID as i32,
+            pg_sys::Datum::from(oid),
+        );
+        if tuple.is_null() {
+            return Some("does not exist".into());
+        }
+        let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
+        let (allow, limit) = ((*form).datallowconn, (*form).datconnlimit);
+        pg_sys::ReleaseSysCache(tuple);
+        if limit == DATCONNLIMIT_INVALID_DB {
+            Some("is invalid (an interrupted DROP DATABASE left it): drop it".into())
+        } else if !allow {
+            Some("does not allow connections (datallowconn is false)".into())
+        } else {
+            None
+        }
+    }
+}

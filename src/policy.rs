@@ -15,16 +15,27 @@ use crate::report::{self, Actor, Audit, ResultRow};
 use crate::signal::{self, in_subtransaction};
 use crate::{compat, role};
 
-const POLICIES_SQL: &str = "\
+/// The columns of a policy, in `Policy` order. No operator is written bare: the worker runs
+/// this as a superuser, and a bare `*` or `=` resolves through search_path, where an exact match
+/// someone created in another schema would win over pg_catalog's (CVE-2018-1058).
+const POLICY_COLUMNS: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
-       p.enabled, (pg_catalog.date_part('epoch', p.run_every) * 1000000)::pg_catalog.int8, p.run_on
-  FROM reaper.policies p
- WHERE CASE $1::pg_catalog.int4
-         WHEN 0 THEN p.name OPERATOR(pg_catalog.=) $2
-         WHEN 1 THEN p.run_every IS NULL
-         ELSE p.enabled AND p.run_every IS NOT NULL
-       END
- ORDER BY p.name";
+       p.enabled,
+       CASE WHEN pg_catalog.isfinite(p.run_every) THEN pg_catalog.date_part('epoch', p.run_every) END,
+       p.run_on
+  FROM reaper.policies p";
+
+/// The same for an extension whose SQL is still older than 0.3.0 (the library was upgraded,
+/// `ALTER EXTENSION pg_reaper UPDATE` not yet run): no schedule, every policy run_policies'.
+const POLICY_COLUMNS_BEFORE_0_3: &str = "\
+SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
+       p.enabled, NULL::pg_catalog.float8, 'any'::pg_catalog.text
+  FROM reaper.policies p";
+
+/// The bounds of `run_every` (the table's trigger refuses others; a row may still bypass it,
+/// through logical replication or a disabled trigger).
+pub const RUN_EVERY_MIN: Duration = Duration::from_millis(100);
+pub const RUN_EVERY_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Which policies to read.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +109,9 @@ pub fn run(name: Option<&str>) -> Vec<(String, ResultRow)> {
             );
         }
     }
+    if name.is_none() {
+        say_if_scheduled_run_nowhere();
+    }
     let caller = role::current();
     let mut rows = Vec::new();
     for policy in policies {
@@ -111,6 +125,26 @@ pub fn run(name: Option<&str>) -> Vec<(String, ResultRow)> {
         }
     }
     rows
+}
+
+/// A NOTICE when enabled policies have a `run_every` but no worker runs them here: they would
+/// otherwise be silently enforced by nobody.
+fn say_if_scheduled_run_nowhere() {
+    let Some(why) = crate::worker::why_not_enforcing_here() else {
+        return;
+    };
+    let scheduled = load(Which::Scheduled);
+    if scheduled.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = scheduled.iter().map(|p| p.name.as_str()).collect();
+    notice!(
+        "pg_reaper: {} enabled polic{} with a run_every ({}) run{} only in the background worker, and none runs them here: {why}; reaper.run_policy(name) runs one",
+        names.len(),
+        if names.len() == 1 { "y" } else { "ies" },
+        names.join(", "),
+        if names.len() == 1 { "s" } else { "" },
+    );
 }
 
 /// Runs one policy in a subtransaction of its own. A failure a policy can cause is reported
@@ -151,16 +185,74 @@ pub fn run_guarded_quietly(
     })
 }
 
+/// Reads policies for `run_policies` / `run_policy`, whose library may be newer than the
+/// extension's SQL (between a package upgrade and `ALTER EXTENSION pg_reaper UPDATE`).
 pub fn load(which: Which) -> Vec<Policy> {
-    let (mode, name) = match which {
-        Which::Named(name) => (0, Some(name)),
-        Which::Unscheduled => (1, None),
-        Which::Scheduled => (2, None),
+    let scheduling = installed_version()
+        .and_then(|v| parse_version(&v))
+        .is_none_or(|v| v >= (0, 3, 0));
+    load_from(which, scheduling)
+}
+
+/// Reads policies for the worker, which runs only once the extension's SQL is this version.
+pub fn load_current(which: Which) -> Vec<Policy> {
+    load_from(which, true)
+}
+
+/// `pg_extension.extversion` of pg_reaper in this database, through a read-only query (a hot
+/// standby refuses a transaction id, which pgrx's Spi::get_one would assign).
+pub fn installed_version() -> Option<String> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT e.extversion FROM pg_catalog.pg_extension e \
+                  WHERE e.extname OPERATOR(pg_catalog.=) 'pg_reaper'",
+                Some(1),
+                &[],
+            )?
+            .first()
+            .get_one()
+    })
+    .ok()
+    .flatten()
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+fn load_from(which: Which, scheduling: bool) -> Vec<Policy> {
+    let columns = if scheduling {
+        POLICY_COLUMNS
+    } else {
+        POLICY_COLUMNS_BEFORE_0_3
     };
+    let (sql, name) = match which {
+        Which::Named(name) => (
+            format!("{columns} WHERE p.name OPERATOR(pg_catalog.=) $1"),
+            Some(name),
+        ),
+        Which::Unscheduled if scheduling => (
+            format!("{columns} WHERE p.run_every IS NULL ORDER BY p.name"),
+            None,
+        ),
+        Which::Unscheduled => (format!("{columns} ORDER BY p.name"), None),
+        Which::Scheduled if scheduling => (
+            format!("{columns} WHERE p.enabled AND p.run_every IS NOT NULL ORDER BY p.name"),
+            None,
+        ),
+        Which::Scheduled => return Vec::new(),
+    };
+    let args: Vec<pgrx::datum::DatumWithOid> = name.into_iter().map(Into::into).collect();
     Spi::connect(|client| -> SpiResult<Vec<Policy>> {
         let mut policies = Vec::new();
-        for row in client.select(POLICIES_SQL, None, &[mode.into(), name.into()])? {
-            let run_every: Option<i64> = row.get(8)?;
+        for row in client.select(&sql, None, &args)? {
+            let run_every: Option<f64> = row.get(8)?;
             let run_on: Option<String> = row.get(9)?;
             policies.push(Policy {
                 name: row.get(1)?.unwrap_or_default(),
@@ -170,7 +262,7 @@ pub fn load(which: Which) -> Vec<Policy> {
                 grace_ms: row.get(5)?.unwrap_or_default(),
                 owner: row.get(6)?.unwrap_or(pg_sys::InvalidOid),
                 enabled: row.get(7)?.unwrap_or(false),
-                run_every: run_every.map(|us| Duration::from_micros(us.max(0) as u64)),
+                run_every: run_every.map(run_every_from_seconds),
                 run_on: match run_on.as_deref() {
                     Some("primary") => RunOn::Primary,
                     Some("standby") => RunOn::Standby,
@@ -186,6 +278,14 @@ pub fn load(which: Which) -> Vec<Policy> {
             &format!("pg_reaper: could not read reaper.policies: {e}"),
         )
     })
+}
+
+/// A `run_every` in seconds (NaN or infinite where the interval was), within the bounds.
+fn run_every_from_seconds(seconds: f64) -> Duration {
+    if seconds.is_nan() || seconds >= RUN_EVERY_MAX.as_secs_f64() {
+        return RUN_EVERY_MAX;
+    }
+    Duration::from_secs_f64(seconds.max(0.0)).max(RUN_EVERY_MIN)
 }
 
 /// Validates again what the table's trigger validated (the row may predate this version):
@@ -242,7 +342,7 @@ fn run_prepared(policy: &Policy, prepared: &Prepared, actor: &Actor) -> Vec<Resu
 /// `reaper.log`, each saying how many signals the policy sent before it failed.
 /// (`record`: false when the error is about to end the whole call, taking any row with it.)
 /// The WARNING carries the error's own SQLSTATE.
-fn report_failure(policy: &Policy, actor: &Actor, e: &CaughtError, sent: u64, record: bool) {
+pub fn report_failure(policy: &Policy, actor: &Actor, e: &CaughtError, sent: u64, record: bool) {
     let what = match sent {
         0 => "it signalled nothing".to_string(),
         n => format!("it had sent {n} signal(s) first; the pg_reaper: LOG lines name them"),

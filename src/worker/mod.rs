@@ -52,11 +52,44 @@ pub fn loaded() -> bool {
     LOADED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Why no worker enforces the scheduled policies of the current database, if none does: the
+/// scheduled ones run nowhere then, and `run_policies()` says so.
+pub fn why_not_enforcing_here() -> Option<String> {
+    if !loaded() {
+        return Some("pg_reaper is not in shared_preload_libraries".into());
+    }
+    if !guc::WORKER.get() {
+        return Some("pg_reaper.worker is off".into());
+    }
+    // SAFETY: this session's own database, looked up in the syscache.
+    let here = unsafe {
+        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        (!name.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    let database = guc::database();
+    if here.as_deref() != Some(database.as_str()) {
+        return Some(format!(
+            "the worker runs the policies of database \"{database}\" (pg_reaper.database)"
+        ));
+    }
+    None
+}
+
 /// The worker process's entry point.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_reaper_worker_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SIGTERM (pg_terminate_backend, pg_ctl stop, pg_reaper.worker's restart) as a backend
+    // takes it: the next CHECK_FOR_INTERRUPTS ends the process, even in the middle of a run's
+    // wait. (pgrx's handler only sets a flag, which a run would not look at until its end.)
+    crate::compat::terminate_on_sigterm();
+    // SAFETY: registered once; runs at every exit of this process, error or not.
+    unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
     let database = guc::database();
     let died_connecting = {
         let mut s = STATUS.exclusive();
@@ -79,41 +112,60 @@ pub extern "C-unwind" fn pg_reaper_worker_main(_arg: pg_sys::Datum) {
     }
     STATUS.exclusive().connecting = false;
     set_application_name();
+    pin_settings();
     run(&database);
 }
 
-/// Connected to no database (shared catalogs only), waits until `database` exists, then exits
-/// so that the postmaster starts a worker that connects to it. One LOG line says what is
-/// missing; the wait itself is quiet.
+/// Leaves the status saying that no worker runs now.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    let mut s = STATUS.exclusive();
+    s.pid = 0;
+    s.state = State::Restarting;
+}
+
+/// Connected to no database (shared catalogs only), waits until `database` can be connected
+/// to, then exits so that the postmaster starts a worker that connects to it. One LOG line
+/// says what is missing; the wait itself is quiet.
 fn wait_for_database(database: &str) -> ! {
     // SAFETY: connects to no database, once.
     unsafe { pg_sys::BackgroundWorkerInitializeConnection(std::ptr::null(), std::ptr::null(), 0) };
     set_application_name();
-    let message = format!(
-        "database \"{database}\" (pg_reaper.database) does not exist; the worker waits for it"
-    );
-    log!("pg_reaper worker: {message}");
-    {
-        let mut s = STATUS.exclusive();
-        s.state = State::WaitingForDatabase;
-        s.message.set(&message);
-    }
     let name = std::ffi::CString::new(database).unwrap_or_default();
+    let mut said: Option<String> = None;
     for cycle in 1u64.. {
-        report_idle(&message, cycle);
-        if !BackgroundWorker::wait_latch(Some(CYCLE)) {
+        let missing = in_transaction("looking for the database", || {
+            crate::compat::why_not_connectable(&name)
+        })
+        .unwrap_or_else(|e| Some(e));
+        match missing {
+            // It can be connected to: the previous worker failed for a reason of the moment
+            // (a reload, a shortage); a quiet cycle, then a new worker tries again.
+            None if said.is_none() && cycle == 1 => {}
+            None => {
+                log!("pg_reaper worker: database \"{database}\" can be connected to now; connecting to it");
+                STATUS.exclusive().connecting = false;
+                exit_to_be_restarted();
+            }
+            Some(why) => {
+                let message =
+                    format!("database \"{database}\" (pg_reaper.database) {why}; the worker waits");
+                if said.as_deref() != Some(message.as_str()) {
+                    log!("pg_reaper worker: {message}");
+                    let mut s = STATUS.exclusive();
+                    s.state = State::WaitingForDatabase;
+                    s.message.set(&message);
+                    said = Some(message);
+                }
+            }
+        }
+        report_idle(said.as_deref().unwrap_or("connecting"), cycle);
+        sleep(CYCLE);
+        if said.is_none() {
+            STATUS.exclusive().connecting = false;
             exit_to_be_restarted();
         }
         if reload_config(database) {
-            exit_to_be_restarted();
-        }
-        let exists = in_transaction("looking for the database", || {
-            // SAFETY: a syscache lookup on the shared catalog pg_database, in a transaction.
-            unsafe { pg_sys::get_database_oid(name.as_ptr(), true) != pg_sys::InvalidOid }
-        })
-        .unwrap_or(false);
-        if exists {
-            log!("pg_reaper worker: database \"{database}\" exists now; connecting to it");
             STATUS.exclusive().connecting = false;
             exit_to_be_restarted();
         }
@@ -137,13 +189,14 @@ fn run(database: &str) -> ! {
             m => m,
         };
         report_idle(&doing, cycle);
-        let sleep = wake
-            .saturating_duration_since(Instant::now())
-            .min(CYCLE)
-            .max(Duration::from_millis(1));
-        if !BackgroundWorker::wait_latch(Some(sleep)) {
-            exit_to_be_restarted();
-        }
+        // Statistics (the audit inserts, the scans) reach pg_stat_* between cycles, outside
+        // any transaction, as a backend's do between statements.
+        crate::compat::report_stats();
+        sleep(
+            wake.saturating_duration_since(Instant::now())
+                .min(CYCLE)
+                .max(Duration::from_millis(1)),
+        );
         if reload_config(database) {
             log!("pg_reaper worker: pg_reaper.database changed; restarting to connect to the new one");
             exit_to_be_restarted();
@@ -177,9 +230,50 @@ fn reload_config(database: &str) -> bool {
 /// again a second later (exit code 0 would unregister it until the server restarts). The
 /// postmaster's own shutdown stops it for good.
 fn exit_to_be_restarted() -> ! {
-    STATUS.exclusive().pid = 0;
-    // SAFETY: the normal way out of a background worker.
+    // SAFETY: the normal way out of a background worker (on_exit updates the status).
     unsafe { pg_sys::proc_exit(1) }
+}
+
+/// Sleeps on the latch for at most `duration`. A SIGTERM ends the process here; a cancel
+/// (SIGINT) means nothing to an idle worker and is dropped, rather than becoming an ERROR
+/// with no transaction to catch it, which would end the process.
+fn sleep(duration: Duration) {
+    // SAFETY: MyLatch is this process's own latch; the flags are this process's own.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            duration.as_millis().max(1) as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        pg_sys::QueryCancelPending = 0;
+    }
+    check_for_interrupts!();
+}
+
+/// Settings the database's or a role's defaults must not change for the worker, which runs
+/// as a superuser: `search_path` (an object someone created in a schema on it could otherwise
+/// run with the worker's rights), read-only and isolation defaults (which would stop the audit
+/// or enforcement), and a lock timeout, so that a lock held on `reaper.policies` cannot stall
+/// it (it then runs the policies as last read).
+fn pin_settings() {
+    for (name, value) in [
+        (c"search_path", c"pg_catalog, pg_temp"),
+        (c"default_transaction_read_only", c"off"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"lock_timeout", c"500"),
+    ] {
+        // SAFETY: sets a setting for this process, at the highest source, once at start.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            );
+        }
+    }
 }
 
 /// `application_name = 'pg_reaper worker'`, as pg_stat_activity and log_line_prefix show it.
@@ -209,9 +303,10 @@ fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
     // SAFETY: the worker's memory context outlives every transaction; restored after an abort.
     let context = unsafe { pg_sys::CurrentMemoryContext };
     PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-        Ok(BackgroundWorker::transaction(std::panic::AssertUnwindSafe(
-            f,
-        )))
+        let result = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(f));
+        // Succeeded: the next failure is news again.
+        SAID.with(|said| said.borrow_mut().remove(what));
+        Ok(result)
     }))
     .catch_others(|e| {
         // SAFETY: the error is already copied and flushed; this rolls the transaction back, as

@@ -17,72 +17,125 @@ use crate::signal::in_subtransaction;
 struct Entry {
     policy: Policy,
     /// The filter and action, validated; None until the first run after a change, or when the
-    /// policy is invalid (then `error` says why).
+    /// policy is invalid (then `last_error` says why).
     prepared: Option<Prepared>,
     next_run: Instant,
+    /// The last run's error, whole (the status keeps a clipped copy): while the same failure
+    /// repeats, it is not reported again.
+    last_error: Option<String>,
     slot: PolicySlot,
 }
 
 #[derive(Default)]
 pub struct Schedule {
     entries: BTreeMap<String, Entry>,
+    /// When the table was last read: a run never uses a row read more than a cycle ago.
+    read_at: Option<Instant>,
     /// The last thing said in the server log about waiting, so that it is said once.
     said: Option<String>,
 }
 
+/// Why the policies could not be read.
+enum Unread {
+    /// The extension is not there (yet): nothing to run.
+    Waiting,
+    /// The read failed (a lock held on `reaper.policies`, most likely): the policies as last
+    /// read go on running, so that the session holding that lock cannot stop the very policy
+    /// that would end it.
+    Failed,
+}
+
 impl Schedule {
-    /// Reads the policies, runs those that are due, each in a transaction of its own (an error
-    /// in one, even a panic, costs that run only), publishes the status. Returns when the next
-    /// one is due.
+    /// Runs the policies that are due, in name order, each in a transaction of its own (an
+    /// error in one, even a panic, costs that run only), re-reading the table whenever the
+    /// last read is a cycle old; publishes the status. Returns when the next one is due.
     pub fn cycle(&mut self, database: &str) -> Instant {
-        let now = Instant::now();
-        let standby = match in_transaction("reading the policies", || self.read(database, now)) {
-            Ok(Some(standby)) => standby,
-            Ok(None) | Err(_) => {
-                self.publish();
-                return now + super::CYCLE;
-            }
-        };
-        let mut wake = now + super::CYCLE;
-        for entry in self.entries.values_mut() {
-            entry.slot.runs_here = entry.policy.run_on.here(standby);
-            if !entry.slot.runs_here {
-                entry.slot.next_run_at = 0;
-                continue;
-            }
-            if entry.next_run <= Instant::now() {
-                let started = Instant::now();
-                let what = format!("policy \"{}\"", entry.policy.name);
-                if let Err(message) = in_transaction(&what, || entry.run()) {
-                    entry.finish(started, Err(message), &[]);
+        let mut ran: Vec<String> = Vec::new();
+        loop {
+            let stale = self.read_at.is_none_or(|at| at.elapsed() >= super::CYCLE);
+            if stale {
+                match self.refresh(database) {
+                    Ok(()) => {}
+                    Err(Unread::Waiting) => {
+                        self.publish();
+                        return Instant::now() + super::CYCLE;
+                    }
+                    Err(Unread::Failed) => {
+                        // Retried next time round, at the earliest in a cycle.
+                        self.read_at = Some(Instant::now());
+                    }
                 }
             }
-            wake = wake.min(entry.next_run);
-            entry.slot.next_run_at =
-                timestamp_in(entry.next_run.saturating_duration_since(Instant::now()));
+            let now = Instant::now();
+            let due = self
+                .entries
+                .iter()
+                .find(|(name, e)| e.next_run <= now && !ran.contains(name))
+                .map(|(name, _)| name.clone());
+            let Some(name) = due else { break };
+            ran.push(name.clone());
+            let entry = self.entries.get_mut(&name).expect("a listed policy");
+            let started = Instant::now();
+            let runs_before = entry.slot.runs;
+            let what = format!("policy \"{name}\"");
+            if let Err(message) = in_transaction(&what, || entry.run()) {
+                if entry.slot.runs == runs_before {
+                    entry.finish(started, Err(message), &[]);
+                } else {
+                    // The run was done and counted; its transaction failed to commit.
+                    entry.last_error = Some(message.clone());
+                    entry.slot.last_error.set(&message);
+                }
+            }
+        }
+        let mut wake = Instant::now() + super::CYCLE;
+        for entry in self.entries.values_mut() {
+            if entry.slot.runs_here {
+                wake = wake.min(entry.next_run);
+                entry.slot.next_run_at =
+                    timestamp_in(entry.next_run.saturating_duration_since(Instant::now()));
+            } else {
+                entry.slot.next_run_at = 0;
+            }
         }
         self.publish();
         wake
     }
 
-    /// pg_reaper.worker = off: nothing runs; the status says so.
+    /// pg_reaper.worker = off: nothing runs; the status says so and lists no policy.
     pub fn park(&mut self) {
         let mut s = STATUS.exclusive();
         s.state = State::Off;
         s.message.set("pg_reaper.worker is off");
+        s.policy_count = 0;
         self.said = None;
+        self.read_at = None;
     }
 
-    /// Checks the extension and reads the scheduled policies. Some(whether this node is a
-    /// standby) when the worker can run them; None while it waits for the extension.
-    fn read(&mut self, database: &str, now: Instant) -> Option<bool> {
+    /// Reads the table again, in a transaction of its own.
+    fn refresh(&mut self, database: &str) -> Result<(), Unread> {
+        let now = Instant::now();
+        match in_transaction("reading the policies", || self.read(database, now)) {
+            Ok(true) => {
+                self.read_at = Some(now);
+                Ok(())
+            }
+            Ok(false) => Err(Unread::Waiting),
+            Err(_) if self.entries.is_empty() => Err(Unread::Waiting),
+            Err(_) => Err(Unread::Failed),
+        }
+    }
+
+    /// Checks the extension and reads the scheduled policies; false while it waits for the
+    /// extension.
+    fn read(&mut self, database: &str, now: Instant) -> bool {
         if let Err(waiting) = extension_ready(database) {
             self.say(&waiting);
             let mut s = STATUS.exclusive();
             s.state = State::WaitingForExtension;
             s.message.set(&waiting);
             self.entries.clear();
-            return None;
+            return false;
         }
         if self.said.take().is_some() {
             log!("pg_reaper worker: enforcing the scheduled policies of database \"{database}\"");
@@ -93,9 +146,8 @@ impl Schedule {
             s.message.set("");
             s.cycles += 1;
         }
-        self.sync(policy::load(Which::Scheduled), now);
-        // SAFETY: reads shared state set by the startup process.
-        Some(unsafe { pg_sys::RecoveryInProgress() })
+        self.sync(policy::load_current(Which::Scheduled), now);
+        true
     }
 
     /// Follows the table: new policies run at once, changed ones are validated again, deleted
@@ -107,6 +159,7 @@ impl Schedule {
                 Some(mut entry) => {
                     if entry.policy != policy {
                         entry.prepared = None;
+                        entry.last_error = None;
                         entry.slot.last_error.set("");
                         if entry.policy.run_every != policy.run_every {
                             entry.next_run = now;
@@ -118,10 +171,12 @@ impl Schedule {
                 None => {
                     let mut slot = PolicySlot::EMPTY;
                     slot.name.set(&policy.name);
+                    slot.runs_here = true;
                     Entry {
                         policy,
                         prepared: None,
                         next_run: now,
+                        last_error: None,
                         slot,
                     }
                 }
@@ -158,22 +213,39 @@ impl Entry {
     /// WARNING and a `failed` row the first time it happens; while the same failure repeats,
     /// only `last_error` shows it (a policy run every 100 ms must not flood the log).
     fn run(&mut self) {
+        // Where this runs is decided in the run's own transaction: a standby promoted since
+        // the last run is a primary now.
+        // SAFETY: reads shared state set by the startup process, and this transaction's own.
+        let (standby, began_in_recovery) = unsafe {
+            (
+                pg_sys::RecoveryInProgress(),
+                pg_sys::TransactionStartedDuringRecovery(),
+            )
+        };
+        self.slot.runs_here = self.policy.run_on.here(standby);
+        if !self.slot.runs_here {
+            self.next_run = Instant::now() + super::CYCLE;
+            return;
+        }
+        if began_in_recovery && !standby {
+            // Promoted a moment ago: this transaction is still read-only, and could not write
+            // the audit rows. The next cycle runs it in one that can.
+            return;
+        }
         let started = Instant::now();
         // SAFETY: reads the clock.
         self.slot.last_run_at = unsafe { pg_sys::GetCurrentTimestamp() };
         report_running(&self.policy.name);
-        let previous_error = self.slot.last_error.get();
-        let quiet = (!previous_error.is_empty()).then_some(previous_error.as_str());
+        let quiet = self.last_error.clone();
+        let actor = Actor::worker(self.policy.owner, &self.policy.name);
         if self.prepared.is_none() {
             match in_subtransaction(|| policy::prepare(&self.policy)) {
                 Ok(p) => self.prepared = Some(p),
                 Err(e) => {
                     let message = crate::report::message(&e);
-                    if quiet != Some(message.as_str()) {
-                        warning!(
-                            "pg_reaper: policy \"{}\" failed (it signalled nothing): {message}",
-                            self.policy.name
-                        );
+                    if quiet.as_deref() != Some(message.as_str()) {
+                        let fatal = crate::report::is_fatal_to_the_call(&e);
+                        policy::report_failure(&self.policy, &actor, &e, 0, !fatal);
                     }
                     crate::report::rethrow_if_fatal_to_the_call(e);
                     self.finish(started, Err(message), &[]);
@@ -181,9 +253,12 @@ impl Entry {
                 }
             }
         }
-        let actor = Actor::worker(self.policy.owner, &self.policy.name);
-        let result =
-            policy::run_guarded_quietly(&self.policy, &actor, self.prepared.as_ref(), quiet);
+        let result = policy::run_guarded_quietly(
+            &self.policy,
+            &actor,
+            self.prepared.as_ref(),
+            quiet.as_deref(),
+        );
         match result {
             Ok(rows) => {
                 let outcomes: Vec<Outcome> = rows.iter().map(|r| r.outcome).collect();
@@ -195,7 +270,7 @@ impl Entry {
 
     fn finish(&mut self, started: Instant, result: Result<(), String>, outcomes: &[Outcome]) {
         let every = self.policy.run_every.unwrap_or(super::CYCLE);
-        self.next_run = started + every;
+        self.next_run = started.checked_add(every).unwrap_or(started + super::CYCLE);
         self.slot.runs += 1;
         self.slot.last_duration_us = started.elapsed().as_micros() as i64;
         self.slot.last_outcomes = [0; Outcome::ALL.len()];
@@ -207,8 +282,14 @@ impl Entry {
             }
         }
         match result {
-            Ok(()) => self.slot.last_error.set(""),
-            Err(message) => self.slot.last_error.set(&message),
+            Ok(()) => {
+                self.last_error = None;
+                self.slot.last_error.set("");
+            }
+            Err(message) => {
+                self.slot.last_error.set(&message);
+                self.last_error = Some(message);
+            }
         }
     }
 }
@@ -216,21 +297,7 @@ impl Entry {
 /// Whether the extension is there, at the library's version, in this database; if not, what
 /// the worker waits for.
 fn extension_ready(database: &str) -> Result<(), String> {
-    // A read-only query through a read-only client: pgrx's Spi::get_one would assign a
-    // transaction id, which a hot standby refuses (and a primary need not spend).
-    let version: Option<String> = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT e.extversion FROM pg_catalog.pg_extension e \
-                  WHERE e.extname OPERATOR(pg_catalog.=) 'pg_reaper'",
-                Some(1),
-                &[],
-            )?
-            .first()
-            .get_one()
-    })
-    .ok()
-    .flatten();
+    let version = policy::installed_version();
     let library = env!("CARGO_PKG_VERSION");
     match version {
         None => Err(format!(
@@ -253,6 +320,7 @@ fn report_running(policy: &str) {
 
 /// The PostgreSQL timestamp `after` from now.
 fn timestamp_in(after: Duration) -> i64 {
+    let after = i64::try_from(after.as_micros()).unwrap_or(i64::MAX);
     // SAFETY: reads the clock.
-    unsafe { pg_sys::GetCurrentTimestamp() + after.as_micros() as i64 }
+    unsafe { pg_sys::GetCurrentTimestamp() }.saturating_add(after)
 }

@@ -46,7 +46,7 @@ impl<const N: usize> Text<N> {
 /// One scheduled policy, as the worker last ran it.
 #[derive(Clone, Copy)]
 pub struct PolicySlot {
-    pub name: Text<64>,
+    pub name: Text<256>,
     pub run_on: RunOn,
     /// Whether `run_on` lets it run on this node now.
     pub runs_here: bool,
@@ -87,6 +87,8 @@ pub enum State {
     WaitingForExtension,
     Off,
     Running,
+    /// Exited; the postmaster starts it again a second later.
+    Restarting,
 }
 
 impl State {
@@ -98,6 +100,7 @@ impl State {
             State::WaitingForExtension => "waiting for the extension",
             State::Off => "off",
             State::Running => "running",
+            State::Restarting => "restarting",
         }
     }
 }

@@ -71,11 +71,32 @@ SELECT line FROM (
   SELECT pg_catalog.format('member %s', pg_catalog.pg_describe_object(m.classid, m.objid, 0)) FROM member m
 ) described ORDER BY line"#;
 
-/// The rows that must survive an upgrade, as text.
-const DATA: &str = "SELECT (SELECT coalesce(pg_catalog.string_agg(p::text, E'\\n' ORDER BY p.name), '') \
-                      FROM reaper.policies p) || E'\\n--\\n' || \
-                   (SELECT coalesce(pg_catalog.string_agg(l::text, E'\\n' ORDER BY l.logged_at, l.pid), '') \
-                      FROM reaper.log l)";
+/// The columns of reaper.policies and reaper.log, as a select list each.
+fn columns(client: &mut Client) -> (String, String) {
+    let mut of = |table: &str| -> String {
+        client
+            .query_one(
+                "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute \
+                  WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+                &[&table],
+            )
+            .unwrap()
+            .get(0)
+    };
+    (of("reaper.policies"), of("reaper.log"))
+}
+
+/// The rows that must survive an upgrade, as text, in the given columns (those before the
+/// upgrade: it may add columns, whose defaults are checked apart).
+fn data(client: &mut Client, (policies, log): &(String, String)) -> String {
+    let sql = format!(
+        "SELECT (SELECT coalesce(pg_catalog.string_agg(ROW({policies})::text, E'\\n' ORDER BY name), '') \
+                   FROM reaper.policies) || E'\\n--\\n' || \
+                (SELECT coalesce(pg_catalog.string_agg(ROW({log})::text, E'\\n' ORDER BY logged_at, pid), '') \
+                   FROM reaper.log)"
+    );
+    client.query_one(&sql, &[]).unwrap().get(0)
+}
 
 fn lines(client: &mut Client, sql: &str) -> Vec<String> {
     client
@@ -236,7 +257,6 @@ fn every_earlier_release_upgrades_in_place_to_a_fresh_install() {
         su.batch_execute(&format!("CREATE EXTENSION pg_reaper VERSION '{version}'"))
             .unwrap();
         make_history(&cluster, &mut su);
-        let before: String = su.query_one(DATA, &[]).unwrap().get(0);
         drop(su);
 
         // The new version beside the old one, as a package upgrade leaves them.
@@ -244,6 +264,26 @@ fn every_earlier_release_upgrades_in_place_to_a_fresh_install() {
         install_from(&current, &dir);
         cluster.start_server();
         let mut su = cluster.superuser();
+        // Until ALTER EXTENSION UPDATE, the new library serves the old SQL: pg_cron's calls
+        // of the old functions go on working.
+        let victim = cluster
+            .session("app", "upgrade_victim")
+            .idle_in_transaction();
+        let rows = call(&mut su, "reaper.run_policies()", "")
+            .unwrap_or_else(|e| panic!("{version}'s SQL with the new library: {e}"));
+        assert_eq!(pids(&rows), vec![victim.pid], "from {version}");
+        assert!(cluster.wait_gone(victim.pid));
+        let other = cluster.session("app", "upgrade_other");
+        assert_eq!(
+            pids(&preview(
+                &mut su,
+                r#"{"application_name": "upgrade_other"}"#
+            )),
+            vec![other.pid]
+        );
+        drop(other);
+        let old_columns = columns(&mut su);
+        let before = data(&mut su, &old_columns);
         su.batch_execute("ALTER EXTENSION pg_reaper UPDATE")
             .unwrap();
         let now: String = su
@@ -255,8 +295,18 @@ fn every_earlier_release_upgrades_in_place_to_a_fresh_install() {
             .get(0);
         assert_eq!(now, target, "from {version}");
         let upgraded = lines(&mut su, CATALOG);
-        let after: String = su.query_one(DATA, &[]).unwrap().get(0);
+        let after = data(&mut su, &old_columns);
         assert_eq!(after, before, "from {version}: policies and log rows kept");
+        // Columns added since (0.3.0: run_every, run_on) hold their defaults: no policy an
+        // upgrade made a scheduled one.
+        assert_eq!(
+            count(
+                &mut su,
+                "SELECT count(*) FROM reaper.policies WHERE run_every IS NOT NULL OR run_on <> 'any'"
+            ),
+            0,
+            "from {version}"
+        );
 
         su.batch_execute("CREATE DATABASE fresh").unwrap();
         let mut fresh = cluster.connect_to("postgres", "fresh");
@@ -342,7 +392,8 @@ fn pg_upgrade_from_15_to_17_keeps_pg_reaper_and_its_rows() {
     });
     let mut su = old.superuser();
     make_history(&old, &mut su);
-    let before: String = su.query_one(DATA, &[]).unwrap().get(0);
+    let old_columns = columns(&mut su);
+    let before = data(&mut su, &old_columns);
     drop(su);
     old.stop_server();
 
@@ -412,7 +463,7 @@ fn pg_upgrade_from_15_to_17_keeps_pg_reaper_and_its_rows() {
         .unwrap()
         .get(0);
     assert_eq!(version, target);
-    let after: String = su.query_one(DATA, &[]).unwrap().get(0);
+    let after = data(&mut su, &old_columns);
     assert_eq!(after, before, "policies and log rows kept by pg_upgrade");
     let upgraded = lines(&mut su, CATALOG);
     su.batch_execute("CREATE DATABASE fresh").unwrap();

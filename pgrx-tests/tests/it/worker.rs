@@ -356,7 +356,6 @@ fn without_the_extension_the_worker_waits_quietly_and_then_enforces() {
     wait_cycles(&mut su, worker, 3);
     assert_eq!(count_in_log(&cluster, waiting), 1, "no log flood");
     su.batch_execute("CREATE EXTENSION pg_reaper").unwrap();
-    assert_eq!(worker_state(&mut su), "waiting for the extension");
     let tag = tag("created_later");
     su.batch_execute(&format!(
         "INSERT INTO reaper.policies (name, filter, run_every) VALUES \
@@ -396,8 +395,7 @@ fn without_its_database_the_worker_waits_quietly_and_then_enforces() {
     let cluster = worker_cluster(&["pg_reaper.database = 'reaper_db'"], false);
     cluster.create_role("app", "");
     let mut su = cluster.superuser();
-    let waiting =
-        r#"database "reaper_db" (pg_reaper.database) does not exist; the worker waits for it"#;
+    let waiting = r#"database "reaper_db" (pg_reaper.database) does not exist; the worker waits"#;
     let deadline = Instant::now() + PATIENCE;
     while count_in_log(&cluster, waiting) == 0 {
         assert!(Instant::now() < deadline, "{}", cluster.server_log());
@@ -604,6 +602,21 @@ fn a_primary_and_its_hot_standby_each_enforce_their_own_policies_and_promotion_g
         Some(standby_worker),
         "the same worker after promotion"
     );
+    // Promotion cost no run: no failure recorded, no WARNING (a run whose transaction began
+    // during recovery waits for the next one, which can write).
+    assert_eq!(
+        count(
+            &mut s,
+            "SELECT count(*) FROM reaper.log WHERE outcome = 'failed'"
+        ),
+        0
+    );
+    let log = standby.server_log();
+    assert!(!log.contains("WARNING"), "{log}");
+    wait_for(
+        &mut s,
+        "SELECT bool_and(last_error IS NULL) FROM reaper.worker_status()",
+    );
     drop(left_on_primary);
 }
 
@@ -627,6 +640,15 @@ fn the_workers_memory_stays_flat_over_10000_runs() {
         "INSERT INTO reaper.policies (name, filter, action, run_every) VALUES {}",
         values.join(", ")
     ))
+    .unwrap();
+    // And one that fails at every run (its filter is invalid: written past the table's
+    // trigger): the error path, with its rolled-back subtransaction, every 100 ms too.
+    su.batch_execute(
+        "SET session_replication_role = replica; \
+         INSERT INTO reaper.policies (name, filter, action, run_every) \
+           VALUES ('m-fails', '{\"usenme\": \"x\"}', 'cancel', '100 ms'); \
+         RESET session_replication_role",
+    )
     .unwrap();
     let measure = |su: &mut Client, runs: i64| -> (i64, i64) {
         wait_for_runs(su, runs);
@@ -655,6 +677,14 @@ fn the_workers_memory_stays_flat_over_10000_runs() {
         "SELECT count(*) FROM reaper.log WHERE application_name = 'mem' AND outcome = 'cancelled'",
     );
     assert!(cancels >= 27_000, "{cancels} cancels audited");
+    let failures: i64 = su
+        .query_one(
+            "SELECT runs FROM reaper.worker_status() WHERE policy = 'm-fails' AND last_error LIKE 'its filter is invalid%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(failures >= 150, "{failures} failed runs");
     assert_eq!(worker_pid(&mut su), Some(worker));
     assert!(
         late.0 - early.0 < 1024,
@@ -670,7 +700,8 @@ fn the_workers_memory_stays_flat_over_10000_runs() {
         "50-worker-memory",
         &format!(
             "## The worker's memory\n\n50 policies with a regex and a lock key, run every 100 ms by the worker, each run \
-             cancelling three idle sessions ({cancels} cancels audited): after 1,000 runs and after 10,000 runs the \
+             cancelling three idle sessions ({cancels} cancels audited), and one policy failing at every run \
+             ({failures} failed runs): after 1,000 runs and after 10,000 runs the \
              worker's RssAnon was {} kB and {} kB, its memory contexts {} and {} bytes.\n",
             early.0, late.0, early.1, late.1
         ),
@@ -711,4 +742,290 @@ fn contexts_dumped(cluster: &Cluster, pid: i32) -> Vec<i64> {
                 .ok()
         })
         .collect()
+}
+
+#[test]
+fn sigterm_ends_even_a_long_run_and_a_cancel_of_the_idle_worker_means_nothing() {
+    let cluster = worker_cluster(&[], true);
+    cluster.create_role("app", "");
+    let postmaster = cluster.postmaster_start();
+    let mut su = cluster.superuser();
+    let first = running_worker(&mut su);
+    // A cancel while it sleeps between cycles: dropped, the same worker goes on.
+    su.query_one("SELECT pg_cancel_backend($1)", &[&first])
+        .unwrap();
+    wait_cycles(&mut su, first, 3);
+    assert_eq!(worker_pid(&mut su), Some(first), "a cancel ended no worker");
+
+    // A run that waits ten minutes: the cancel does nothing to an idle-in-transaction
+    // session, which goes on matching through the whole grace period.
+    let tag = tag("long_run");
+    let victim = cluster.session("app", &tag).idle_in_transaction();
+    su.batch_execute(&format!(
+        "INSERT INTO reaper.policies (name, filter, action, grace_ms, run_every) VALUES \
+           ('slow', '{{\"application_name\": \"{tag}\", \"state\": \"idle in transaction\"}}', \
+            'cancel_then_terminate', 600000, '1 s')"
+    ))
+    .unwrap();
+    let in_the_run = format!(
+        "SELECT state = 'active' AND query = 'pg_reaper worker: running policy slow' \
+           FROM pg_stat_activity WHERE pid = {first}"
+    );
+    wait_for(&mut su, &in_the_run);
+    su.query_one("SELECT pg_terminate_backend($1)", &[&first])
+        .unwrap();
+    assert!(cluster.wait_gone(first), "SIGTERM ended the run at once");
+    let second = {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match worker_pid(&mut su) {
+                Some(pid) if pid != first => break pid,
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "the worker never came back");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(cluster.postmaster_start(), postmaster, "no server restart");
+    assert_eq!(victim.run("SELECT 1"), Ended::Ok, "the run was cut short");
+    // A fast shutdown in the middle of such a run completes (pg_ctl waits 60 s at most).
+    let in_the_run = in_the_run.replace(&first.to_string(), &second.to_string());
+    wait_for(&mut su, &in_the_run);
+    drop(su);
+    cluster.stop_server();
+}
+
+#[test]
+fn a_repeated_long_failure_is_said_once() {
+    // An error message longer than what the status keeps (256 bytes): still recognised as the
+    // same failure, so one WARNING and one failed row, however often it repeats.
+    let cluster = worker_cluster(&[], true);
+    let mut su = cluster.superuser();
+    running_worker(&mut su);
+    let key = "k".repeat(300);
+    su.batch_execute(&format!(
+        "SET session_replication_role = replica; \
+         INSERT INTO reaper.policies (name, filter, action, run_every) \
+           VALUES ('long-error', '{{\"{key}\": 1}}', 'cancel', '100 ms'); \
+         RESET session_replication_role"
+    ))
+    .unwrap();
+    wait_for(
+        &mut su,
+        "SELECT runs >= 10 AND last_error LIKE 'its filter is invalid%' \
+           FROM reaper.worker_status() WHERE policy = 'long-error'",
+    );
+    let warned = count_in_log(
+        &cluster,
+        r#"WARNING:  pg_reaper: policy "long-error" failed"#,
+    );
+    assert_eq!(warned, 1, "{}", cluster.server_log());
+    let failed = count(
+        &mut su,
+        "SELECT count(*) FROM reaper.log WHERE policy = 'long-error' AND outcome = 'failed'",
+    );
+    assert_eq!(failed, 1, "the failure is recorded once");
+}
+
+#[test]
+fn run_every_is_bounded_and_a_row_past_the_bounds_stops_no_other_policy() {
+    let cluster = worker_cluster(&[], true);
+    cluster.create_role("app", "");
+    let mut su = cluster.superuser();
+    let worker = running_worker(&mut su);
+    let mut refused = vec!["'2 years'", "'50 ms'"];
+    if server_major() >= 17 {
+        // 17 has infinite intervals.
+        refused.push("'infinity'");
+    }
+    for every in refused {
+        let err = su
+            .batch_execute(&format!(
+                "INSERT INTO reaper.policies (name, filter, run_every) VALUES ('x', '{{\"all\": true}}', {every})"
+            ))
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), Some("22023"), "{every}: {err}");
+    }
+    // Rows written past the trigger (replication, a disabled trigger): clamped, not fatal.
+    let tag = tag("bounds");
+    su.batch_execute(&format!(
+        "SET session_replication_role = replica; \
+         INSERT INTO reaper.policies (name, filter, action, run_every) VALUES \
+           ('a-huge', '{{\"usename\": \"nobody\"}}', 'cancel', '300000 years'), \
+           ('b-zero', '{{\"usename\": \"nobody\"}}', 'cancel', '0'); \
+         RESET session_replication_role; \
+         INSERT INTO reaper.policies (name, filter, run_every) VALUES \
+           ('c-works', '{{\"application_name\": \"{tag}\", \"state\": \"idle in transaction\"}}', '100 ms')"
+    ))
+    .unwrap();
+    let victim = cluster.session("app", &tag).idle_in_transaction();
+    assert!(cluster.wait_gone(victim.pid), "the other policies run");
+    wait_for(
+        &mut su,
+        "SELECT count(*) = 3 FROM reaper.worker_status() \
+          WHERE (policy = 'a-huge' AND run_every = interval '366 days' AND runs = 1) \
+             OR (policy = 'b-zero' AND run_every = interval '100 ms' AND runs > 1) \
+             OR (policy = 'c-works' AND runs > 1)",
+    );
+    assert_eq!(worker_pid(&mut su), Some(worker));
+}
+
+#[test]
+fn a_database_that_refuses_connections_is_waited_for_without_a_restart_loop() {
+    let cluster = worker_cluster(&[], true);
+    let mut su = cluster.superuser();
+    running_worker(&mut su);
+    for sql in [
+        "CREATE DATABASE closed",
+        "ALTER DATABASE closed ALLOW_CONNECTIONS false",
+        "ALTER SYSTEM SET pg_reaper.database = 'closed'",
+        "SELECT pg_reload_conf()",
+    ] {
+        su.batch_execute(sql).unwrap();
+    }
+    let waiting = r#"database "closed" (pg_reaper.database) does not allow connections (datallowconn is false); the worker waits"#;
+    let deadline = Instant::now() + PATIENCE;
+    while count_in_log(&cluster, waiting) == 0 {
+        assert!(Instant::now() < deadline, "{}", cluster.server_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let worker = worker_pid_in_activity(&mut su);
+    wait_cycles(&mut su, worker, 3);
+    assert_eq!(count_in_log(&cluster, waiting), 1, "no log flood");
+    assert_eq!(worker_pid_in_activity(&mut su), worker, "no restart loop");
+    assert_eq!(
+        count_in_log(&cluster, r#"database "closed" does not exist"#),
+        0,
+        "no false reason"
+    );
+    su.batch_execute("ALTER DATABASE closed ALLOW_CONNECTIONS true")
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while count_in_log(&cluster, "is not installed in database \"closed\"") == 0 {
+        assert!(Instant::now() < deadline, "{}", cluster.server_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_hostile_operator_or_search_path_never_runs_as_the_worker() {
+    // CVE-2018-1058: an operator an exact match for the worker's arguments, in a schema on the
+    // search path, would win over pg_catalog's. The database's search_path puts it first.
+    let cluster = worker_cluster(&["pg_reaper.database = 'trap'"], false);
+    cluster.create_role("mallory", "");
+    let mut su = cluster.superuser();
+    su.batch_execute("CREATE DATABASE trap OWNER mallory")
+        .unwrap();
+    let mut db = cluster.connect_to("postgres", "trap");
+    db.batch_execute("CREATE EXTENSION pg_reaper").unwrap();
+    let mut mallory = cluster.connect_to("mallory", "trap");
+    mallory
+        .batch_execute(
+            "CREATE SCHEMA evil; \
+             CREATE FUNCTION evil.escalate_f(float8, int4) RETURNS float8 LANGUAGE plpgsql AS \
+               $$BEGIN ALTER ROLE mallory SUPERUSER; RETURN 0; END$$; \
+             CREATE FUNCTION evil.escalate_i(int4, int4) RETURNS bool LANGUAGE plpgsql AS \
+               $$BEGIN ALTER ROLE mallory SUPERUSER; RETURN false; END$$; \
+             CREATE FUNCTION evil.escalate_t(text, text) RETURNS bool LANGUAGE plpgsql AS \
+               $$BEGIN ALTER ROLE mallory SUPERUSER; RETURN false; END$$; \
+             CREATE OPERATOR evil.* (LEFTARG = float8, RIGHTARG = int4, FUNCTION = evil.escalate_f); \
+             CREATE OPERATOR evil.= (LEFTARG = int4, RIGHTARG = int4, FUNCTION = evil.escalate_i); \
+             CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.escalate_t); \
+             ALTER DATABASE trap SET search_path = evil, public",
+        )
+        .unwrap();
+    drop(mallory);
+    // This test's own queries must not trip the trap either: pg_catalog only.
+    db.batch_execute("SET search_path = pg_catalog").unwrap();
+    // A new connection takes the database's search_path: the worker's restart after a
+    // terminate, here; then a policy it schedules and runs many times.
+    let first = running_worker(&mut db);
+    db.query_one("SELECT pg_terminate_backend($1)", &[&first])
+        .unwrap();
+    assert!(cluster.wait_gone(first));
+    db.batch_execute("INSERT INTO reaper.policies (name, filter, action, run_every) VALUES ('p', '{\"usename\": \"nobody\"}', 'cancel', '100 ms')")
+        .unwrap();
+    wait_for(
+        &mut db,
+        "SELECT runs >= 10 AND last_error IS NULL FROM reaper.worker_status() WHERE policy = 'p'",
+    );
+    assert_ne!(worker_pid(&mut db), Some(first));
+    let escalated: bool = su
+        .query_one(
+            "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = 'mallory'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!escalated, "mallory's operator ran as the worker");
+}
+
+#[test]
+fn a_lock_held_on_the_policies_cannot_stop_the_worker() {
+    // The session holding the lock is the very one an idle-in-transaction policy ends.
+    let cluster = worker_cluster(&[], true);
+    let mut su = cluster.superuser();
+    running_worker(&mut su);
+    let tag = tag("locker");
+    // The locker is a superuser session (reaper.policies is not PUBLIC's): the policy says so.
+    su.batch_execute(&format!(
+        "INSERT INTO reaper.policies (name, filter, run_every) VALUES \
+           ('idle-tx', '{{\"application_name\": \"{tag}\", \"state\": \"idle in transaction\", \
+                          \"include_superusers\": true}}', '100 ms')"
+    ))
+    .unwrap();
+    wait_for(
+        &mut su,
+        "SELECT runs > 0 FROM reaper.worker_status() WHERE policy = 'idle-tx'",
+    );
+    let locker = cluster.session("postgres", &tag);
+    assert_eq!(
+        locker.run("BEGIN; LOCK TABLE reaper.policies IN ACCESS EXCLUSIVE MODE"),
+        Ended::Ok
+    );
+    assert!(cluster.wait_gone(locker.pid), "the worker ended the locker");
+}
+
+#[test]
+fn function_privileges_and_run_policies_says_when_no_worker_runs_the_scheduled() {
+    // No preload: no worker.
+    let cluster = Cluster::start();
+    cluster.create_role("plain", "");
+    cluster.create_role("monitor", "IN ROLE pg_monitor");
+    let mut su = cluster.superuser();
+    su.batch_execute(
+        "INSERT INTO reaper.policies (name, filter, action, run_every) VALUES \
+           ('every-second', '{\"usename\": \"nobody\"}', 'cancel', '1 s')",
+    )
+    .unwrap();
+    let (mut client, notices) = cluster.collecting_client("postgres");
+    client
+        .batch_execute("SELECT * FROM reaper.run_policies()")
+        .unwrap();
+    assert_eq!(
+        notices.lock().unwrap().clone(),
+        vec![
+            "NOTICE 00000: pg_reaper: 1 enabled policy with a run_every (every-second) runs only in the background worker, and none runs them here: pg_reaper is not in shared_preload_libraries; reaper.run_policy(name) runs one"
+                .to_string()
+        ]
+    );
+    // The status names policies and their errors: for monitoring roles, not PUBLIC.
+    let mut plain = cluster.connect_as("plain", "plain");
+    let err = plain
+        .batch_execute("SELECT * FROM reaper.worker_status()")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("42501"), "{err}");
+    let err = plain
+        .batch_execute("SELECT * FROM reaper.worker()")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("42501"), "{err}");
+    let mut monitor = cluster.connect_as("monitor", "monitor");
+    let state: String = monitor
+        .query_one("SELECT state FROM reaper.worker()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "not loaded");
+    monitor
+        .batch_execute("SELECT * FROM reaper.worker_status()")
+        .unwrap();
 }
