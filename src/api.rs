@@ -169,6 +169,7 @@ fn worker_status() -> TableIterator<
 /// The worker itself: its pid (NULL while it restarts), what it is doing and why, from shared
 /// memory.
 #[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::type_complexity)]
 fn worker() -> TableIterator<
     'static,
     (

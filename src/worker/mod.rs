@@ -95,6 +95,7 @@ pub extern "C-unwind" fn pg_reaper_worker_main(_arg: pg_sys::Datum) {
         let mut s = STATUS.exclusive();
         // SAFETY: this process's own pid and the clock.
         s.pid = unsafe { pg_sys::MyProcPid };
+        // SAFETY: reads the clock.
         s.started_at = unsafe { pg_sys::GetCurrentTimestamp() };
         s.state = State::Starting;
         s.database.set(&database);
@@ -137,7 +138,7 @@ fn wait_for_database(database: &str) -> ! {
         let missing = in_transaction("looking for the database", || {
             crate::compat::why_not_connectable(&name)
         })
-        .unwrap_or_else(|e| Some(e));
+        .unwrap_or_else(Some);
         match missing {
             // It can be connected to: the previous worker failed for a reason of the moment
             // (a reload, a shortage); a quiet cycle, then a new worker tries again.
