@@ -17,8 +17,7 @@ use crate::compat;
 use crate::filter::Session;
 use crate::locks::LockGraph;
 
-/// What pg_stat_activity shows in `query` for a session the caller may not see.
-pub const HIDDEN_QUERY: &str = "<insufficient privilege>";
+pub use crate::filter::replay::HIDDEN_QUERY;
 
 /// One backend: what the matcher reads, the client address as PostgreSQL prints it, and what
 /// is known of it even where the caller may not see it: its start time (to tell a reused pid

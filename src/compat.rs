@@ -121,6 +121,22 @@ impl ProcsByPid {
         Some(unsafe { addr_of!((*proc).wait_event_info).read_volatile() })
     }
 
+    /// Since when the process waits for a heavyweight lock (pg_locks.waitstart): None if it
+    /// does not, or in the moment between the start of its wait and the timestamp's write.
+    /// (PGPROC.waitStart came with 14.)
+    pub fn lock_wait_start(&self, pid: i32) -> Option<i64> {
+        let proc = *self.procs.get(&pid)?;
+        // SAFETY: `proc` points into the PGPROC array; waitLock is compared with NULL, and the
+        // 64-bit atomic is read with one volatile load, as pg_lock_status reads it.
+        unsafe {
+            if addr_of!((*proc).waitLock).read_volatile().is_null() {
+                return None;
+            }
+            let start = addr_of!((*proc).waitStart.value).read_volatile() as i64;
+            (start != 0).then_some(start)
+        }
+    }
+
     /// Whether any process waits for a heavyweight lock right now (read without locks: a cheap
     /// first look, so that a snapshot in which nobody waits never touches the lock manager).
     pub fn any_lock_waiter(&self) -> bool {

@@ -1,11 +1,13 @@
 //! pg_reaper's settings. The two about records are SUSET: a role that signals backends cannot
-//! hide that it did. The worker's are read from the server's configuration (SIGHUP). The
+//! hide that it did; so are the protected lists: a role cannot unprotect a backup. The worker's are read from the server's configuration (SIGHUP). The
 //! `pg_reaper.` prefix is reserved, so a misspelt setting is an error, as a misspelt filter key
 //! is.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+use crate::filter::{name_list, Protected};
 
 /// One `pg_reaper:` LOG line per signalled backend.
 pub static LOG_ACTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -19,6 +21,31 @@ pub static WORKER: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// The database the worker connects to, where the extension is installed.
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// The tools no filter selects unless it says `include_protected`: backups, restores, the
+/// maintenance programs and upgrades, whose loss mid-way costs far more than they hold up.
+pub const DEFAULT_PROTECTED_APPLICATIONS: &CStr = c"pg_dump, pg_dumpall, pg_restore, pg_basebackup, vacuumdb, reindexdb, clusterdb, pg_repack, pg_upgrade";
+
+/// `application_name`s that are never victims unless a filter says `include_protected`.
+pub static PROTECTED_APPLICATIONS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_PROTECTED_APPLICATIONS));
+
+/// Roles whose sessions are never victims unless a filter says `include_protected`.
+pub static PROTECTED_ROLES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// The protected tools and roles, as set now.
+pub fn protected() -> Protected {
+    let list = |setting: &GucSetting<Option<CString>>| {
+        setting
+            .get()
+            .map(|c| name_list(&c.to_string_lossy()))
+            .unwrap_or_default()
+    };
+    Protected {
+        applications: list(&PROTECTED_APPLICATIONS),
+        roles: list(&PROTECTED_ROLES),
+    }
+}
 
 /// The database the worker is to connect to.
 pub fn database() -> String {
@@ -59,6 +86,22 @@ pub fn register() {
         c"The one where pg_reaper is installed; pg_stat_activity is cluster-wide, so one database covers every session.",
         &DATABASE,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_reaper.protected_applications",
+        c"application_names whose sessions pg_reaper never signals unless a filter says include_protected.",
+        c"A comma-separated list; names with commas or spaces in double quotes. Only a superuser may change it.",
+        &PROTECTED_APPLICATIONS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_reaper.protected_roles",
+        c"Roles whose sessions pg_reaper never signals unless a filter says include_protected.",
+        c"A comma-separated list; names with commas or spaces in double quotes. Only a superuser may change it.",
+        &PROTECTED_ROLES,
+        GucContext::Suset,
         GucFlags::default(),
     );
     #[cfg(feature = "test-hooks")]

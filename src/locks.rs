@@ -2,21 +2,16 @@
 //! look at the lock manager per snapshot, and only about the processes that wait for a lock.
 //! Read only when a filter asks for lock keys.
 
-use std::collections::{HashMap, HashSet};
-
 use pgrx::pg_sys;
 
 use crate::compat::ProcsByPid;
-use crate::filter::Session;
+use crate::filter::{LockChains, Session, Waiter};
 
-/// Who blocks whom.
+/// Who blocks whom, and since when each waiter waits: the chains worked out by the filter's
+/// own (pure) code, which `reaper.test_filter` shares.
 #[derive(Debug, Default, Clone)]
 pub struct LockGraph {
-    /// Each waiting process and the processes it waits for (pg_blocking_pids of it; a
-    /// prepared transaction holding the lock appears as pid 0).
-    blockers_of: HashMap<i32, Vec<i32>>,
-    /// Every process some other process waits for.
-    blocking: HashSet<i32>,
+    chains: LockChains,
 }
 
 impl LockGraph {
@@ -25,28 +20,39 @@ impl LockGraph {
     /// other. No waiter, no question: a snapshot where nobody waits costs one pass over the
     /// PGPROCs and never touches the lock manager.
     pub fn read(procs: &ProcsByPid) -> LockGraph {
-        let mut graph = LockGraph::default();
         if !procs.any_lock_waiter() {
-            return graph;
+            return LockGraph::default();
         }
-        let _look = LockManagerLook::hold();
-        for (ask, members) in procs.lock_waiting_groups() {
-            let blockers = blocking_pids(ask);
-            if blockers.is_empty() {
-                continue;
-            }
-            graph.blocking.extend(blockers.iter().copied());
-            for member in members {
-                graph.blockers_of.insert(member, blockers.clone());
+        let mut waiters = Vec::new();
+        {
+            let _look = LockManagerLook::hold();
+            for (ask, members) in procs.lock_waiting_groups() {
+                let blockers = blocking_pids(ask);
+                if blockers.is_empty() {
+                    continue;
+                }
+                // A lock group (a parallel query) waits since its first member began to wait.
+                let wait_start = members
+                    .iter()
+                    .filter_map(|&m| procs.lock_wait_start(m))
+                    .min();
+                for member in members {
+                    waiters.push(Waiter {
+                        pid: member,
+                        blocked_by: blockers.clone(),
+                        wait_start,
+                    });
+                }
             }
         }
-        graph
+        LockGraph {
+            chains: LockChains::new(waiters),
+        }
     }
 
-    /// Sets the session's lock fields.
+    /// Sets the session's lock facts.
     pub fn describe(&self, s: &mut Session) {
-        s.blocked = self.blockers_of.contains_key(&s.pid);
-        s.blocking = self.blocking.contains(&s.pid);
+        s.locks = self.chains.facts(s.pid);
     }
 }
 

@@ -2,7 +2,7 @@
 //! wait) → report and audit.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
 
 use crate::activity::{Backend, LockInfo, Snapshot};
-use crate::filter::{Filter, MatchContext};
+use crate::filter::{Filter, MatchContext, Protected};
 use crate::report::{self, Actor, Audit, Outcome, ResultRow};
 use crate::signal::{self, Delivery, Signal, Target};
 
@@ -49,10 +49,22 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
     } else {
         Audit::prepare()
     };
+    let protected = crate::guc::protected();
+    let rules = Rules {
+        filter,
+        protected: &protected,
+    };
     let snapshot = Snapshot::take(LockInfo::fresh(filter.needs_lock_info()));
-    let chosen = filter.select(&snapshot.backends, &context(&snapshot));
+    let chosen = filter.select(&snapshot.backends, &rules.context(&snapshot));
+    if chosen.protected > 0 && actor.policy.is_none() {
+        notice!(
+            "pg_reaper: {} protected session(s) matched and were left alone (pg_reaper.protected_applications, pg_reaper.protected_roles); \"include_protected\": true selects them",
+            chosen.protected
+        );
+    }
     let mut backends: Vec<Option<Backend>> = snapshot.backends.into_iter().map(Some).collect();
     let victims: Vec<Backend> = chosen
+        .victims
         .into_iter()
         .filter_map(|i| backends[i].take())
         .collect();
@@ -61,10 +73,10 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
             .into_iter()
             .map(|b| ResultRow::new(b, Outcome::Matched, None))
             .collect(),
-        Action::Cancel => signal_all(filter, victims, Signal::Cancel, actor),
-        Action::Terminate { timeout } => terminate(filter, victims, timeout, actor),
+        Action::Cancel => signal_all(&rules, victims, Signal::Cancel, actor),
+        Action::Terminate { timeout } => terminate(&rules, victims, timeout, actor),
         Action::CancelThenTerminate { grace, timeout } => {
-            cancel_then_terminate(filter, victims, grace, timeout, actor)
+            cancel_then_terminate(&rules, victims, grace, timeout, actor)
         }
     };
     if let Some(audit) = audit {
@@ -73,11 +85,20 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
     rows
 }
 
-fn context(snapshot: &Snapshot) -> MatchContext {
-    MatchContext {
-        // SAFETY: this backend's own pid.
-        self_pid: unsafe { pg_sys::MyProcPid },
-        now: snapshot.taken_at,
+/// What a call matches with: the filter, and the protected tools and roles as the call began.
+struct Rules<'a> {
+    filter: &'a Filter,
+    protected: &'a Protected,
+}
+
+impl Rules<'_> {
+    fn context(&self, snapshot: &Snapshot) -> MatchContext<'_> {
+        MatchContext {
+            // SAFETY: this backend's own pid.
+            self_pid: unsafe { pg_sys::MyProcPid },
+            now: snapshot.taken_at,
+            protected: self.protected,
+        }
     }
 }
 
@@ -99,18 +120,17 @@ impl Lost {
     }
 }
 
-/// The victim as a fresh snapshot sees it (same pid, same backend_start, still matching), or
-/// why it is no longer a victim.
+/// The victim as a fresh snapshot sees it (same pid, same backend_start, still a victim of the
+/// filter: matching, and outside any quota), or why it is no longer a victim.
 fn recheck<'s>(
-    filter: &Filter,
     victim: &Backend,
     fresh: &HashMap<i32, &'s Backend>,
-    ctx: &MatchContext,
+    still_victims: &HashSet<i32>,
 ) -> Result<&'s Backend, Lost> {
     match fresh.get(&victim.session.pid) {
         None => Err(Lost::Exited),
         Some(b) if b.started_at != victim.started_at => Err(Lost::PidReused),
-        Some(b) if !filter.matches(&b.session, ctx) => Err(Lost::StoppedMatching),
+        Some(b) if !still_victims.contains(&b.session.pid) => Err(Lost::StoppedMatching),
         Some(b) => Ok(b),
     }
 }
@@ -128,7 +148,7 @@ fn index(snapshot: &Snapshot) -> HashMap<i32, &Backend> {
 /// its own signal. The `pg_reaper:` LOG lines come after the loop, even if it fails half-way,
 /// with a WARNING then saying how many signals went out.
 fn signal_all(
-    filter: &Filter,
+    rules: &Rules,
     victims: Vec<Backend>,
     signal: Signal,
     actor: &Actor,
@@ -137,15 +157,17 @@ fn signal_all(
         return Vec::new();
     }
     signal::test_hooks::pause_before_recheck();
+    let filter = rules.filter;
     let fresh = Snapshot::take(LockInfo::fresh(filter.needs_lock_info()));
-    let ctx = context(&fresh);
+    let ctx = rules.context(&fresh);
     let index = index(&fresh);
+    let still_victims = filter.victim_pids(&fresh.backends, &ctx);
     let rows = RefCell::new(Vec::with_capacity(victims.len()));
     let finished = Cell::new(false);
     let sent_before = signal::delivered_so_far();
     PgTryBuilder::new(AssertUnwindSafe(|| {
         for (n, victim) in victims.into_iter().enumerate() {
-            let row = match recheck(filter, &victim, &index, &ctx) {
+            let row = match recheck(&victim, &index, &still_victims) {
                 Ok(b) => deliver(filter, &ctx, b.clone(), signal, n == 0),
                 Err(lost) => {
                     let why = format!("{} before it was signalled", lost.describe());
@@ -216,12 +238,12 @@ fn deliver(
 }
 /// Signals all victims, then confirms their exit against one deadline.
 fn terminate(
-    filter: &Filter,
+    rules: &Rules,
     victims: Vec<Backend>,
     timeout: Duration,
     actor: &Actor,
 ) -> Vec<ResultRow> {
-    let mut rows = signal_all(filter, victims, Signal::Terminate, actor);
+    let mut rows = signal_all(rules, victims, Signal::Terminate, actor);
     if timeout.is_zero() {
         return rows;
     }
@@ -256,13 +278,14 @@ fn terminate(
 /// Ask nicely, then insist: cancel every victim, give them up to `grace` to stop matching
 /// (watching them all against one deadline), and terminate those that still match.
 fn cancel_then_terminate(
-    filter: &Filter,
+    rules: &Rules,
     victims: Vec<Backend>,
     grace: Duration,
     timeout: Duration,
     actor: &Actor,
 ) -> Vec<ResultRow> {
-    let mut rows = signal_all(filter, victims, Signal::Cancel, actor);
+    let filter = rules.filter;
+    let mut rows = signal_all(rules, victims, Signal::Cancel, actor);
     let mut watching: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].outcome == Outcome::Cancelled)
         .collect();
@@ -283,11 +306,12 @@ fn cancel_then_terminate(
         if reread {
             graph = fresh.locks.clone().map(|g| (g, Instant::now()));
         }
-        let ctx = context(&fresh);
+        let ctx = rules.context(&fresh);
         let index = index(&fresh);
+        let still_victims = filter.victim_pids(&fresh.backends, &ctx);
         let mut still = Vec::new();
         for i in watching {
-            match recheck(filter, &rows[i].backend, &index, &ctx) {
+            match recheck(&rows[i].backend, &index, &still_victims) {
                 Ok(b) => still.push((i, b.clone())),
                 // The cancel did its job: the session lives, and is left alone.
                 Err(Lost::StoppedMatching) => {
@@ -310,7 +334,7 @@ fn cancel_then_terminate(
     let (indexes, backends): (Vec<usize>, Vec<Backend>) = still_matching.into_iter().unzip();
     for (i, row) in indexes
         .into_iter()
-        .zip(terminate(filter, backends, timeout, actor))
+        .zip(terminate(rules, backends, timeout, actor))
     {
         // waited_ms counts the grace period too: the whole time the victim was given.
         rows[i] = ResultRow {

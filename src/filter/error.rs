@@ -103,6 +103,16 @@ pub enum FilterError {
     #[error("filter key \"{key}\" must be true; leave it out to not use it")]
     MustBeTrue { key: String },
 
+    #[error("filter key \"{key}\" needs \"{needs}\": {why}")]
+    Requires {
+        key: String,
+        needs: &'static str,
+        why: &'static str,
+    },
+
+    #[error("filter key \"{key}\" names {value:?} more than once")]
+    Repeated { key: String, value: String },
+
     #[error("{}", no_criterion(path))]
     NoCriterion { path: String },
 }

@@ -3,9 +3,11 @@
 use std::cmp::Ordering;
 use std::net::IpAddr;
 
+use std::collections::{HashMap, HashSet};
+
 use super::{
-    AddrList, AddrMatch, Criteria, Filter, MatchContext, Order, PidMatch, Session, TextField,
-    TextMatch, NAMED_ONLY_BACKEND_TYPES,
+    AddrList, AddrMatch, Blocking, Criteria, Filter, MatchContext, Order, PidMatch, Session,
+    TextField, TextMatch, NAMED_ONLY_BACKEND_TYPES,
 };
 
 /// How a successful match named the session's backend type. Non-client backends are only
@@ -17,33 +19,109 @@ enum TypeNaming {
     Exact,
 }
 
+/// What the filter makes of one session, before quotas and `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    No,
+    /// It matches, but it is a protected tool or role and the filter does not say
+    /// `include_protected`.
+    Protected,
+    Yes,
+}
+
+/// The victims a filter chose among sessions, and how many protected sessions it left.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Indexes into the sessions, in the filter's order.
+    pub victims: Vec<usize>,
+    /// Sessions that matched but are protected (pg_reaper.protected_applications / _roles).
+    pub protected: usize,
+}
+
 impl Filter {
-    /// Whether `s` may be a victim: every row-level rule, everything but `limit`.
+    /// Whether `s` may be a victim: every row-level rule, everything but `keep` and `limit`.
     pub fn matches(&self, s: &Session, ctx: &MatchContext) -> bool {
+        self.verdict(s, ctx) == Verdict::Yes
+    }
+
+    pub fn verdict(&self, s: &Session, ctx: &MatchContext) -> Verdict {
         if s.pid == ctx.self_pid || (s.superuser && !self.include_superusers) {
-            return false;
+            return Verdict::No;
         }
         let Some(naming) = self.criteria.eval(s, ctx.now) else {
-            return false;
+            return Verdict::No;
         };
-        match s.backend_type.as_deref() {
+        let by_type = match s.backend_type.as_deref() {
             Some(t) if NAMED_ONLY_BACKEND_TYPES.contains(&t) => naming == TypeNaming::Exact,
             _ if s.client_backend => true,
             _ => naming >= TypeNaming::Regex,
+        };
+        if !by_type {
+            Verdict::No
+        } else if !self.include_protected && ctx.protected.covers(s) {
+            Verdict::Protected
+        } else {
+            Verdict::Yes
         }
     }
 
-    /// The victims among `sessions`, as indexes, in `order`, at most `limit` of them.
-    pub fn select<S: AsRef<Session>>(&self, sessions: &[S], ctx: &MatchContext) -> Vec<usize> {
+    /// The victims among `sessions`, in `order`: those that match, less the first `keep` of
+    /// each group, at most `limit` of them.
+    pub fn select<S: AsRef<Session>>(&self, sessions: &[S], ctx: &MatchContext) -> Selection {
+        let mut selection = self.select_unlimited(sessions, ctx);
+        if let Some(limit) = self.limit {
+            selection
+                .victims
+                .truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+        selection
+    }
+
+    /// `select` without `limit`: every session that is a victim of this filter now. (A victim
+    /// is re-checked against a fresh snapshot with this: a quota's excess may have become
+    /// part of the quota since.)
+    pub fn select_unlimited<S: AsRef<Session>>(
+        &self,
+        sessions: &[S],
+        ctx: &MatchContext,
+    ) -> Selection {
         let session = |i: usize| sessions[i].as_ref();
+        let mut protected = 0;
         let mut victims: Vec<usize> = (0..sessions.len())
-            .filter(|&i| self.matches(session(i), ctx))
+            .filter(|&i| match self.verdict(session(i), ctx) {
+                Verdict::Yes => true,
+                Verdict::Protected => {
+                    protected += 1;
+                    false
+                }
+                Verdict::No => false,
+            })
             .collect();
         victims.sort_by(|&a, &b| self.order.compare(session(a), session(b)));
-        if let Some(limit) = self.limit {
-            victims.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        if let Some(keep) = self.keep {
+            let keep = usize::try_from(keep).unwrap_or(usize::MAX);
+            let mut kept: HashMap<Vec<Option<String>>, usize> = HashMap::new();
+            victims.retain(|&i| {
+                let group = self.per.iter().map(|f| f.value(session(i))).collect();
+                let n = kept.entry(group).or_default();
+                *n += 1;
+                *n > keep
+            });
         }
-        victims
+        Selection { victims, protected }
+    }
+
+    /// The pids `select_unlimited` chooses.
+    pub fn victim_pids<S: AsRef<Session>>(
+        &self,
+        sessions: &[S],
+        ctx: &MatchContext,
+    ) -> HashSet<i32> {
+        self.select_unlimited(sessions, ctx)
+            .victims
+            .into_iter()
+            .map(|i| sessions[i].as_ref().pid)
+            .collect()
     }
 }
 
@@ -54,23 +132,23 @@ impl AsRef<Session> for Session {
 }
 
 impl Filter {
-    /// Whether matching needs `blocking`/`blocked`, which cost a lock-manager read per backend.
+    /// Whether matching needs the lock graph, which costs a look at the lock manager.
     pub fn needs_lock_info(&self) -> bool {
         self.criteria.uses_lock_info()
+    }
+
+    /// Whether matching needs "now" (an age key).
+    pub fn needs_now(&self) -> bool {
+        self.criteria.uses_ages()
     }
 }
 
 impl Order {
-    /// Oldest first (newest first for `newest_backend`); a NULL timestamp sorts last; pid breaks ties.
+    /// By the order's timestamp, oldest (or newest) first; a NULL timestamp sorts last either
+    /// way; pid breaks ties.
     pub fn compare(self, a: &Session, b: &Session) -> Ordering {
-        let key = |s: &Session| match self {
-            Order::OldestBackend | Order::NewestBackend => s.backend_start,
-            Order::OldestXact => s.xact_start,
-            Order::OldestQuery => s.query_start,
-            Order::OldestState => s.state_change,
-        };
-        let by_time = match (key(a), key(b)) {
-            (Some(x), Some(y)) if self == Order::NewestBackend => y.cmp(&x),
+        let by_time = match (self.key.value(a), self.key.value(b)) {
+            (Some(x), Some(y)) if self.newest_first => y.cmp(&x),
             (Some(x), Some(y)) => x.cmp(&y),
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
@@ -84,11 +162,19 @@ impl Criteria {
     fn uses_lock_info(&self) -> bool {
         self.blocking.is_some()
             || self.blocked.is_some()
+            || self.min_blocked_sessions.is_some()
+            || self.min_age.iter().any(|(f, _)| f.is_lock_age())
             || self.any.iter().flatten().any(Criteria::uses_lock_info)
             || self
                 .exclude
                 .as_deref()
                 .is_some_and(Criteria::uses_lock_info)
+    }
+
+    fn uses_ages(&self) -> bool {
+        !self.min_age.is_empty()
+            || self.any.iter().flatten().any(Criteria::uses_ages)
+            || self.exclude.as_deref().is_some_and(Criteria::uses_ages)
     }
 
     /// `None` when the node does not match; otherwise how the match named the backend type.
@@ -126,8 +212,16 @@ impl Criteria {
                 _ => return None,
             }
         }
-        if self.blocking.is_some_and(|want| want != s.blocking)
-            || self.blocked.is_some_and(|want| want != s.blocked)
+        let blocking = match self.blocking {
+            None => true,
+            Some(Blocking::Is(want)) => want == s.locks.blocking,
+            Some(Blocking::Root) => s.locks.root(),
+        };
+        if !blocking
+            || self.blocked.is_some_and(|want| want != s.locks.blocked())
+            || self
+                .min_blocked_sessions
+                .is_some_and(|n| s.locks.blocked_sessions < n)
         {
             return None;
         }

@@ -5,19 +5,23 @@
 //! A filter is a JSON object whose keys are all optional and must all hold (AND). See README.md
 //! ("Filter reference") for the user-facing description of every key.
 
+pub mod chains;
 mod error;
 mod interval;
 mod matching;
 mod parse;
 #[cfg(test)]
 mod proptests;
+pub mod replay;
 #[cfg(test)]
 mod tests;
 
 use std::net::IpAddr;
 
+pub use chains::{LockChains, LockFacts, Waiter};
 pub use error::FilterError;
 pub use interval::parse_interval;
+pub use matching::{Selection, Verdict};
 
 /// Bounds that keep validation and matching cheap whatever a user types.
 pub const MAX_FILTER_BYTES: usize = 64 * 1024;
@@ -60,19 +64,73 @@ pub struct Session {
     pub client_backend: bool,
     /// Owned by a superuser, or by no role at all (PostgreSQL protects those the same way).
     pub superuser: bool,
-    /// Holds a lock another backend waits for.
-    pub blocking: bool,
-    /// Waits for a lock another backend holds.
-    pub blocked: bool,
+    /// Its place in the lock graph (read only when a filter has lock keys).
+    pub locks: LockFacts,
 }
 
 /// What the matcher needs besides the session itself.
 #[derive(Debug, Clone, Copy)]
-pub struct MatchContext {
-    /// The calling backend: never a victim.
+pub struct MatchContext<'p> {
+    /// The calling backend: never a victim (0: no caller, as in a replay).
     pub self_pid: i32,
     /// "Now" for the age keys, on the same epoch as the session timestamps.
     pub now: i64,
+    /// The tools and roles that are never victims unless a filter says `include_protected`.
+    pub protected: &'p Protected,
+}
+
+/// `pg_reaper.protected_applications` and `pg_reaper.protected_roles`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Protected {
+    pub applications: Vec<String>,
+    pub roles: Vec<String>,
+}
+
+/// A comma-separated list of names as a setting holds it: each trimmed; a name in double
+/// quotes keeps its commas and spaces (`""` is a quote); empty items are dropped. Case is kept
+/// (application names are case-sensitive).
+pub fn name_list(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                if c == '"' {
+                    if chars.next_if_eq(&'"').is_some() {
+                        name.push('"');
+                    } else {
+                        break;
+                    }
+                } else {
+                    name.push(c);
+                }
+            }
+            while chars.next_if(|c| *c != ',').is_some() {}
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                name.push(c);
+            }
+            name = name.trim_end().to_string();
+        }
+        if !name.is_empty() {
+            names.push(name);
+        }
+        if chars.next().is_none() {
+            return names;
+        }
+    }
+}
+
+impl Protected {
+    /// Whether `s` is one of the protected tools or roles.
+    pub fn covers(&self, s: &Session) -> bool {
+        let is_in = |list: &[String], v: &Option<String>| {
+            v.as_deref().is_some_and(|v| list.iter().any(|x| x == v))
+        };
+        is_in(&self.applications, &s.application_name) || is_in(&self.roles, &s.usename)
+    }
 }
 
 /// A validated filter.
@@ -82,6 +140,48 @@ pub struct Filter {
     pub limit: Option<u64>,
     pub order: Order,
     pub include_superusers: bool,
+    pub include_protected: bool,
+    /// `keep`: the first N of each group (in `order`) are spared.
+    pub keep: Option<u64>,
+    /// `per`: the columns that make a group for `keep` (none: one group).
+    pub per: Vec<GroupField>,
+}
+
+/// The columns a quota (`keep` / `per`) can group by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GroupField {
+    Usename,
+    Datname,
+    ApplicationName,
+    ClientAddr,
+}
+
+impl GroupField {
+    pub const ALL: [GroupField; 4] = [
+        GroupField::Usename,
+        GroupField::Datname,
+        GroupField::ApplicationName,
+        GroupField::ClientAddr,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupField::Usename => "usename",
+            GroupField::Datname => "datname",
+            GroupField::ApplicationName => "application_name",
+            GroupField::ClientAddr => "client_addr",
+        }
+    }
+
+    /// The session's value, as a group key (NULL is a group of its own, as in GROUP BY).
+    pub fn value(self, s: &Session) -> Option<String> {
+        match self {
+            GroupField::Usename => s.usename.clone(),
+            GroupField::Datname => s.datname.clone(),
+            GroupField::ApplicationName => s.application_name.clone(),
+            GroupField::ClientAddr => s.client_addr.map(|a| a.to_string()),
+        }
+    }
 }
 
 /// The text columns a filter can name.
@@ -98,24 +198,51 @@ pub enum TextField {
     Query,
 }
 
-/// The timestamp columns behind the `min_*_age` keys.
+/// The timestamps behind the `min_*_age` keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AgeField {
     State,
     Query,
     Xact,
     Backend,
+    /// Since when this session waits for a lock (pg_locks.waitstart).
+    Blocked,
+    /// Since when the longest waiter behind this session, directly or through a chain, waits.
+    Blocking,
 }
 
-/// Which victims `limit` keeps, and the order of the result rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Order {
-    #[default]
-    OldestBackend,
-    NewestBackend,
-    OldestXact,
-    OldestQuery,
-    OldestState,
+/// The timestamp an order sorts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderKey {
+    Backend,
+    Xact,
+    Query,
+    State,
+}
+
+/// Which victims `limit` and `keep` choose, and the order of the result rows: a timestamp,
+/// oldest or newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    pub key: OrderKey,
+    pub newest_first: bool,
+}
+
+impl Default for Order {
+    fn default() -> Order {
+        Order {
+            key: OrderKey::Backend,
+            newest_first: false,
+        }
+    }
+}
+
+/// `blocking`: a session others wait for, or not, or the head of a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blocking {
+    Is(bool),
+    /// Blocks someone and waits for nobody.
+    Root,
 }
 
 /// One AND-node of the filter: the top level, an element of `any`, or `exclude`.
@@ -125,8 +252,9 @@ pub(crate) struct Criteria {
     pub client_addr: Option<AddrList>,
     pub pid: Option<PidMatch>,
     pub min_age: Vec<(AgeField, i64)>,
-    pub blocking: Option<bool>,
+    pub blocking: Option<Blocking>,
     pub blocked: Option<bool>,
+    pub min_blocked_sessions: Option<u32>,
     pub any: Option<Vec<Criteria>>,
     pub exclude: Option<Box<Criteria>>,
     pub all: bool,
@@ -200,11 +328,13 @@ impl TextField {
 }
 
 impl AgeField {
-    pub const ALL: [AgeField; 4] = [
+    pub const ALL: [AgeField; 6] = [
         AgeField::State,
         AgeField::Query,
         AgeField::Xact,
         AgeField::Backend,
+        AgeField::Blocked,
+        AgeField::Blocking,
     ];
 
     pub fn key(self) -> &'static str {
@@ -213,6 +343,8 @@ impl AgeField {
             AgeField::Query => "min_query_age",
             AgeField::Xact => "min_xact_age",
             AgeField::Backend => "min_backend_age",
+            AgeField::Blocked => "min_blocked_age",
+            AgeField::Blocking => "min_blocking_age",
         }
     }
 
@@ -222,27 +354,58 @@ impl AgeField {
             AgeField::Query => s.query_start,
             AgeField::Xact => s.xact_start,
             AgeField::Backend => s.backend_start,
+            AgeField::Blocked => s.locks.wait_start,
+            AgeField::Blocking => s.locks.longest_wait_behind,
+        }
+    }
+
+    /// Whether the age is read from the lock graph.
+    pub fn is_lock_age(self) -> bool {
+        matches!(self, AgeField::Blocked | AgeField::Blocking)
+    }
+}
+
+impl OrderKey {
+    fn name(self) -> &'static str {
+        match self {
+            OrderKey::Backend => "backend",
+            OrderKey::Xact => "xact",
+            OrderKey::Query => "query",
+            OrderKey::State => "state",
+        }
+    }
+
+    pub fn value(self, s: &Session) -> Option<i64> {
+        match self {
+            OrderKey::Backend => s.backend_start,
+            OrderKey::Xact => s.xact_start,
+            OrderKey::Query => s.query_start,
+            OrderKey::State => s.state_change,
         }
     }
 }
 
 impl Order {
-    pub const ALL: [Order; 5] = [
-        Order::OldestBackend,
-        Order::NewestBackend,
-        Order::OldestXact,
-        Order::OldestQuery,
-        Order::OldestState,
-    ];
+    /// oldest_backend, newest_backend, oldest_xact, ... (the default first).
+    pub fn all() -> Vec<Order> {
+        [
+            OrderKey::Backend,
+            OrderKey::Xact,
+            OrderKey::Query,
+            OrderKey::State,
+        ]
+        .into_iter()
+        .flat_map(|key| [false, true].map(|newest_first| Order { key, newest_first }))
+        .collect()
+    }
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Order::OldestBackend => "oldest_backend",
-            Order::NewestBackend => "newest_backend",
-            Order::OldestXact => "oldest_xact",
-            Order::OldestQuery => "oldest_query",
-            Order::OldestState => "oldest_state",
-        }
+    pub fn name(self) -> String {
+        let which = if self.newest_first {
+            "newest"
+        } else {
+            "oldest"
+        };
+        format!("{which}_{}", self.key.name())
     }
 }
 

@@ -9,8 +9,9 @@ use serde_json::{Map, Number, Value};
 use super::error::{suggest, FilterError};
 use super::interval::parse_interval;
 use super::{
-    AddrList, AddrMatch, AgeField, Criteria, Filter, Order, PidMatch, TextField, TextMatch,
-    Vocabulary, MAX_ARRAY_ITEMS, MAX_FILTER_BYTES, MAX_NESTING, MAX_REGEX_BYTES, MAX_STRING_BYTES,
+    AddrList, AddrMatch, AgeField, Blocking, Criteria, Filter, GroupField, Order, PidMatch,
+    TextField, TextMatch, Vocabulary, MAX_ARRAY_ITEMS, MAX_FILTER_BYTES, MAX_NESTING,
+    MAX_REGEX_BYTES, MAX_STRING_BYTES,
 };
 
 /// Every key the language knows, for did-you-mean hints.
@@ -30,6 +31,9 @@ const KEYS: &[&str] = &[
     "min_query_age",
     "min_xact_age",
     "min_backend_age",
+    "min_blocked_age",
+    "min_blocking_age",
+    "min_blocked_sessions",
     "blocking",
     "blocked",
     "any",
@@ -37,7 +41,10 @@ const KEYS: &[&str] = &[
     "all",
     "limit",
     "order",
+    "keep",
+    "per",
     "include_superusers",
+    "include_protected",
 ];
 
 const TEXT_FORMS: &str = "a string, an array of strings or {\"regex\": \"...\"}";
@@ -75,8 +82,18 @@ impl Filter {
             limit: None,
             order: Order::default(),
             include_superusers: false,
+            include_protected: false,
+            keep: None,
+            per: Vec::new(),
         };
         filter.criteria = parse_criteria(object, "", 0, vocabulary, Some(&mut filter))?;
+        if !filter.per.is_empty() && filter.keep.is_none() {
+            return Err(FilterError::Requires {
+                key: "per".into(),
+                needs: "keep",
+                why: "\"per\" says what a group is for \"keep\"",
+            });
+        }
         Ok(filter)
     }
 
@@ -88,7 +105,23 @@ impl Filter {
             "include_superusers".into(),
             Value::Bool(self.include_superusers),
         );
-        object.insert("order".into(), Value::String(self.order.name().into()));
+        object.insert(
+            "include_protected".into(),
+            Value::Bool(self.include_protected),
+        );
+        object.insert("order".into(), Value::String(self.order.name()));
+        if let Some(keep) = self.keep {
+            object.insert("keep".into(), Value::Number(keep.into()));
+            if !self.per.is_empty() {
+                object.insert(
+                    "per".into(),
+                    self.per
+                        .iter()
+                        .map(|f| Value::String(f.name().into()))
+                        .collect(),
+                );
+            }
+        }
         if let Some(limit) = self.limit {
             object.insert("limit".into(), Value::Number(limit.into()));
         }
@@ -154,8 +187,11 @@ fn parse_criteria(
         match key.as_str() {
             "client_addr" => c.client_addr = Some(parse_addrs(&full, value)?),
             "pid" => c.pid = Some(parse_pids(&full, value)?),
-            "blocking" => c.blocking = Some(parse_bool(&full, value)?),
+            "blocking" => c.blocking = Some(parse_blocking(&full, value)?),
             "blocked" => c.blocked = Some(parse_bool(&full, value)?),
+            "min_blocked_sessions" => {
+                c.min_blocked_sessions = Some(parse_count(&full, value, u32::MAX.into())? as u32)
+            }
             "all" => {
                 if !parse_bool(&full, value)? {
                     return Err(FilterError::MustBeTrue { key: full });
@@ -188,13 +224,16 @@ fn parse_criteria(
                     vocabulary,
                 )?));
             }
-            "limit" | "order" | "include_superusers" => {
+            "limit" | "order" | "include_superusers" | "include_protected" | "keep" | "per" => {
                 let Some(filter) = top.as_deref_mut() else {
                     return Err(FilterError::TopLevelOnly { key: full });
                 };
                 match key.as_str() {
                     "limit" => filter.limit = Some(parse_limit(&full, value)?),
                     "order" => filter.order = parse_order(&full, value)?,
+                    "keep" => filter.keep = Some(parse_count(&full, value, MAX_KEEP)?),
+                    "per" => filter.per = parse_per(&full, value)?,
+                    "include_protected" => filter.include_protected = parse_bool(&full, value)?,
                     _ => filter.include_superusers = parse_bool(&full, value)?,
                 }
             }
@@ -233,6 +272,7 @@ impl Criteria {
             || !self.min_age.is_empty()
             || self.blocking.is_some()
             || self.blocked.is_some()
+            || self.min_blocked_sessions.is_some()
             || self.any.is_some()
     }
 }
@@ -504,8 +544,8 @@ fn parse_order(key: &str, value: &Value) -> Result<Order, FilterError> {
     let name = value
         .as_str()
         .ok_or_else(|| wrong_type(key, "a string", value))?;
-    let names: Vec<&'static str> = Order::ALL.iter().map(|o| o.name()).collect();
-    Order::ALL
+    let names: Vec<String> = Order::all().iter().map(|o| o.name()).collect();
+    Order::all()
         .into_iter()
         .find(|o| o.name() == name)
         .ok_or_else(|| FilterError::UnknownValue {
@@ -515,6 +555,80 @@ fn parse_order(key: &str, value: &Value) -> Result<Order, FilterError> {
             expected: names.join(", "),
             suggestion: suggest(name, &names),
         })
+}
+
+/// The largest `keep` (more sessions than any server can have).
+const MAX_KEEP: u64 = 1_000_000;
+
+/// A positive integer, at most `max`.
+fn parse_count(key: &str, value: &Value, max: u64) -> Result<u64, FilterError> {
+    let range = || match max {
+        MAX_KEEP => "it must be a positive integer, at most 1000000",
+        _ => "it must be a positive integer, at most 4294967295",
+    };
+    match value {
+        Value::Number(n) if !n.is_f64() => match n.as_u64() {
+            Some(count) if (1..=max).contains(&count) => Ok(count),
+            _ => Err(FilterError::OutOfRange {
+                key: key.to_string(),
+                value: n.to_string(),
+                range: range(),
+            }),
+        },
+        other => Err(wrong_type(key, "a positive integer", other)),
+    }
+}
+
+/// `true`, `false` or `"root"`.
+fn parse_blocking(key: &str, value: &Value) -> Result<Blocking, FilterError> {
+    match value {
+        Value::Bool(b) => Ok(Blocking::Is(*b)),
+        Value::String(s) if s == "root" => Ok(Blocking::Root),
+        Value::String(s) => Err(FilterError::UnknownValue {
+            key: key.to_string(),
+            what: "blocking",
+            value: s.chars().take(100).collect(),
+            expected: "true, false, \"root\"".into(),
+            suggestion: suggest(s, &["root"]),
+        }),
+        other => Err(wrong_type(key, "true, false or \"root\"", other)),
+    }
+}
+
+/// The columns of a quota's groups: one name or an array of them, each once.
+fn parse_per(key: &str, value: &Value) -> Result<Vec<GroupField>, FilterError> {
+    const EXPECTED: &str = "a column name or an array of column names";
+    let names: Vec<(String, &str)> = match value {
+        Value::String(s) => vec![(key.to_string(), s.as_str())],
+        Value::Array(items) => array_strings(key, items, "a column name")?
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (format!("{key}[{i}]"), s))
+            .collect(),
+        other => return Err(wrong_type(key, EXPECTED, other)),
+    };
+    let known: Vec<&'static str> = GroupField::ALL.iter().map(|f| f.name()).collect();
+    let mut fields = Vec::with_capacity(names.len());
+    for (path, name) in names {
+        let field = GroupField::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| FilterError::UnknownValue {
+                key: path.clone(),
+                what: "column",
+                value: name.chars().take(100).collect(),
+                expected: known.join(", "),
+                suggestion: suggest(name, &known),
+            })?;
+        if fields.contains(&field) {
+            return Err(FilterError::Repeated {
+                key: path,
+                value: name.to_string(),
+            });
+        }
+        fields.push(field);
+    }
+    Ok(fields)
 }
 
 fn criteria_to_json(c: &Criteria) -> Map<String, Value> {
@@ -564,11 +678,20 @@ fn criteria_to_json(c: &Criteria) -> Map<String, Value> {
         };
         object.insert(field.key().into(), v);
     }
-    if let Some(b) = c.blocking {
-        object.insert("blocking".into(), Value::Bool(b));
+    match c.blocking {
+        Some(Blocking::Is(b)) => {
+            object.insert("blocking".into(), Value::Bool(b));
+        }
+        Some(Blocking::Root) => {
+            object.insert("blocking".into(), Value::String("root".into()));
+        }
+        None => {}
     }
     if let Some(b) = c.blocked {
         object.insert("blocked".into(), Value::Bool(b));
+    }
+    if let Some(n) = c.min_blocked_sessions {
+        object.insert("min_blocked_sessions".into(), Value::Number(n.into()));
     }
     if let Some(any) = &c.any {
         object.insert(

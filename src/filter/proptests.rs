@@ -8,10 +8,18 @@ use serde_json::{json, Map, Value};
 use super::*;
 
 const NOW: i64 = 10_000_000_000;
-const CTX: MatchContext = MatchContext {
-    self_pid: 7,
-    now: NOW,
-};
+static PROTECTED: std::sync::LazyLock<Protected> = std::sync::LazyLock::new(|| Protected {
+    applications: vec!["web".into()],
+    roles: vec!["batch".into()],
+});
+
+fn ctx() -> MatchContext<'static> {
+    MatchContext {
+        self_pid: 7,
+        now: NOW,
+        protected: &PROTECTED,
+    }
+}
 
 const NAMES: &[&str] = &[
     "app",
@@ -39,6 +47,8 @@ const AGE_KEYS: &[&str] = &[
     "min_query_age",
     "min_xact_age",
     "min_backend_age",
+    "min_blocked_age",
+    "min_blocking_age",
 ];
 
 /// Exact backend types drawn from this pool (every one in the default vocabulary).
@@ -78,7 +88,9 @@ fn leaf() -> BoxedStrategy<(String, Value)> {
         (proptest::sample::select(AGE_KEYS.to_vec()), 0i64..5)
             .prop_map(|(k, s)| (k.to_string(), json!(format!("{s} seconds")))),
         any::<bool>().prop_map(|b| ("blocking".to_string(), json!(b))),
+        Just(("blocking".to_string(), json!("root"))),
         any::<bool>().prop_map(|b| ("blocked".to_string(), json!(b))),
+        (1u32..5).prop_map(|n| ("min_blocked_sessions".to_string(), json!(n))),
         Just(("all".to_string(), json!(true))),
     ]
     .boxed()
@@ -113,16 +125,28 @@ fn top_filter() -> impl Strategy<Value = Value> {
     (
         node(),
         proptest::option::of(1u64..4),
-        proptest::sample::select(Order::ALL.to_vec()),
-        any::<bool>(),
+        proptest::sample::select(Order::all()),
+        (any::<bool>(), any::<bool>()),
+        proptest::option::of((
+            1u64..3,
+            proptest::sample::subsequence(GroupField::ALL.to_vec(), 0..=2),
+        )),
     )
-        .prop_map(|(mut f, limit, order, su)| {
+        .prop_map(|(mut f, limit, order, (su, prot), quota)| {
             let o = f.as_object_mut().unwrap();
             if let Some(l) = limit {
                 o.insert("limit".into(), json!(l));
             }
             o.insert("order".into(), json!(order.name()));
             o.insert("include_superusers".into(), json!(su));
+            o.insert("include_protected".into(), json!(prot));
+            if let Some((keep, per)) = quota {
+                o.insert("keep".into(), json!(keep));
+                if !per.is_empty() {
+                    let names: Vec<&str> = per.iter().map(|f| f.name()).collect();
+                    o.insert("per".into(), json!(names));
+                }
+            }
             f
         })
 }
@@ -160,9 +184,17 @@ fn arb_session() -> impl Strategy<Value = Session> {
         (None, None),
     ]);
     let times = (opt_time(), opt_time(), opt_time(), opt_time());
-    let flags = (1i32..8, any::<bool>(), any::<bool>(), any::<bool>());
+    let flags = (
+        1i32..8,
+        any::<bool>(),
+        proptest::collection::vec(1i32..9, 0..3),
+        opt_time(),
+    );
     (names, more, addr, times, flags).prop_map(
-        |((u, d, a, h, wt, w), (q, bt, st), (ca, cp), (bs, xs, qs, sc), (pid, su, bl, bd))| {
+        |((u, d, a, h, wt, w), (q, bt, st), (ca, cp), (bs, xs, qs, sc), (pid, su, by, ws))| {
+            let mut blocked_by: Vec<i32> = by.into_iter().filter(|b| *b != pid).collect();
+            blocked_by.sort_unstable();
+            blocked_by.dedup();
             Session {
                 pid,
                 backend_type: Some(bt.to_string()),
@@ -182,11 +214,37 @@ fn arb_session() -> impl Strategy<Value = Session> {
                 query_start: qs,
                 state_change: sc,
                 superuser: su,
-                blocking: bl,
-                blocked: bd,
+                locks: LockFacts {
+                    wait_start: if blocked_by.is_empty() { None } else { ws },
+                    blocked_by,
+                    ..LockFacts::default()
+                },
             }
         },
     )
+}
+
+/// Sessions with distinct pids (1, 2, ...; the caller is 7) whose lock facts are worked out
+/// from their `blocked_by` and `wait_start` by the module's own chains.
+fn arb_sessions() -> impl Strategy<Value = Vec<Session>> {
+    proptest::collection::vec(arb_session(), 1..9).prop_map(|mut sessions| {
+        for (i, s) in sessions.iter_mut().enumerate() {
+            s.pid = i as i32 + 1;
+            s.locks.blocked_by.retain(|&b| b != s.pid);
+            if s.locks.blocked_by.is_empty() {
+                s.locks.wait_start = None;
+            }
+        }
+        let chains = LockChains::new(sessions.iter().map(|s| Waiter {
+            pid: s.pid,
+            blocked_by: s.locks.blocked_by.clone(),
+            wait_start: s.locks.wait_start,
+        }));
+        for s in &mut sessions {
+            s.locks = chains.facts(s.pid);
+        }
+        sessions
+    })
 }
 
 // ---- The reference matcher: reads the JSON directly, shares no code with the module. ----
@@ -225,8 +283,30 @@ fn ref_addr(s: &Session, want: &str) -> bool {
     }
 }
 
+/// The pids waiting behind `pid`, directly or through others: grown until nothing changes
+/// (the module walks the graph instead).
+fn behind(all: &[Session], pid: i32) -> std::collections::BTreeSet<i32> {
+    let mut set = std::collections::BTreeSet::new();
+    loop {
+        let before = set.len();
+        for s in all {
+            if s.pid != pid
+                && s.locks
+                    .blocked_by
+                    .iter()
+                    .any(|b| *b == pid || set.contains(b))
+            {
+                set.insert(s.pid);
+            }
+        }
+        if set.len() == before {
+            return set;
+        }
+    }
+}
+
 /// (matched, strongest backend_type naming: 0 none, 1 regex, 2 exact)
-fn ref_node(f: &Map<String, Value>, s: &Session) -> (bool, u8) {
+fn ref_node(f: &Map<String, Value>, s: &Session, all: &[Session]) -> (bool, u8) {
     let mut naming = 0;
     for (k, v) in f {
         let ok = match k.as_str() {
@@ -256,27 +336,40 @@ fn ref_node(f: &Map<String, Value>, s: &Session) -> (bool, u8) {
                     "min_state_age" => s.state_change,
                     "min_query_age" => s.query_start,
                     "min_xact_age" => s.xact_start,
+                    "min_blocked_age" => s.locks.wait_start,
+                    "min_blocking_age" => behind(all, s.pid)
+                        .iter()
+                        .filter_map(|p| all.iter().find(|x| x.pid == *p)?.locks.wait_start)
+                        .min(),
                     _ => s.backend_start,
                 };
                 ts.is_some_and(|t| NOW - t >= ref_age_ms(v) * 1000)
             }
-            "blocking" => v.as_bool() == Some(s.blocking),
-            "blocked" => v.as_bool() == Some(s.blocked),
+            "blocking" => {
+                let blocks = !behind(all, s.pid).is_empty();
+                let waits = !s.locks.blocked_by.is_empty();
+                match v {
+                    Value::Bool(b) => *b == blocks,
+                    _ => blocks && !waits,
+                }
+            }
+            "blocked" => v.as_bool() == Some(!s.locks.blocked_by.is_empty()),
+            "min_blocked_sessions" => behind(all, s.pid).len() as u64 >= v.as_u64().unwrap(),
             "all" => true,
             "any" => {
                 let hits: Vec<u8> = v
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|b| ref_node(b.as_object().unwrap(), s))
+                    .map(|b| ref_node(b.as_object().unwrap(), s, all))
                     .filter(|(m, _)| *m)
                     .map(|(_, n)| n)
                     .collect();
                 naming = naming.max(hits.iter().copied().max().unwrap_or(0));
                 !hits.is_empty()
             }
-            "exclude" => !ref_node(v.as_object().unwrap(), s).0,
-            "limit" | "order" | "include_superusers" => true,
+            "exclude" => !ref_node(v.as_object().unwrap(), s, all).0,
+            "limit" | "order" | "include_superusers" | "include_protected" | "keep" | "per" => true,
             _ => unreachable!(),
         };
         if !ok {
@@ -286,20 +379,89 @@ fn ref_node(f: &Map<String, Value>, s: &Session) -> (bool, u8) {
     (true, naming)
 }
 
-fn ref_matches(f: &Value, s: &Session) -> bool {
+/// Matches, protection aside.
+fn ref_hit(f: &Value, s: &Session, all: &[Session]) -> bool {
     let o = f.as_object().unwrap();
-    if s.pid == CTX.self_pid {
+    if s.pid == 7 {
         return false;
     }
     if s.superuser && o.get("include_superusers") != Some(&json!(true)) {
         return false;
     }
-    let (hit, naming) = ref_node(o, s);
+    let (hit, naming) = ref_node(o, s, all);
     hit && match s.backend_type.as_deref().unwrap() {
         "client backend" => true,
         "pg_cron launcher" => naming == 2,
         _ => naming >= 1,
     }
+}
+
+fn ref_protected(f: &Value, s: &Session) -> bool {
+    f.get("include_protected") != Some(&json!(true))
+        && (s.application_name.as_deref() == Some("web") || s.usename.as_deref() == Some("batch"))
+}
+
+fn ref_matches(f: &Value, s: &Session, all: &[Session]) -> bool {
+    ref_hit(f, s, all) && !ref_protected(f, s)
+}
+
+/// The victims' pids in order: sorted, less the first `keep` of each group, `limit` of them.
+fn ref_select(f: &Value, all: &[Session]) -> Vec<i32> {
+    let order = f["order"].as_str().unwrap();
+    let (which, column) = order.split_once('_').unwrap();
+    let time = |s: &Session| match column {
+        "backend" => s.backend_start,
+        "xact" => s.xact_start,
+        "query" => s.query_start,
+        _ => s.state_change,
+    };
+    let mut hits: Vec<&Session> = all.iter().filter(|s| ref_matches(f, s, all)).collect();
+    hits.sort_by(|a, b| {
+        let by_time = match (time(a), time(b)) {
+            (Some(x), Some(y)) if which == "newest" => y.cmp(&x),
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        };
+        by_time.then(a.pid.cmp(&b.pid))
+    });
+    if let Some(keep) = f.get("keep").and_then(Value::as_u64) {
+        let per: Vec<String> = f
+            .get("per")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        let key = |s: &Session| -> Vec<Option<String>> {
+            per.iter()
+                .map(|c| match c.as_str() {
+                    "usename" => s.usename.clone(),
+                    "datname" => s.datname.clone(),
+                    "application_name" => s.application_name.clone(),
+                    _ => s.client_addr.map(|a| a.to_string()),
+                })
+                .collect()
+        };
+        let mut seen: Vec<(Vec<Option<String>>, u64)> = Vec::new();
+        hits.retain(|s| {
+            let k = key(s);
+            match seen.iter_mut().find(|(g, _)| *g == k) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n > keep
+                }
+                None => {
+                    seen.push((k, 1));
+                    1 > keep
+                }
+            }
+        });
+    }
+    let mut pids: Vec<i32> = hits.iter().map(|s| s.pid).collect();
+    if let Some(limit) = f.get("limit").and_then(Value::as_u64) {
+        pids.truncate(limit as usize);
+    }
+    pids
 }
 
 proptest! {
@@ -317,15 +479,19 @@ proptest! {
     }
 
     #[test]
-    fn matcher_agrees_with_reference(f in top_filter(), sessions in proptest::collection::vec(arb_session(), 1..8)) {
+    fn matcher_agrees_with_reference(f in top_filter(), sessions in arb_sessions()) {
         let filter = Filter::from_value(&f, &Vocabulary::default()).unwrap();
         for s in &sessions {
-            prop_assert_eq!(filter.matches(s, &CTX), ref_matches(&f, s), "filter {} session {:?}", f, s);
+            prop_assert_eq!(filter.matches(s, &ctx()), ref_matches(&f, s, &sessions), "filter {} session {:?}", f, s);
         }
-        let picked = filter.select(&sessions, &CTX);
-        let all = sessions.iter().filter(|s| ref_matches(&f, s)).count();
-        let limit = f.get("limit").and_then(Value::as_u64).map_or(all, |l| all.min(l as usize));
-        prop_assert_eq!(picked.len(), limit);
+        let picked = filter.select(&sessions, &ctx());
+        let pids: Vec<i32> = picked.victims.iter().map(|&i| sessions[i].pid).collect();
+        prop_assert_eq!(pids, ref_select(&f, &sessions), "filter {}", f);
+        let protected = sessions
+            .iter()
+            .filter(|s| ref_hit(&f, s, &sessions) && ref_protected(&f, s))
+            .count();
+        prop_assert_eq!(picked.protected, protected);
     }
 
     #[test]
@@ -353,8 +519,13 @@ fn arb_json() -> impl Strategy<Value = Value> {
             "order",
             "regex",
             "include_superusers",
+            "include_protected",
             "min_state_age",
+            "min_blocking_age",
+            "min_blocked_sessions",
             "blocking",
+            "keep",
+            "per",
         ])
         .prop_map(String::from),
         ".{0,12}",

@@ -6,9 +6,14 @@ use super::*;
 
 const NOW: i64 = 1_000_000_000_000;
 const SEC: i64 = 1_000_000;
+static NO_PROTECTION: Protected = Protected {
+    applications: Vec::new(),
+    roles: Vec::new(),
+};
 const CTX: MatchContext = MatchContext {
     self_pid: 1,
     now: NOW,
+    protected: &NO_PROTECTION,
 };
 
 fn parse(v: Value) -> Filter {
@@ -43,8 +48,7 @@ fn session(pid: i32) -> Session {
         query_start: Some(NOW - 60 * SEC),
         state_change: Some(NOW - 30 * SEC),
         superuser: false,
-        blocking: false,
-        blocked: false,
+        locks: LockFacts::default(),
     }
 }
 
@@ -172,9 +176,10 @@ fn ages_in_milliseconds_and_intervals() {
 #[test]
 fn blocking_and_blocked() {
     let mut holder = session(10);
-    holder.blocking = true;
+    holder.locks.blocking = true;
+    holder.locks.blocked_sessions = 1;
     let mut waiter = session(11);
-    waiter.blocked = true;
+    waiter.locks.blocked_by = vec![10];
     assert!(matches(json!({"blocking": true}), &holder));
     assert!(!matches(json!({"blocking": true}), &waiter));
     assert!(matches(json!({"blocked": true}), &waiter));
@@ -283,6 +288,7 @@ fn limit_and_order() {
     let pids = |f: Value| -> Vec<i32> {
         parse(f)
             .select(&sessions, &CTX)
+            .victims
             .into_iter()
             .map(|i| sessions[i].pid)
             .collect()
@@ -367,7 +373,71 @@ fn refusals_name_the_problem() {
             json!({"min_query_age": 9_223_372_036_854_775_807i64}),
             "out of range",
         ),
-        (json!({"blocking": "yes"}), "true or false"),
+        (
+            json!({"blocking": "yes"}),
+            "unknown blocking \"yes\" (expected one of true, false, \"root\")",
+        ),
+        (json!({"blocking": 1}), "must be true, false or \"root\""),
+        (
+            json!({"blocking": "roots"}),
+            "(did you mean \"root\"?)",
+        ),
+        (
+            json!({"min_blocked_sessions": 0}),
+            "\"min_blocked_sessions\": 0 is out of range (it must be a positive integer",
+        ),
+        (
+            json!({"min_blocked_sessions": "2"}),
+            "must be a positive integer, not a string",
+        ),
+        (
+            json!({"min_blocking_age": -1}),
+            "\"min_blocking_age\" must not be negative",
+        ),
+        (
+            json!({"min_blocked_age": "soon"}),
+            "\"min_blocked_age\": \"soon\" is not a valid interval",
+        ),
+        (
+            json!({"all": true, "keep": 0}),
+            "\"keep\": 0 is out of range (it must be a positive integer, at most 1000000)",
+        ),
+        (
+            json!({"all": true, "keep": 1.5}),
+            "\"keep\" must be a positive integer, not a fractional number",
+        ),
+        (
+            json!({"all": true, "per": ["usename"]}),
+            "filter key \"per\" needs \"keep\"",
+        ),
+        (
+            json!({"all": true, "keep": 1, "per": ["usename", "usename"]}),
+            "\"per[1]\" names \"usename\" more than once",
+        ),
+        (
+            json!({"all": true, "keep": 1, "per": ["aplication_name"]}),
+            "unknown column \"aplication_name\" (expected one of usename, datname, application_name, client_addr) (did you mean \"application_name\"?)",
+        ),
+        (
+            json!({"all": true, "keep": 1, "per": []}),
+            "\"per\" must not be an empty array",
+        ),
+        (
+            json!({"any": [{"all": true, "keep": 1}]}),
+            "\"any[0].keep\" is only allowed at the top level",
+        ),
+        (
+            json!({"exclude": {"usename": "x", "include_protected": true}, "all": true}),
+            "\"exclude.include_protected\" is only allowed at the top level",
+        ),
+        (
+            json!({"all": true, "include_protected": "yes"}),
+            "\"include_protected\" must be true or false",
+        ),
+        (
+            json!({"all": true, "order": "newest_transaction"}),
+            "expected one of oldest_backend, newest_backend, oldest_xact, newest_xact, oldest_query, newest_query, oldest_state, newest_state",
+        ),
         (json!({"all": false}), "must be true"),
         (json!({"all": true, "limit": 0}), "positive integer"),
         (json!({"all": true, "limit": -1}), "positive integer"),
@@ -482,9 +552,380 @@ fn normalized_form_spells_out_defaults_and_round_trips() {
             "client_addr": "10.0.0.0/8",
             "exclude": {"application_name": {"regex": "^psql"}},
             "include_superusers": false,
+            "include_protected": false,
             "order": "oldest_backend",
             "limit": 3
         })
     );
     assert_eq!(parse(normal.clone()).to_json(), normal);
+}
+
+/// Sessions 1..=n with lock facts worked out from (pid, blocked_by, wait_start) by the chains.
+fn with_chains(waits: &[(i32, &[i32], Option<i64>)], n: i32) -> Vec<Session> {
+    let chains = LockChains::new(waits.iter().map(|(pid, by, start)| Waiter {
+        pid: *pid,
+        blocked_by: by.to_vec(),
+        wait_start: *start,
+    }));
+    (2..=n + 1)
+        .map(|pid| {
+            let mut s = session(pid);
+            s.locks = chains.facts(pid);
+            s
+        })
+        .collect()
+}
+
+fn chosen(f: Value, sessions: &[Session]) -> Vec<i32> {
+    parse(f)
+        .select(sessions, &CTX)
+        .victims
+        .into_iter()
+        .map(|i| sessions[i].pid)
+        .collect()
+}
+
+#[test]
+fn lock_chains_root_depth_and_ages() {
+    // 2 <- 3 <- 4 (4 waits for 3, which waits for 2), and 5 <- 6; 3 waits since 40 s, 4 since
+    // 10 s, 6 since 5 s.
+    let sessions = with_chains(
+        &[
+            (3, &[2], Some(NOW - 40 * SEC)),
+            (4, &[3], Some(NOW - 10 * SEC)),
+            (6, &[5], Some(NOW - 5 * SEC)),
+        ],
+        5,
+    );
+    assert_eq!(chosen(json!({"blocking": "root"}), &sessions), vec![2, 5]);
+    assert_eq!(chosen(json!({"blocking": true}), &sessions), vec![2, 3, 5]);
+    assert_eq!(chosen(json!({"blocking": false}), &sessions), vec![4, 6]);
+    assert_eq!(chosen(json!({"blocked": true}), &sessions), vec![3, 4, 6]);
+    // Through the chain: 2 holds up 3 and 4, and 3 has waited 40 s.
+    assert_eq!(
+        chosen(json!({"min_blocked_sessions": 2}), &sessions),
+        vec![2]
+    );
+    assert_eq!(
+        chosen(
+            json!({"blocking": "root", "min_blocking_age": "30s"}),
+            &sessions
+        ),
+        vec![2]
+    );
+    assert_eq!(
+        chosen(
+            json!({"blocking": "root", "min_blocking_age": "4s"}),
+            &sessions
+        ),
+        vec![2, 5]
+    );
+    assert_eq!(
+        chosen(json!({"min_blocking_age": "11s"}), &sessions),
+        vec![2]
+    );
+    assert_eq!(
+        chosen(json!({"min_blocked_age": "10s"}), &sessions),
+        vec![3, 4]
+    );
+    // A waiter whose wait has no timestamp yet has no wait age: it never matches an age.
+    let sessions = with_chains(&[(3, &[2], None)], 2);
+    assert_eq!(
+        chosen(json!({"min_blocked_age": 0}), &sessions),
+        Vec::<i32>::new()
+    );
+    assert_eq!(chosen(json!({"blocking": "root"}), &sessions), vec![2]);
+}
+
+#[test]
+fn a_cycle_has_no_root_and_ends_the_walk() {
+    // 2 <- 3 <- 4 <- 2 (a deadlock the detector has not broken yet), and 5 holds up 2 too.
+    let sessions = with_chains(
+        &[
+            (2, &[4, 5], Some(NOW - 20 * SEC)),
+            (3, &[2], Some(NOW - 30 * SEC)),
+            (4, &[3], Some(NOW - 10 * SEC)),
+        ],
+        4,
+    );
+    // Every member is blocked, so none is a root; 5, outside the cycle, is.
+    assert_eq!(chosen(json!({"blocking": "root"}), &sessions), vec![5]);
+    // Each member holds up the other two (not itself); 5 holds up all three.
+    for s in &sessions[..3] {
+        assert_eq!(s.locks.blocked_sessions, 2, "{}", s.pid);
+    }
+    assert_eq!(sessions[3].locks.blocked_sessions, 3);
+    assert_eq!(
+        chosen(json!({"min_blocked_sessions": 3}), &sessions),
+        vec![5]
+    );
+    assert_eq!(
+        chosen(
+            json!({"blocking": true, "min_blocking_age": "25s"}),
+            &sessions
+        ),
+        vec![2, 4, 5]
+    );
+}
+
+#[test]
+fn keep_spares_the_first_of_each_group_and_limit_comes_after() {
+    let mut sessions: Vec<Session> = (2..=9).map(session).collect();
+    for (i, s) in sessions.iter_mut().enumerate() {
+        s.backend_start = Some(NOW - (100 - i as i64) * SEC); // 2 is the oldest backend
+        s.application_name = Some(if i % 2 == 0 { "a" } else { "b" }.into());
+        s.state_change = Some(NOW - (i as i64 % 3) * SEC);
+    }
+    // "At most 2 per application, the newest kept".
+    let f = json!({"all": true, "per": ["application_name"], "keep": 2, "order": "newest_backend"});
+    // a: 8, 6 kept; 4, 2 go. b: 9, 7 kept; 5, 3 go. Victims newest first.
+    assert_eq!(chosen(f.clone(), &sessions), vec![5, 4, 3, 2]);
+    let mut limited = f.clone();
+    limited["limit"] = json!(1);
+    assert_eq!(chosen(limited, &sessions), vec![5]);
+    // Without per, one group.
+    assert_eq!(
+        chosen(json!({"all": true, "keep": 6}), &sessions),
+        vec![8, 9]
+    );
+    // The other new orders.
+    assert_eq!(
+        chosen(
+            json!({"all": true, "order": "newest_state", "limit": 3}),
+            &sessions
+        ),
+        vec![2, 5, 8]
+    );
+    assert_eq!(
+        chosen(
+            json!({"all": true, "keep": 7, "order": "oldest_state"}),
+            &sessions
+        ),
+        vec![8]
+    );
+    // NULL is a group of its own, as in GROUP BY.
+    sessions[0].application_name = None;
+    sessions[1].application_name = None;
+    assert_eq!(
+        chosen(
+            json!({"all": true, "per": "application_name", "keep": 1}),
+            &sessions
+        ),
+        vec![3, 6, 7, 8, 9]
+    );
+}
+
+#[test]
+fn protected_tools_and_roles_are_left_unless_the_filter_includes_them() {
+    let protected = Protected {
+        applications: vec!["pg_dump".into()],
+        roles: vec!["backup".into()],
+    };
+    let ctx = MatchContext {
+        protected: &protected,
+        ..CTX
+    };
+    let mut dump = session(2);
+    dump.application_name = Some("pg_dump".into());
+    let mut backup = session(3);
+    backup.usename = Some("backup".into());
+    let app = session(4);
+    let sessions = vec![dump, backup, app];
+    let selection = parse(json!({"all": true})).select(&sessions, &ctx);
+    assert_eq!(selection.victims, vec![2]);
+    assert_eq!(selection.protected, 2);
+    let selection = parse(json!({"all": true, "include_protected": true})).select(&sessions, &ctx);
+    assert_eq!(selection.victims, vec![0, 1, 2]);
+    assert_eq!(selection.protected, 0);
+    // Protected sessions are not part of a quota's groups.
+    let selection = parse(json!({"all": true, "keep": 1})).select(&sessions, &ctx);
+    assert_eq!(selection.victims, Vec::<usize>::new());
+}
+
+#[test]
+fn normal_form_of_the_new_keys() {
+    let f = parse(json!({
+        "blocking": "root", "min_blocking_age": "30s", "min_blocked_sessions": 2,
+        "min_blocked_age": 500, "keep": 20, "per": "application_name",
+        "order": "newest_backend", "include_protected": true
+    }));
+    assert_eq!(
+        f.to_json(),
+        json!({
+            "blocking": "root", "min_blocking_age": 30_000, "min_blocked_sessions": 2,
+            "min_blocked_age": 500, "keep": 20, "per": ["application_name"],
+            "order": "newest_backend", "include_protected": true, "include_superusers": false
+        })
+    );
+}
+
+#[test]
+fn name_lists_as_settings_hold_them() {
+    assert_eq!(
+        name_list(" pg_dump, pg_restore ,,\"my, app\" , \"say \"\"hi\"\"\",Caps "),
+        vec!["pg_dump", "pg_restore", "my, app", "say \"hi\"", "Caps"]
+    );
+    assert_eq!(name_list(""), Vec::<String>::new());
+    assert_eq!(name_list("\"unterminated"), vec!["unterminated"]);
+}
+
+#[test]
+fn timestamps_as_postgresql_writes_them() {
+    use replay::parse_timestamp;
+    // 2000-01-01 00:00:00 UTC is PostgreSQL's epoch.
+    assert_eq!(parse_timestamp("2000-01-01T00:00:00+00:00"), Ok(0));
+    assert_eq!(parse_timestamp("2000-01-01 00:00:00+00"), Ok(0));
+    assert_eq!(parse_timestamp("2000-01-01T01:00:00Z"), Ok(3_600 * SEC));
+    assert_eq!(
+        parse_timestamp("2026-11-25T17:55:55.123456+00:00"),
+        Ok(848_944_555_123_456)
+    );
+    assert_eq!(
+        parse_timestamp("2026-11-25T19:55:55.12+02:00"),
+        Ok(848_944_555_120_000)
+    );
+    assert_eq!(parse_timestamp("1999-12-31T23:59:59-00:00:01"), Ok(0));
+    assert_eq!(parse_timestamp("2024-02-29T00:00:00Z").is_ok(), true);
+    for bad in [
+        "2023-02-29T00:00:00Z",
+        "2026-11-25T17:55:55",
+        "2026-11-25",
+        "2026-13-01T00:00:00Z",
+        "2026-11-25T17:55:55.1234567Z",
+        "yesterday",
+        "2026-11-25T17:55:55+0",
+        "",
+    ] {
+        assert!(parse_timestamp(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn replay_matches_json_rows_as_the_live_path_matches_sessions() {
+    let rows = json!([
+        {"pid": 10, "usesysid": 10, "usename": "app", "application_name": "web",
+         "backend_type": "client backend", "state": "idle in transaction",
+         "backend_start": "2026-11-25T17:00:00+00:00", "xact_start": "2026-11-25T17:50:00+00:00",
+         "state_change": "2026-11-25T17:50:00+00:00", "client_addr": "10.1.2.3", "client_port": 5000,
+         "query": "UPDATE t SET x = 1", "blocking_pids": [], "waitstart": null,
+         "now": "2026-11-25T18:00:00+00:00"},
+        {"pid": 11, "usesysid": 10, "usename": "app", "application_name": "web",
+         "backend_type": "client backend", "state": "active", "query": "UPDATE t SET x = 2",
+         "backend_start": "2026-11-25T17:10:00+00:00", "blocking_pids": [10],
+         "waitstart": "2026-11-25T17:59:00+00:00", "now": "2026-11-25T18:00:00+00:00"},
+        {"pid": 12, "usesysid": null, "usename": null, "backend_type": "checkpointer",
+         "blocking_pids": null, "now": "2026-11-25T18:00:00+00:00"},
+        {"pid": 13, "usesysid": 20, "usename": "other", "application_name": "x",
+         "backend_type": null, "state": null, "query": "<insufficient privilege>",
+         "blocking_pids": [], "now": "2026-11-25T18:00:00+00:00"}
+    ]);
+    let run = |f: Value| -> Vec<(i32, bool)> {
+        replay::replay(&parse(f), &rows, None, &NO_PROTECTION).unwrap()
+    };
+    let matched = |f: Value| -> Vec<i32> {
+        run(f)
+            .into_iter()
+            .filter(|(_, m)| *m)
+            .map(|(p, _)| p)
+            .collect()
+    };
+    assert_eq!(
+        run(json!({"blocking": "root", "min_blocking_age": "30s"})),
+        vec![(10, true), (11, false), (12, false), (13, false)]
+    );
+    assert_eq!(matched(json!({"min_xact_age": "10 minutes"})), vec![10]);
+    assert_eq!(
+        matched(json!({"min_xact_age": "10 minutes 1 second"})),
+        Vec::<i32>::new()
+    );
+    // The hidden row is matched on NULLs, never on its placeholder, and is a client backend.
+    assert_eq!(
+        matched(json!({"query": {"regex": "insufficient"}})),
+        Vec::<i32>::new()
+    );
+    assert_eq!(matched(json!({"usename": "other"})), vec![13]);
+    // A process with no role counts as a superuser's.
+    assert_eq!(
+        matched(json!({"backend_type": "checkpointer"})),
+        Vec::<i32>::new()
+    );
+    assert_eq!(
+        matched(json!({"backend_type": "checkpointer", "include_superusers": true})),
+        vec![12]
+    );
+    // "now" as an argument overrides the rows'.
+    let later = replay::parse_timestamp("2026-11-25T19:00:00Z").unwrap();
+    let r = replay::replay(
+        &parse(json!({"min_xact_age": "70 minutes"})),
+        &rows,
+        Some(later),
+        &NO_PROTECTION,
+    )
+    .unwrap();
+    assert_eq!(r[0], (10, true));
+}
+
+#[test]
+fn replay_refuses_what_it_cannot_read() {
+    let f = parse(json!({"blocking": true}));
+    let ages = parse(json!({"min_state_age": 1}));
+    let all = parse(json!({"all": true}));
+    let cases: Vec<(&Filter, Value, &str)> = vec![
+        (
+            &all,
+            json!({"pid": 1}),
+            "sessions must be a JSON array of pg_stat_activity rows, not an object",
+        ),
+        (
+            &all,
+            json!([1]),
+            "sessions[0] must be a JSON object (a pg_stat_activity row), not a number",
+        ),
+        (&all, json!([{"usename": "x"}]), "sessions[0] has no pid"),
+        (
+            &all,
+            json!([{"pid": "1"}]),
+            "sessions[0].pid must be an integer or null, not a string",
+        ),
+        (
+            &all,
+            json!([{"pid": 1, "usename": 5}]),
+            "sessions[0].usename must be a string or null, not a number",
+        ),
+        (
+            &all,
+            json!([{"pid": 1, "backend_start": "noon"}]),
+            "sessions[0].backend_start: \"noon\" is not a timestamp",
+        ),
+        (
+            &all,
+            json!([{"pid": 1, "client_addr": "here"}]),
+            "sessions[0].client_addr: \"here\" is not an IP address",
+        ),
+        (
+            &f,
+            json!([{"pid": 1, "blocking_pids": []}, {"pid": 2}]),
+            "sessions[1] has no \"blocking_pids\"",
+        ),
+        (
+            &f,
+            json!([{"pid": 1, "blocking_pids": ["x"]}]),
+            "sessions[0].blocking_pids must be an array of pids",
+        ),
+        (&ages, json!([{"pid": 1}]), "sessions[0] has no \"now\""),
+        (
+            &all,
+            json!([{"pid": 1, "superuser": "no"}]),
+            "sessions[0].superuser must be a boolean or null",
+        ),
+    ];
+    for (filter, sessions, needle) in cases {
+        let message = replay::replay(filter, &sessions, None, &NO_PROTECTION)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(needle),
+            "{sessions}: {message:?} lacks {needle:?}"
+        );
+    }
 }
