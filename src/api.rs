@@ -117,6 +117,39 @@ fn validate_filter(filter: Option<JsonbText>) -> pgrx::JsonB {
     pgrx::JsonB(parse(filter).to_json())
 }
 
+/// The filter against sessions given as JSON (pg_stat_activity rows, as `jsonb_agg` of the
+/// view gives them), at `now` or the rows' own `"now"`: for each row in order, whether the
+/// filter would select it. Signals nothing and reads no server state but the protected-tools
+/// settings; the matching is the live path's own code.
+#[pg_extern(stable, parallel_safe)]
+fn test_filter(
+    filter: Option<JsonbText>,
+    sessions: Option<JsonbText>,
+    now: default!(Option<TimestampWithTimeZone>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(ordinality, i32),
+        name!(pid, i32),
+        name!(matched, bool),
+    ),
+> {
+    let filter = parse(filter);
+    let Some(JsonbText(sessions)) = sessions else {
+        refuse("sessions must not be NULL")
+    };
+    let sessions: serde_json::Value = serde_json::from_str(&sessions)
+        .unwrap_or_else(|e| refuse(&format!("sessions is not valid JSON: {e}")));
+    let now = now.map(pg_sys::TimestampTz::from);
+    let rows = crate::filter::replay::replay(&filter, &sessions, now, &crate::guc::protected())
+        .unwrap_or_else(|e| refuse(&e.to_string()));
+    TableIterator::new(
+        rows.into_iter()
+            .enumerate()
+            .map(|(i, (pid, matched))| (i as i32 + 1, pid, matched)),
+    )
+}
+
 fn parse(filter: Option<JsonbText>) -> Filter {
     let parsed = match filter {
         None => Err(FilterError::Null),

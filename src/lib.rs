@@ -40,7 +40,8 @@ pgrx::extension_sql_file!(
         api::run_policies,
         api::run_policy,
         api::worker_status,
-        api::worker
+        api::worker,
+        api::test_filter
     ]
 );
 

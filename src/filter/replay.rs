@@ -12,8 +12,9 @@
 //! - `now` (a timestamp, the moment of the capture), unless `now` is given apart.
 //!
 //! A row of another role's session as pg_stat_activity shows it (query `<insufficient
-//! privilege>`) is matched as the live path matches it: the hidden columns are NULL, and it is a
-//! client backend.
+//! privilege>`) is matched as the live path matches it: the hidden columns are NULL, and, if it
+//! has a role, it is taken for a client backend (the live path knows the hidden type; a
+//! background worker running as a role is the one case a replay cannot tell).
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -216,10 +217,13 @@ fn session_from_json(index: usize, o: &Map<String, Value>) -> Result<Replayed, R
         None | Some(Value::Null) => matches!(o.get("usesysid"), None | Some(Value::Null)),
         Some(v) => return Err(wrong("superuser", "a boolean or null", v)),
     };
+    // A hidden row's type is hidden too; a client backend always has a role, so a hidden row
+    // with one is taken for a client backend (the live path knows; a replay must guess).
+    let has_role = !matches!(o.get("usesysid"), None | Some(Value::Null));
     let session = Session {
         pid,
         client_backend: backend_type.as_deref() == Some("client backend")
-            || (hidden && backend_type.is_none()),
+            || (hidden && backend_type.is_none() && has_role),
         backend_type,
         usename: text("usename")?,
         datname: text("datname")?,

@@ -130,3 +130,19 @@ fn the_package_installs_and_works_on_a_clean_debian_12_root() {
         );
     }
 }
+
+#[test]
+fn the_pgxn_metadata_names_this_version() {
+    // META.json is written by hand: a release must not ship the last one's version.
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../META.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let version = pg_reaper_version();
+    assert_eq!(meta["version"], serde_json::json!(version));
+    assert_eq!(
+        meta["provides"]["pg_reaper"]["version"],
+        serde_json::json!(version)
+    );
+}
