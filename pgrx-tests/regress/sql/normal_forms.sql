@@ -17,7 +17,12 @@ SELECT f AS filter, reaper.validate_filter(f::jsonb) AS normal_form
     ('{"any": [{"usename": "a"}, {"application_name": {"regex": "(?i)^report"}}]}'),
     ('{"all": true, "exclude": {"application_name": "psql"}}'),
     ('{"all": true, "limit": 5, "order": "oldest_xact", "include_superusers": true}'),
-    ('{"backend_type": "walsender", "include_superusers": true}')
+    ('{"backend_type": "walsender", "include_superusers": true}'),
+    ('{"blocking": "root", "min_blocking_age": "30s"}'),
+    ('{"blocking": true, "min_blocked_sessions": 10, "min_blocked_age": "1 min"}'),
+    ('{"state": "idle", "per": "application_name", "keep": 20, "order": "newest_backend"}'),
+    ('{"all": true, "per": ["usename", "datname"], "keep": 5, "limit": 50, "order": "newest_state"}'),
+    ('{"application_name": "pg_dump", "include_protected": true}')
   ) v(f);
 
 SELECT count(*) AS stable

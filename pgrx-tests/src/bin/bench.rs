@@ -45,6 +45,7 @@ fn main() {
     if full {
         results["scaling"] = preview_scaling(&cluster, &mut me);
     }
+    results["chains"] = lock_chains_vs_cte(&cluster, &mut me);
     drop(me);
     drop(cluster);
     if full {
@@ -216,6 +217,135 @@ fn preview_scaling(cluster: &Cluster, me: &mut Client) -> Value {
         wait_none_left(me);
     }
     json!({"runs": RUNS, "filters": [plain, locks, waiting], "rows": rows})
+}
+
+/// The hand-written recursive CTE a DBA would use for "the root blockers of chains in which
+/// someone has waited 1 s": who waits for whom from pg_blocking_pids, walked to every session
+/// behind each blocker, joined with pg_locks.waitstart; a root waits for nobody.
+const CTE_ROOTS: &str = "\
+WITH RECURSIVE waits AS (
+  SELECT a.pid AS waiter, b.blocker
+    FROM pg_catalog.pg_stat_activity a, unnest(pg_catalog.pg_blocking_pids(a.pid)) AS b(blocker)
+   WHERE a.wait_event_type = 'Lock'
+), behind AS (
+  SELECT blocker, waiter FROM waits
+  UNION
+  SELECT bh.blocker, w.waiter FROM behind bh JOIN waits w ON w.blocker = bh.waiter
+)
+SELECT DISTINCT bh.blocker
+  FROM behind bh JOIN pg_catalog.pg_locks l ON l.pid = bh.waiter AND NOT l.granted
+ WHERE bh.blocker NOT IN (SELECT waiter FROM waits)
+   AND l.waitstart <= now() - interval '1 second'";
+
+/// ... and for "every session holding up at least 5 others, directly or through a chain".
+const CTE_DEEP: &str = "\
+WITH RECURSIVE waits AS (
+  SELECT a.pid AS waiter, b.blocker
+    FROM pg_catalog.pg_stat_activity a, unnest(pg_catalog.pg_blocking_pids(a.pid)) AS b(blocker)
+   WHERE a.wait_event_type = 'Lock'
+), behind AS (
+  SELECT blocker, waiter FROM waits
+  UNION
+  SELECT bh.blocker, w.waiter FROM behind bh JOIN waits w ON w.blocker = bh.waiter
+)
+SELECT blocker FROM behind GROUP BY blocker HAVING count(DISTINCT waiter) >= 5";
+
+const OURS_ROOTS: &str = r#"{"blocking": "root", "min_blocking_age": "1s"}"#;
+const OURS_DEEP: &str = r#"{"min_blocked_sessions": 5}"#;
+
+/// Lock chains: 1000 sessions, 100 of them in 10 chains of 10 (each session holds a table and
+/// waits for the one before it), against the hand-written recursive CTEs; 30 runs each,
+/// interleaved, medians.
+fn lock_chains_vs_cte(cluster: &Cluster, me: &mut Client) -> Value {
+    const CHAINS: usize = 10;
+    const LENGTH: usize = 10;
+    const RUNS: usize = 30;
+    let _idle = open(cluster, 1000 - CHAINS * LENGTH);
+    let mut ddl = String::new();
+    for c in 0..CHAINS {
+        for i in 0..LENGTH {
+            ddl += &format!("CREATE TABLE IF NOT EXISTS chain_{c}_{i} (id int); GRANT ALL ON chain_{c}_{i} TO bench; ");
+        }
+    }
+    me.batch_execute(&ddl).unwrap();
+    let mut holders = Vec::new();
+    let mut waiting = Vec::new();
+    for c in 0..CHAINS {
+        for i in 0..LENGTH {
+            let mut s = cluster.connect_as("bench", "bench_chain");
+            s.batch_execute(&format!("BEGIN; LOCK TABLE chain_{c}_{i} IN ACCESS EXCLUSIVE MODE"))
+                .unwrap();
+            if i == 0 {
+                holders.push(s);
+            } else {
+                let before = format!("SELECT count(*) FROM chain_{c}_{}", i - 1);
+                waiting.push(std::thread::spawn(move || {
+                    let _ = s.batch_execute(&before);
+                }));
+            }
+        }
+    }
+    // Every waiter queued, and the oldest waits at least a second old.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (queued, old): (i64, bool) = {
+            let row = me
+                .query_one(
+                    "SELECT count(*), coalesce(min(waitstart) <= now() - interval '1 second', false) \
+                       FROM pg_locks WHERE NOT granted AND locktype = 'relation'",
+                    &[],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        if queued == (CHAINS * (LENGTH - 1)) as i64 && old {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the chains never formed ({queued} waiting)");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ours_sql = "SELECT count(*) FROM reaper.preview_matching($1::text::jsonb)";
+    let mut measure = |cte: &str, ours: &str, expected: i64| -> (Duration, Duration) {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for run in 0..RUNS + 3 {
+            let ta = time(|| assert_eq!(me.query(cte, &[]).unwrap().len() as i64, expected, "{cte}"));
+            let tb = time(|| {
+                let n: i64 = me.query_one(ours_sql, &[&ours]).unwrap().get(0);
+                assert_eq!(n, expected, "{ours}");
+            });
+            if run >= 3 {
+                a.push(ta);
+                b.push(tb);
+            }
+        }
+        a.sort();
+        b.sort();
+        (a[RUNS / 2], b[RUNS / 2])
+    };
+    let (cte_roots, ours_roots) = measure(CTE_ROOTS, OURS_ROOTS, CHAINS as i64);
+    let (cte_deep, ours_deep) = measure(CTE_DEEP, OURS_DEEP, (CHAINS * (LENGTH - 5)) as i64);
+    println!(
+        "lock chains: roots CTE {cte_roots:?} vs pg_reaper {ours_roots:?}; deep CTE {cte_deep:?} vs pg_reaper {ours_deep:?}"
+    );
+    drop(holders);
+    me.batch_execute(
+        "SELECT count(*) FROM reaper.terminate_matching('{\"application_name\": \"bench_chain\"}', 5000)",
+    )
+    .unwrap();
+    for w in waiting {
+        w.join().unwrap();
+    }
+    drop(_idle);
+    wait_none_left(me);
+    json!({
+        "sessions": 1000, "chains": CHAINS, "length": LENGTH, "runs": RUNS,
+        "rows": [
+            {"what": "roots of chains with a 1 s wait", "filter": OURS_ROOTS,
+             "cte_ms": millis(cte_roots), "pg_reaper_ms": millis(ours_roots)},
+            {"what": "holding up at least 5 sessions", "filter": OURS_DEEP,
+             "cte_ms": millis(cte_deep), "pg_reaper_ms": millis(ours_deep)},
+        ],
+    })
 }
 
 /// The background worker: how soon after a session becomes a match the worker has signalled
@@ -465,6 +595,38 @@ fn render(all: &[Value]) -> String {
             w["cost_cpu_ms_per_run"].as_f64().unwrap_or(0.0),
             w["cost_core_percent"].as_f64().unwrap_or(0.0),
         );
+    }
+    md += "\n## Lock chains: pg_reaper against the recursive CTE a DBA would write\n\n";
+    if let Some(c) = r.get("chains") {
+        md += &format!(
+            "{} sessions, {} of them in {} chains of {} (each holds a table and waits for the one before it); \
+             {} runs each, interleaved, medians. The CTEs walk `pg_blocking_pids` recursively and join `pg_locks` \
+             (in `pgrx-tests/src/bin/bench.rs`).\n\n",
+            c["sessions"],
+            c["chains"].as_u64().unwrap_or(0) * c["length"].as_u64().unwrap_or(0),
+            c["chains"],
+            c["length"],
+            c["runs"]
+        );
+    }
+    md += "| PostgreSQL | question | pg_reaper filter | recursive CTE | pg_reaper | speed-up |\n\
+           | --- | --- | --- | ---: | ---: | ---: |\n";
+    for v in all {
+        for row in v["chains"]["rows"].as_array().into_iter().flatten() {
+            let (cte, ours) = (row["cte_ms"].as_f64(), row["pg_reaper_ms"].as_f64());
+            md += &format!(
+                "| {} | {} | `{}` | {} | {} | {} |\n",
+                v["major"],
+                row["what"].as_str().unwrap_or(""),
+                row["filter"].as_str().unwrap_or(""),
+                fmt_ms(cte),
+                fmt_ms(ours),
+                match (cte, ours) {
+                    (Some(a), Some(b)) => format!("{:.1}x", a / b),
+                    _ => "-".into(),
+                }
+            );
+        }
     }
     if let Some(s) = r.get("scaling") {
         let f = s["filters"].as_array().unwrap();

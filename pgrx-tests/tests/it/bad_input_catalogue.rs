@@ -126,7 +126,126 @@ fn catalogue() -> Vec<Case> {
         ),
         case(
             r#"{"blocking": "true"}"#,
-            r#""blocking" must be true or false, not a string"#,
+            r#""blocking": unknown blocking "true" (expected one of true, false, "root")"#,
+        ),
+        case(
+            r#"{"blocking": null}"#,
+            r#""blocking" must be true, false or "root", not null"#,
+        ),
+        case(
+            r#"{"blocking": "Root"}"#,
+            r#"(did you mean "root"?)"#,
+        ),
+        // The lock-chain keys.
+        case(
+            r#"{"min_blocked_sessions": 0}"#,
+            r#""min_blocked_sessions": 0 is out of range (it must be a positive integer, at most 4294967295)"#,
+        ),
+        case(
+            r#"{"min_blocked_sessions": 4294967296}"#,
+            r#""min_blocked_sessions": 4294967296 is out of range"#,
+        ),
+        case(
+            r#"{"min_blocked_sessions": -1}"#,
+            r#""min_blocked_sessions": -1 is out of range"#,
+        ),
+        case(
+            r#"{"min_blocked_sessions": 2.5}"#,
+            r#""min_blocked_sessions" must be a positive integer, not a fractional number"#,
+        ),
+        case(
+            r#"{"min_blocked_sessions": [2]}"#,
+            r#""min_blocked_sessions" must be a positive integer, not an array"#,
+        ),
+        case(
+            r#"{"min_blocking_age": "30 parsecs"}"#,
+            r#""min_blocking_age": "30 parsecs" is not a valid interval"#,
+        ),
+        case(
+            r#"{"min_blocking_age": -5}"#,
+            r#""min_blocking_age" must not be negative"#,
+        ),
+        case(
+            r#"{"min_blocked_age": true}"#,
+            r#""min_blocked_age" must be an integer number of milliseconds or an interval string"#,
+        ),
+        case(
+            r#"{"min_bloked_age": 1}"#,
+            r#"(did you mean "min_blocked_age"?)"#,
+        ),
+        case(
+            r#"{"min_blocked_session": 1}"#,
+            r#"(did you mean "min_blocked_sessions"?)"#,
+        ),
+        // Quotas.
+        case(
+            r#"{"all": true, "keep": 0}"#,
+            r#""keep": 0 is out of range (it must be a positive integer, at most 1000000)"#,
+        ),
+        case(
+            r#"{"all": true, "keep": 1000001}"#,
+            r#""keep": 1000001 is out of range"#,
+        ),
+        case(
+            r#"{"all": true, "keep": "20"}"#,
+            r#""keep" must be a positive integer, not a string"#,
+        ),
+        case(
+            r#"{"all": true, "keep": null}"#,
+            r#""keep" must be a positive integer, not null"#,
+        ),
+        case(
+            r#"{"all": true, "per": ["usename"]}"#,
+            r#"filter key "per" needs "keep""#,
+        ),
+        case(
+            r#"{"all": true, "keep": 2, "per": []}"#,
+            r#""per" must not be an empty array"#,
+        ),
+        case(
+            r#"{"all": true, "keep": 2, "per": ["datname", "datname"]}"#,
+            r#""per[1]" names "datname" more than once"#,
+        ),
+        case(
+            r#"{"all": true, "keep": 2, "per": ["state"]}"#,
+            r#""per[0]": unknown column "state" (expected one of usename, datname, application_name, client_addr)"#,
+        ),
+        case(
+            r#"{"all": true, "keep": 2, "per": "user"}"#,
+            r#""per": unknown column "user""#,
+        ),
+        case(
+            r#"{"all": true, "keep": 2, "per": [1]}"#,
+            r#""per[0]" must be a column name, not a number"#,
+        ),
+        case(
+            r#"{"all": true, "keep": 2, "per": {"usename": true}}"#,
+            r#""per" must be a column name or an array of column names, not an object"#,
+        ),
+        case(
+            r#"{"any": [{"usename": "x", "keep": 1}]}"#,
+            r#""any[0].keep" is only allowed at the top level"#,
+        ),
+        case(
+            r#"{"exclude": {"usename": "x", "per": "usename"}, "all": true}"#,
+            r#""exclude.per" is only allowed at the top level"#,
+        ),
+        case(
+            r#"{"all": true, "order": "newest"}"#,
+            r#"unknown order "newest" (expected one of oldest_backend, newest_backend, oldest_xact, newest_xact, oldest_query, newest_query, oldest_state, newest_state)"#,
+        ),
+        // Protected tools.
+        case(
+            r#"{"all": true, "include_protected": 1}"#,
+            r#""include_protected" must be true or false, not a number"#,
+        ),
+        case(
+            r#"{"any": [{"include_protected": true}]}"#,
+            r#""any[0].include_protected" is only allowed at the top level"#,
+        ),
+        case(
+            r#"{"all": true, "include_protectd": true}"#,
+            r#"(did you mean "include_protected"?)"#,
         ),
         case(
             r#"{"all": "true"}"#,
@@ -454,12 +573,13 @@ fn catalogue() -> Vec<Case> {
 }
 
 /// The functions that take a filter, with valid other arguments.
-const CALLS: [&str; 5] = [
+const CALLS: [&str; 6] = [
     "SELECT count(*) FROM reaper.preview_matching($1::text::jsonb)",
     "SELECT count(*) FROM reaper.cancel_matching($1::text::jsonb)",
     "SELECT count(*) FROM reaper.terminate_matching($1::text::jsonb, 1000)",
     "SELECT count(*) FROM reaper.cancel_then_terminate($1::text::jsonb, 100, 1000)",
     "SELECT reaper.validate_filter($1::text::jsonb) IS NULL",
+    "SELECT count(*) FROM reaper.test_filter($1::text::jsonb, '[]')",
 ];
 
 /// The idle target and the busy one are exactly as they were: both connected, the busy one
