@@ -139,6 +139,27 @@ show "The worker itself: never a victim (no regex selects it), restarted by the 
     "SELECT w.pid, w.state, w.database, a.backend_type, a.application_name
        FROM reaper.worker() w JOIN pg_stat_activity a USING (pid);"
 
+echo
+echo "==> quotas, protected tools, replay"
+for _ in 1 2 3 4; do hold app "SELECT 1;" pool; done
+hold app "SELECT 1;" pg_dump
+wait_for "the pool and the dump are connected" \
+    "SELECT count(*) = 5 FROM pg_stat_activity WHERE application_name IN ('pool', 'pg_dump') AND state = 'idle'"
+
+show "At most 2 idle connections per application, the newest kept: the 2 oldest of the pool go" \
+    "SELECT pid, application_name, to_char(backend_start, 'HH24:MI:SS.MS') AS started, outcome
+       FROM reaper.preview_matching('{\"state\": \"idle\", \"application_name\": \"pool\",
+                                      \"per\": [\"application_name\"], \"keep\": 2, \"order\": \"newest_backend\"}');"
+
+show "{\"all\": true} never touches pg_dump (and says so): pg_reaper.protected_applications" \
+    "SELECT pid, application_name, outcome FROM reaper.preview_matching('{\"all\": true}');"
+
+show "Replay: the same filter against a saved pg_stat_activity, signalling nothing" \
+    "CREATE TEMP TABLE capture AS SELECT jsonb_agg(to_jsonb(a) || jsonb_build_object('now', now())) AS sessions
+       FROM pg_stat_activity a WHERE application_name = 'pool';
+     SELECT t.ordinality, t.pid, t.matched
+       FROM capture, reaper.test_filter('{\"all\": true, \"per\": [\"application_name\"], \"keep\": 2, \"order\": \"newest_backend\"}', sessions) t;"
+
 show "The audit trail: who killed what, when, and why" \
     "SELECT to_char(logged_at, 'HH24:MI:SS.MS') AS at, caller, run_as, policy, action, outcome, pid, application_name
        FROM reaper.log ORDER BY logged_at;"
