@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use pgrx::prelude::*;
 
 use crate::compat;
-use crate::filter::Session;
+use crate::filter::{ChainNeeds, Session};
 use crate::locks::LockGraph;
 
 pub use crate::filter::replay::HIDDEN_QUERY;
@@ -52,19 +52,18 @@ pub struct Snapshot {
 pub enum LockInfo<'g> {
     /// The filter has no lock key.
     Skip,
-    /// A fresh look at the lock manager.
-    Read,
+    /// A fresh look at the lock manager, and what the chains must work out.
+    Read(ChainNeeds),
     /// A recent look, reused (the escalation's grace period polls every few milliseconds, and
     /// asking the lock manager that often would slow everyone's locking).
     Reuse(&'g LockGraph),
 }
 
 impl LockInfo<'_> {
-    pub fn fresh(needed: bool) -> LockInfo<'static> {
-        if needed {
-            LockInfo::Read
-        } else {
-            LockInfo::Skip
+    pub fn fresh(needs: Option<ChainNeeds>) -> LockInfo<'static> {
+        match needs {
+            Some(needs) => LockInfo::Read(needs),
+            None => LockInfo::Skip,
         }
     }
 }
@@ -86,7 +85,7 @@ impl Snapshot {
             .collect();
         let locks = match lock_info {
             LockInfo::Skip => None,
-            LockInfo::Read => Some(LockGraph::read(&procs)),
+            LockInfo::Read(needs) => Some(LockGraph::read(&procs, needs)),
             LockInfo::Reuse(graph) => Some(graph.clone()),
         };
         if let Some(graph) = &locks {
@@ -204,6 +203,7 @@ fn read_backend(
     };
     let mut client_addr_text = None;
     let hidden = !names.visible(st.st_userid);
+    session.hidden = hidden;
     // What the caller may not see stays NULL here, so that no filter can match on it; the
     // result row shows pg_stat_activity's placeholder instead (`HIDDEN_QUERY`).
     if !hidden {

@@ -141,8 +141,17 @@ fn test_filter(
     let sessions: serde_json::Value = serde_json::from_str(&sessions)
         .unwrap_or_else(|e| refuse(&format!("sessions is not valid JSON: {e}")));
     let now = now.map(pg_sys::TimestampTz::from);
-    let rows = crate::filter::replay::replay(&filter, &sessions, now, &crate::guc::protected())
-        .unwrap_or_else(|e| refuse(&e.to_string()));
+    let mut check = || {
+        pgrx::check_for_interrupts!();
+    };
+    let rows = crate::filter::replay::replay(
+        &filter,
+        &sessions,
+        now,
+        &crate::guc::protected(),
+        &mut check,
+    )
+    .unwrap_or_else(|e| refuse(&e.to_string()));
     TableIterator::new(
         rows.into_iter()
             .enumerate()

@@ -123,16 +123,26 @@ impl ProcsByPid {
 
     /// Since when the process waits for a heavyweight lock (pg_locks.waitstart): None if it
     /// does not, or in the moment between the start of its wait and the timestamp's write.
-    /// (PGPROC.waitStart came with 14.)
+    /// (PGPROC.waitStart came with 14.) A wait that ended in an error (a lock timeout, a
+    /// cancel, a deadlock) leaves its waitStart behind, and the next wait writes a new one only
+    /// once it sleeps: the start is trusted only while the process reports a Lock wait event,
+    /// which it sets after writing waitStart.
     pub fn lock_wait_start(&self, pid: i32) -> Option<i64> {
         let proc = *self.procs.get(&pid)?;
-        // SAFETY: `proc` points into the PGPROC array; waitLock is compared with NULL, and the
-        // 64-bit atomic is read with one volatile load, as pg_lock_status reads it.
+        // SAFETY: `proc` points into the PGPROC array; waitLock is compared with NULL,
+        // wait_event_info read with one volatile load, and the 64-bit atomic waitStart read
+        // atomically (as pg_lock_status reads it), after an acquire fence.
         unsafe {
             if addr_of!((*proc).waitLock).read_volatile().is_null() {
                 return None;
             }
-            let start = addr_of!((*proc).waitStart.value).read_volatile() as i64;
+            let event = addr_of!((*proc).wait_event_info).read_volatile();
+            if event & 0xFF00_0000 != pg_sys::PG_WAIT_LOCK {
+                return None;
+            }
+            fence(Ordering::Acquire);
+            let cell = addr_of_mut!((*proc).waitStart.value);
+            let start = std::sync::atomic::AtomicU64::from_ptr(cell).load(Ordering::Relaxed) as i64;
             (start != 0).then_some(start)
         }
     }
@@ -177,7 +187,18 @@ impl ProcsByPid {
             if waiting {
                 // SAFETY: as above; one volatile load of the leader's pid.
                 let ask = unsafe { addr_of!((*leader).pid).read_volatile() };
-                groups.push((if ask != 0 { ask } else { pids[0] }, pids));
+                // The map was read before the locks were taken: a slot reused since holds
+                // another process now, which is not the one the pid names.
+                let live: Vec<i32> = pids
+                    .into_iter()
+                    // SAFETY: as above; one volatile load of the slot's pid.
+                    .filter(
+                        |&pid| unsafe { addr_of!((*self.procs[&pid]).pid).read_volatile() } == pid,
+                    )
+                    .collect();
+                if let Some(&first) = live.first() {
+                    groups.push((if ask != 0 { ask } else { first }, live));
+                }
             }
         }
         groups

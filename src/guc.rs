@@ -7,7 +7,7 @@ use std::ffi::{CStr, CString};
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
-use crate::filter::{name_list, Protected};
+use crate::filter::{name_list, role_list, Protected};
 
 /// One `pg_reaper:` LOG line per signalled backend.
 pub static LOG_ACTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -35,15 +35,15 @@ pub static PROTECTED_ROLES: GucSetting<Option<CString>> = GucSetting::<Option<CS
 
 /// The protected tools and roles, as set now.
 pub fn protected() -> Protected {
-    let list = |setting: &GucSetting<Option<CString>>| {
+    let list = |setting: &GucSetting<Option<CString>>, parse: fn(&str) -> Vec<String>| {
         setting
             .get()
-            .map(|c| name_list(&c.to_string_lossy()))
+            .map(|c| parse(&c.to_string_lossy()))
             .unwrap_or_default()
     };
     Protected {
-        applications: list(&PROTECTED_APPLICATIONS),
-        roles: list(&PROTECTED_ROLES),
+        applications: list(&PROTECTED_APPLICATIONS, name_list),
+        roles: list(&PROTECTED_ROLES, role_list),
     }
 }
 
@@ -99,7 +99,7 @@ pub fn register() {
     GucRegistry::define_string_guc(
         c"pg_reaper.protected_roles",
         c"Roles whose sessions pg_reaper never signals unless a filter says include_protected.",
-        c"A comma-separated list; names with commas or spaces in double quotes. Only a superuser may change it.",
+        c"A comma-separated list of role names, folded to lower case unless double-quoted. Only a superuser may change it.",
         &PROTECTED_ROLES,
         GucContext::Suset,
         GucFlags::default(),

@@ -10,6 +10,10 @@ use pgrx::{direct_function_call, FromDatum};
 
 pub struct JsonbText(pub String);
 
+/// The longest jsonb text any argument may have (a filter's own limit is far lower; a
+/// `test_filter` capture of the largest server fits).
+pub const MAX_TEXT_BYTES: usize = crate::filter::replay::MAX_SESSIONS_BYTES;
+
 impl FromDatum for JsonbText {
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
@@ -22,6 +26,14 @@ impl FromDatum for JsonbText {
         // SAFETY: a non-NULL jsonb datum given to jsonb's own output function.
         let text =
             unsafe { direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(datum)]) }?;
+        // Refused before it is copied out of PostgreSQL's memory (where running out is an
+        // ERROR) into this process's own (where it would be an abort).
+        let bytes = text.to_bytes().len();
+        if bytes > MAX_TEXT_BYTES {
+            crate::error::refuse(&format!(
+                "a jsonb argument of {bytes} bytes is over the limit of {MAX_TEXT_BYTES} bytes"
+            ));
+        }
         Some(JsonbText(text.to_string_lossy().into_owned()))
     }
 }

@@ -4,14 +4,18 @@
 
 use pgrx::pg_sys;
 
+use std::collections::HashSet;
+use std::rc::Rc;
+
 use crate::compat::ProcsByPid;
-use crate::filter::{LockChains, Session, Waiter};
+use crate::filter::{ChainNeeds, LockChains, Session, Waiter};
 
 /// Who blocks whom, and since when each waiter waits: the chains worked out by the filter's
-/// own (pure) code, which `reaper.test_filter` shares.
+/// own (pure) code, which `reaper.test_filter` shares. (Shared, not copied, when an escalation's
+/// grace period reuses a recent look.)
 #[derive(Debug, Default, Clone)]
 pub struct LockGraph {
-    chains: LockChains,
+    chains: Rc<LockChains>,
 }
 
 impl LockGraph {
@@ -19,7 +23,7 @@ impl LockGraph {
     /// all under one hold of its partition locks, so that the answers are consistent with each
     /// other. No waiter, no question: a snapshot where nobody waits costs one pass over the
     /// PGPROCs and never touches the lock manager.
-    pub fn read(procs: &ProcsByPid) -> LockGraph {
+    pub fn read(procs: &ProcsByPid, needs: ChainNeeds) -> LockGraph {
         if !procs.any_lock_waiter() {
             return LockGraph::default();
         }
@@ -45,8 +49,12 @@ impl LockGraph {
                 }
             }
         }
+        // Worked out after the locks are released; a cancel can stop a long walk.
+        let mut check = || {
+            pgrx::check_for_interrupts!();
+        };
         LockGraph {
-            chains: LockChains::new(waiters),
+            chains: Rc::new(LockChains::new(waiters, needs, &mut check)),
         }
     }
 
@@ -117,7 +125,12 @@ fn blocking_pids(pid: i32) -> Vec<i32> {
         let waiter_pids = slice(d.waiter_pids, d.npids);
         for bproc in procs {
             let instances = sub(locks, bproc.first_lock, bproc.num_locks);
-            let ahead = sub(waiter_pids, bproc.first_waiter, bproc.num_waiters);
+            // A set: asked once per lock instance, and a hot lock's queue can be long (this
+            // runs with every lock-manager partition held).
+            let ahead: HashSet<i32> = sub(waiter_pids, bproc.first_waiter, bproc.num_waiters)
+                .iter()
+                .copied()
+                .collect();
             let Some(own) = instances.iter().position(|i| i.pid == bproc.pid) else {
                 continue;
             };

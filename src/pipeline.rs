@@ -54,13 +54,21 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
         filter,
         protected: &protected,
     };
-    let snapshot = Snapshot::take(LockInfo::fresh(filter.needs_lock_info()));
+    let snapshot = Snapshot::take(LockInfo::fresh(filter.chain_needs()));
     let chosen = filter.select(&snapshot.backends, &rules.context(&snapshot));
-    if chosen.protected > 0 && actor.policy.is_none() {
-        notice!(
-            "pg_reaper: {} protected session(s) matched and were left alone (pg_reaper.protected_applications, pg_reaper.protected_roles); \"include_protected\": true selects them",
-            chosen.protected
-        );
+    if actor.policy.is_none() {
+        if chosen.protected > 0 {
+            notice!(
+                "pg_reaper: {} protected session(s) matched and were left alone (pg_reaper.protected_applications, pg_reaper.protected_roles); \"include_protected\": true selects them",
+                chosen.protected
+            );
+        }
+        if chosen.hidden_in_quota > 0 {
+            notice!(
+                "pg_reaper: {} matching session(s) you may not see were left out of the quota and spared (\"keep\" cannot rank a session whose timestamps and address are hidden); membership in pg_read_all_stats shows them",
+                chosen.hidden_in_quota
+            );
+        }
     }
     let mut backends: Vec<Option<Backend>> = snapshot.backends.into_iter().map(Some).collect();
     let victims: Vec<Backend> = chosen
@@ -108,6 +116,8 @@ enum Lost {
     Exited,
     PidReused,
     StoppedMatching,
+    /// It still matches, but its group no longer exceeds `keep` (a session of the group left).
+    WithinQuota,
 }
 
 impl Lost {
@@ -116,13 +126,18 @@ impl Lost {
             Lost::Exited => "exited",
             Lost::PidReused => "its pid was reused by another backend",
             Lost::StoppedMatching => "no longer matched the filter",
+            Lost::WithinQuota => "was within its group's \"keep\" quota",
         }
     }
 }
 
 /// The victim as a fresh snapshot sees it (same pid, same backend_start, still a victim of the
-/// filter: matching, and outside any quota), or why it is no longer a victim.
+/// filter: matching, and outside any quota), or why it is no longer a victim. (The quota is
+/// judged on this snapshot; the check under the pin just before the signal re-matches the
+/// row alone.)
 fn recheck<'s>(
+    filter: &Filter,
+    ctx: &MatchContext,
     victim: &Backend,
     fresh: &HashMap<i32, &'s Backend>,
     still_victims: &HashSet<i32>,
@@ -130,7 +145,8 @@ fn recheck<'s>(
     match fresh.get(&victim.session.pid) {
         None => Err(Lost::Exited),
         Some(b) if b.started_at != victim.started_at => Err(Lost::PidReused),
-        Some(b) if !still_victims.contains(&b.session.pid) => Err(Lost::StoppedMatching),
+        Some(b) if !filter.matches(&b.session, ctx) => Err(Lost::StoppedMatching),
+        Some(b) if !still_victims.contains(&b.session.pid) => Err(Lost::WithinQuota),
         Some(b) => Ok(b),
     }
 }
@@ -158,7 +174,7 @@ fn signal_all(
     }
     signal::test_hooks::pause_before_recheck();
     let filter = rules.filter;
-    let fresh = Snapshot::take(LockInfo::fresh(filter.needs_lock_info()));
+    let fresh = Snapshot::take(LockInfo::fresh(filter.chain_needs()));
     let ctx = rules.context(&fresh);
     let index = index(&fresh);
     let still_victims = filter.victim_pids(&fresh.backends, &ctx);
@@ -167,7 +183,7 @@ fn signal_all(
     let sent_before = signal::delivered_so_far();
     PgTryBuilder::new(AssertUnwindSafe(|| {
         for (n, victim) in victims.into_iter().enumerate() {
-            let row = match recheck(&victim, &index, &still_victims) {
+            let row = match recheck(filter, &ctx, &victim, &index, &still_victims) {
                 Ok(b) => deliver(filter, &ctx, b.clone(), signal, n == 0),
                 Err(lost) => {
                     let why = format!("{} before it was signalled", lost.describe());
@@ -296,12 +312,12 @@ fn cancel_then_terminate(
     // The lock graph is looked at afresh at most every LOCK_REFRESH meanwhile.
     let mut graph: Option<(crate::locks::LockGraph, Instant)> = None;
     let still_matching = loop {
-        let lock_info = match &graph {
-            _ if !filter.needs_lock_info() => LockInfo::Skip,
-            Some((g, at)) if at.elapsed() < LOCK_REFRESH => LockInfo::Reuse(g),
-            _ => LockInfo::Read,
+        let lock_info = match (&graph, filter.chain_needs()) {
+            (_, None) => LockInfo::Skip,
+            (Some((g, at)), Some(_)) if at.elapsed() < LOCK_REFRESH => LockInfo::Reuse(g),
+            (_, Some(needs)) => LockInfo::Read(needs),
         };
-        let reread = matches!(lock_info, LockInfo::Read);
+        let reread = matches!(lock_info, LockInfo::Read(_));
         let fresh = Snapshot::take(lock_info);
         if reread {
             graph = fresh.locks.clone().map(|g| (g, Instant::now()));
@@ -311,11 +327,15 @@ fn cancel_then_terminate(
         let still_victims = filter.victim_pids(&fresh.backends, &ctx);
         let mut still = Vec::new();
         for i in watching {
-            match recheck(&rows[i].backend, &index, &still_victims) {
+            match recheck(filter, &ctx, &rows[i].backend, &index, &still_victims) {
                 Ok(b) => still.push((i, b.clone())),
                 // The cancel did its job: the session lives, and is left alone.
                 Err(Lost::StoppedMatching) => {
                     rows[i].detail = Some("stopped matching after the cancel".into());
+                }
+                Err(Lost::WithinQuota) => {
+                    rows[i].detail =
+                        Some("was within its group's \"keep\" quota after the cancel".into());
                 }
                 Err(lost) => {
                     rows[i].outcome = Outcome::Vanished;

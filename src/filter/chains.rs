@@ -5,10 +5,15 @@
 //! `reaper.test_filter` (from JSON) both build their facts here, so they cannot disagree.
 //!
 //! A cycle (a deadlock the detector has not broken yet, or a wait-queue cycle) has no head:
-//! every member is blocked, so none is a root; each member blocks every other member (and not
+//! every member is blocked, so none is a root; each member holds up every other member (and not
 //! itself), so the counting keys and `min_blocking_age` see the cycle like any chain.
+//!
+//! Only what a filter asks for is worked out ([`ChainNeeds`]), in time linear in the number of
+//! waits for `min_blocking_age`, and at most `cap` sessions deep per blocker for
+//! `min_blocked_sessions`; `check` is called every few thousand steps, so that a cancel can
+//! stop a large replay.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 
 /// One process that waits for a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +26,15 @@ pub struct Waiter {
     pub wait_start: Option<i64>,
 }
 
+/// What the chains must tell, beyond who blocks and who is blocked (always known).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChainNeeds {
+    /// `min_blocked_sessions`: count the sessions behind each blocker, up to this many.
+    pub count_up_to: Option<u32>,
+    /// `min_blocking_age`: the earliest wait start behind each blocker.
+    pub longest_wait_behind: bool,
+}
+
 /// A session's place in the lock graph.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockFacts {
@@ -30,9 +44,10 @@ pub struct LockFacts {
     pub wait_start: Option<i64>,
     /// Somebody waits for it.
     pub blocking: bool,
-    /// How many processes wait behind it, directly or through a chain.
+    /// How many processes wait behind it, directly or through a chain (counted up to the
+    /// filter's `min_blocked_sessions`, and only when it has one).
     pub blocked_sessions: u32,
-    /// The earliest wait_start among those.
+    /// The earliest wait_start among those (only when the filter has `min_blocking_age`).
     pub longest_wait_behind: Option<i64>,
 }
 
@@ -47,66 +62,236 @@ impl LockFacts {
     }
 }
 
-/// The lock graph of one moment, with what waits behind each blocker worked out.
+/// The lock graph of one moment, with what the filter needs worked out.
 #[derive(Debug, Clone, Default)]
 pub struct LockChains {
     waiters: HashMap<i32, Waiter>,
-    /// For each process somebody waits for: how many wait behind it, and since when the
-    /// longest of them waits.
-    behind: HashMap<i32, (u32, Option<i64>)>,
+    /// Who waits directly for each blocker.
+    waited_for_by: HashMap<i32, Vec<i32>>,
+    counts: HashMap<i32, u32>,
+    longest: HashMap<i32, i64>,
 }
 
+/// How many steps between two calls of `check`.
+const CHECK_EVERY: u64 = 4096;
+
 impl LockChains {
-    pub fn new(waiters: impl IntoIterator<Item = Waiter>) -> LockChains {
+    pub fn new(
+        waiters: impl IntoIterator<Item = Waiter>,
+        needs: ChainNeeds,
+        check: &mut dyn FnMut(),
+    ) -> LockChains {
+        let mut steps = 0u64;
+        let mut step = |check: &mut dyn FnMut()| {
+            steps += 1;
+            if steps % CHECK_EVERY == 0 {
+                check();
+            }
+        };
         let waiters: HashMap<i32, Waiter> = waiters
             .into_iter()
-            .filter(|w| !w.blocked_by.is_empty())
-            .map(|w| (w.pid, w))
+            .filter_map(|mut w| {
+                let pid = w.pid;
+                w.blocked_by.retain(|&b| b != pid);
+                w.blocked_by.sort_unstable();
+                w.blocked_by.dedup();
+                (!w.blocked_by.is_empty()).then_some((w.pid, w))
+            })
             .collect();
-        // Who waits directly for each blocker.
         let mut waited_for_by: HashMap<i32, Vec<i32>> = HashMap::new();
         for w in waiters.values() {
             for &b in &w.blocked_by {
-                if b != w.pid {
-                    waited_for_by.entry(b).or_default().push(w.pid);
-                }
+                step(check);
+                waited_for_by.entry(b).or_default().push(w.pid);
             }
         }
-        // Everyone behind each blocker: a walk along the waits, each process once, so a
-        // cycle ends the walk instead of looping.
-        let mut behind = HashMap::with_capacity(waited_for_by.len());
-        for &blocker in waited_for_by.keys() {
+        let mut chains = LockChains {
+            waiters,
+            waited_for_by,
+            counts: HashMap::new(),
+            longest: HashMap::new(),
+        };
+        if let Some(cap) = needs.count_up_to {
+            chains.count_behind(cap, &mut step, check);
+        }
+        if needs.longest_wait_behind {
+            chains.longest_wait_behind(&mut step, check);
+        }
+        chains
+    }
+
+    /// For each blocker, the sessions behind it, counted up to `cap`: a walk along the waits
+    /// that stops at `cap` (each process once, so a cycle ends it).
+    fn count_behind(
+        &mut self,
+        cap: u32,
+        step: &mut dyn FnMut(&mut dyn FnMut()),
+        check: &mut dyn FnMut(),
+    ) {
+        let mut counts = HashMap::with_capacity(self.waited_for_by.len());
+        for &blocker in self.waited_for_by.keys() {
             let mut seen: HashSet<i32> = HashSet::from([blocker]);
-            let mut queue: VecDeque<i32> = waited_for_by[&blocker].iter().copied().collect();
-            let (mut count, mut longest) = (0u32, None::<i64>);
-            while let Some(pid) = queue.pop_front() {
+            let mut stack: Vec<i32> = self.waited_for_by[&blocker].clone();
+            let mut count = 0u32;
+            while let Some(pid) = stack.pop() {
+                step(check);
                 if !seen.insert(pid) {
                     continue;
                 }
                 count += 1;
-                if let Some(start) = waiters.get(&pid).and_then(|w| w.wait_start) {
-                    longest = Some(longest.map_or(start, |l: i64| l.min(start)));
+                if count >= cap {
+                    break;
                 }
-                if let Some(next) = waited_for_by.get(&pid) {
-                    queue.extend(next.iter().copied());
+                if let Some(next) = self.waited_for_by.get(&pid) {
+                    stack.extend(next.iter().copied().filter(|p| !seen.contains(p)));
                 }
             }
-            behind.insert(blocker, (count, longest));
+            counts.insert(blocker, count);
         }
-        LockChains { waiters, behind }
+        self.counts = counts;
+    }
+
+    /// For each blocker, the earliest wait start behind it, in time linear in the waits: the
+    /// strongly connected components of the waits-for graph (Tarjan's algorithm, iteratively),
+    /// then one pass over them in dependency order. Within a cycle every member is behind
+    /// every other, but not behind itself.
+    fn longest_wait_behind(
+        &mut self,
+        step: &mut dyn FnMut(&mut dyn FnMut()),
+        check: &mut dyn FnMut(),
+    ) {
+        // Nodes: every pid that blocks or waits. Edges: blocker -> each direct waiter.
+        let mut nodes: Vec<i32> = self
+            .waited_for_by
+            .keys()
+            .chain(self.waiters.keys())
+            .copied()
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let index: HashMap<i32, usize> = nodes.iter().enumerate().map(|(i, &p)| (p, i)).collect();
+        let edges: Vec<Vec<usize>> = nodes
+            .iter()
+            .map(|p| {
+                self.waited_for_by
+                    .get(p)
+                    .map(|ws| ws.iter().map(|w| index[w]).collect())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let start = |i: usize| self.waiters.get(&nodes[i]).and_then(|w| w.wait_start);
+        let component = tarjan(&edges, step, check);
+        // Components come out of Tarjan's algorithm in reverse topological order (a component
+        // after every component it reaches), so each is done after all it leads to.
+        let count = component.iter().copied().max().map_or(0, |c| c + 1);
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); count];
+        for (i, &c) in component.iter().enumerate() {
+            members[c].push(i);
+        }
+        // Per component: the earliest start behind it from outside it, and its members' two
+        // earliest starts (a member of a cycle is behind the others, not itself).
+        let mut outside: Vec<Option<i64>> = vec![None; count];
+        let mut earliest_in: Vec<Option<i64>> = vec![None; count];
+        let min = |a: Option<i64>, b: Option<i64>| match (a, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, None) => x,
+            (None, y) => y,
+        };
+        for c in 0..count {
+            let mut from_outside = None;
+            for &i in &members[c] {
+                for &w in &edges[i] {
+                    step(check);
+                    let d = component[w];
+                    if d != c {
+                        from_outside =
+                            min(from_outside, min(start(w), min(outside[d], earliest_in[d])));
+                    }
+                }
+            }
+            outside[c] = from_outside;
+            earliest_in[c] = members[c].iter().map(|&i| start(i)).fold(None, min);
+            let cyclic = members[c].len() > 1;
+            for &i in &members[c] {
+                let mut behind = from_outside;
+                if cyclic {
+                    let others = members[c].iter().filter(|&&j| j != i).map(|&j| start(j));
+                    behind = min(behind, others.fold(None, min));
+                }
+                if let Some(t) = behind {
+                    if self.waited_for_by.contains_key(&nodes[i]) {
+                        self.longest.insert(nodes[i], t);
+                    }
+                }
+            }
+        }
     }
 
     /// `pid`'s place in the graph.
     pub fn facts(&self, pid: i32) -> LockFacts {
         let waiter = self.waiters.get(&pid);
-        let (blocked_sessions, longest_wait_behind) =
-            self.behind.get(&pid).copied().unwrap_or((0, None));
         LockFacts {
             blocked_by: waiter.map(|w| w.blocked_by.clone()).unwrap_or_default(),
             wait_start: waiter.and_then(|w| w.wait_start),
-            blocking: blocked_sessions > 0,
-            blocked_sessions,
-            longest_wait_behind,
+            blocking: self.waited_for_by.contains_key(&pid),
+            blocked_sessions: self.counts.get(&pid).copied().unwrap_or(0),
+            longest_wait_behind: self.longest.get(&pid).copied(),
         }
     }
+}
+
+/// The strongly connected component of each node, numbered in the order Tarjan's algorithm
+/// finishes them (reverse topological order); iterative, so a long chain cannot overflow the
+/// stack.
+fn tarjan(
+    edges: &[Vec<usize>],
+    step: &mut dyn FnMut(&mut dyn FnMut()),
+    check: &mut dyn FnMut(),
+) -> Vec<usize> {
+    const UNSEEN: usize = usize::MAX;
+    let n = edges.len();
+    let (mut order, mut low, mut component) = (vec![UNSEEN; n], vec![0; n], vec![UNSEEN; n]);
+    let mut on_stack = vec![false; n];
+    let (mut stack, mut next_order, mut next_component) = (Vec::new(), 0, 0);
+    for root in 0..n {
+        if order[root] != UNSEEN {
+            continue;
+        }
+        // (node, index of the next edge to follow)
+        let mut work: Vec<(usize, usize)> = vec![(root, 0)];
+        while let Some(&mut (v, ref mut e)) = work.last_mut() {
+            step(check);
+            if *e == 0 && order[v] == UNSEEN {
+                order[v] = next_order;
+                low[v] = next_order;
+                next_order += 1;
+                stack.push(v);
+                on_stack[v] = true;
+            }
+            if let Some(&w) = edges[v].get(*e) {
+                *e += 1;
+                if order[w] == UNSEEN {
+                    work.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(order[w]);
+                }
+                continue;
+            }
+            work.pop();
+            if let Some(&(parent, _)) = work.last() {
+                low[parent] = low[parent].min(low[v]);
+            }
+            if low[v] == order[v] {
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    component[w] = next_component;
+                    if w == v {
+                        break;
+                    }
+                }
+                next_component += 1;
+            }
+        }
+    }
+    component
 }

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use std::collections::{HashMap, HashSet};
 
 use super::{
-    AddrList, AddrMatch, Blocking, Criteria, Filter, MatchContext, Order, PidMatch, Session,
-    TextField, TextMatch, NAMED_ONLY_BACKEND_TYPES,
+    AddrList, AddrMatch, Blocking, ChainNeeds, Criteria, Filter, MatchContext, Order, PidMatch,
+    Session, TextField, TextMatch, NAMED_ONLY_BACKEND_TYPES,
 };
 
 /// How a successful match named the session's backend type. Non-client backends are only
@@ -29,13 +29,17 @@ pub enum Verdict {
     Yes,
 }
 
-/// The victims a filter chose among sessions, and how many protected sessions it left.
+/// The victims a filter chose among sessions, and what it left out that the caller should
+/// hear about.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
     /// Indexes into the sessions, in the filter's order.
     pub victims: Vec<usize>,
     /// Sessions that matched but are protected (pg_reaper.protected_applications / _roles).
     pub protected: usize,
+    /// Sessions that matched a filter with a quota but that the caller may not see: a quota
+    /// cannot rank them (their timestamps and address are hidden), so it spares them.
+    pub hidden_in_quota: usize,
 }
 
 impl Filter {
@@ -97,6 +101,14 @@ impl Filter {
                 Verdict::No => false,
             })
             .collect();
+        let mut hidden_in_quota = 0;
+        if self.keep.is_some() {
+            victims.retain(|&i| {
+                let hidden = session(i).hidden;
+                hidden_in_quota += usize::from(hidden);
+                !hidden
+            });
+        }
         victims.sort_by(|&a, &b| self.order.compare(session(a), session(b)));
         if let Some(keep) = self.keep {
             let keep = usize::try_from(keep).unwrap_or(usize::MAX);
@@ -108,7 +120,11 @@ impl Filter {
                 *n > keep
             });
         }
-        Selection { victims, protected }
+        Selection {
+            victims,
+            protected,
+            hidden_in_quota,
+        }
     }
 
     /// The pids `select_unlimited` chooses.
@@ -135,6 +151,11 @@ impl Filter {
     /// Whether matching needs the lock graph, which costs a look at the lock manager.
     pub fn needs_lock_info(&self) -> bool {
         self.criteria.uses_lock_info()
+    }
+
+    /// What the lock chains must work out for this filter (None: no lock key at all).
+    pub fn chain_needs(&self) -> Option<ChainNeeds> {
+        self.needs_lock_info().then(|| self.criteria.chain_needs())
     }
 
     /// Whether matching needs "now" (an age key).
@@ -169,6 +190,22 @@ impl Criteria {
                 .exclude
                 .as_deref()
                 .is_some_and(Criteria::uses_lock_info)
+    }
+
+    fn chain_needs(&self) -> ChainNeeds {
+        let mut needs = ChainNeeds {
+            count_up_to: self.min_blocked_sessions,
+            longest_wait_behind: self
+                .min_age
+                .iter()
+                .any(|(f, _)| *f == super::AgeField::Blocking),
+        };
+        for sub in self.any.iter().flatten().chain(self.exclude.as_deref()) {
+            let n = sub.chain_needs();
+            needs.count_up_to = needs.count_up_to.max(n.count_up_to);
+            needs.longest_wait_behind |= n.longest_wait_behind;
+        }
+        needs
     }
 
     fn uses_ages(&self) -> bool {

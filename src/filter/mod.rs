@@ -18,7 +18,7 @@ mod tests;
 
 use std::net::IpAddr;
 
-pub use chains::{LockChains, LockFacts, Waiter};
+pub use chains::{ChainNeeds, LockChains, LockFacts, Waiter};
 pub use error::FilterError;
 pub use interval::parse_interval;
 pub use matching::{Selection, Verdict};
@@ -64,6 +64,9 @@ pub struct Session {
     pub client_backend: bool,
     /// Owned by a superuser, or by no role at all (PostgreSQL protects those the same way).
     pub superuser: bool,
+    /// The caller may not see its details (its timestamps and address are NULL here, whatever
+    /// they are): a quota cannot rank it, so a quota never makes it a victim.
+    pub hidden: bool,
     /// Its place in the lock graph (read only when a filter has lock keys).
     pub locks: LockFacts,
 }
@@ -86,10 +89,20 @@ pub struct Protected {
     pub roles: Vec<String>,
 }
 
-/// A comma-separated list of names as a setting holds it: each trimmed; a name in double
-/// quotes keeps its commas and spaces (`""` is a quote); empty items are dropped. Case is kept
-/// (application names are case-sensitive).
+/// A comma-separated list of application names as a setting holds it: each trimmed; a name in
+/// double quotes keeps its commas and spaces (`""` is a quote); empty items are dropped. Case
+/// is kept (application names are case-sensitive).
 pub fn name_list(text: &str) -> Vec<String> {
+    names(text, false)
+}
+
+/// The same for role names, which fold to lower case unless quoted, as identifiers do
+/// (`Backup` is the role `backup`; `"Backup"` is `Backup`).
+pub fn role_list(text: &str) -> Vec<String> {
+    names(text, true)
+}
+
+fn names(text: &str, fold: bool) -> Vec<String> {
     let mut names = Vec::new();
     let mut chars = text.chars().peekable();
     loop {
@@ -113,6 +126,9 @@ pub fn name_list(text: &str) -> Vec<String> {
                 name.push(c);
             }
             name = name.trim_end().to_string();
+            if fold {
+                name = name.to_lowercase();
+            }
         }
         if !name.is_empty() {
             names.push(name);

@@ -189,9 +189,10 @@ fn arb_session() -> impl Strategy<Value = Session> {
         any::<bool>(),
         proptest::collection::vec(1i32..9, 0..3),
         opt_time(),
+        proptest::bool::weighted(0.15),
     );
     (names, more, addr, times, flags).prop_map(
-        |((u, d, a, h, wt, w), (q, bt, st), (ca, cp), (bs, xs, qs, sc), (pid, su, by, ws))| {
+        |((u, d, a, h, wt, w), (q, bt, st), (ca, cp), (bs, xs, qs, sc), (pid, su, by, ws, hid))| {
             let mut blocked_by: Vec<i32> = by.into_iter().filter(|b| *b != pid).collect();
             blocked_by.sort_unstable();
             blocked_by.dedup();
@@ -214,6 +215,7 @@ fn arb_session() -> impl Strategy<Value = Session> {
                 query_start: qs,
                 state_change: sc,
                 superuser: su,
+                hidden: hid,
                 locks: LockFacts {
                     wait_start: if blocked_by.is_empty() { None } else { ws },
                     blocked_by,
@@ -235,11 +237,19 @@ fn arb_sessions() -> impl Strategy<Value = Vec<Session>> {
                 s.locks.wait_start = None;
             }
         }
-        let chains = LockChains::new(sessions.iter().map(|s| Waiter {
-            pid: s.pid,
-            blocked_by: s.locks.blocked_by.clone(),
-            wait_start: s.locks.wait_start,
-        }));
+        let everything = ChainNeeds {
+            count_up_to: Some(u32::MAX),
+            longest_wait_behind: true,
+        };
+        let chains = LockChains::new(
+            sessions.iter().map(|s| Waiter {
+                pid: s.pid,
+                blocked_by: s.locks.blocked_by.clone(),
+                wait_start: s.locks.wait_start,
+            }),
+            everything,
+            &mut || {},
+        );
         for s in &mut sessions {
             s.locks = chains.facts(s.pid);
         }
@@ -416,6 +426,9 @@ fn ref_select(f: &Value, all: &[Session]) -> Vec<i32> {
         _ => s.state_change,
     };
     let mut hits: Vec<&Session> = all.iter().filter(|s| ref_matches(f, s, all)).collect();
+    if f.get("keep").is_some() {
+        hits.retain(|s| !s.hidden);
+    }
     hits.sort_by(|a, b| {
         let by_time = match (time(a), time(b)) {
             (Some(x), Some(y)) if which == "newest" => y.cmp(&x),
@@ -492,6 +505,60 @@ proptest! {
             .filter(|s| ref_hit(&f, s, &sessions) && ref_protected(&f, s))
             .count();
         prop_assert_eq!(picked.protected, protected);
+        let hidden = if f.get("keep").is_some() {
+            sessions.iter().filter(|s| ref_matches(&f, s, &sessions) && s.hidden).count()
+        } else {
+            0
+        };
+        prop_assert_eq!(picked.hidden_in_quota, hidden);
+    }
+
+    #[test]
+    fn chains_agree_with_the_reference_on_larger_graphs(
+        edges in proptest::collection::vec(proptest::collection::vec(0i32..40, 0..4), 1..40),
+        starts in proptest::collection::vec(proptest::option::of(0i64..1000), 40),
+        cap in 1u32..50,
+    ) {
+        // pid i+1 waits for the pids in edges[i] (0 is a prepared transaction).
+        let sessions: Vec<Session> = edges
+            .iter()
+            .enumerate()
+            .map(|(i, by)| {
+                let pid = i as i32 + 1;
+                let mut blocked_by: Vec<i32> = by.iter().copied().filter(|&b| b != pid).collect();
+                blocked_by.sort_unstable();
+                blocked_by.dedup();
+                Session {
+                    pid,
+                    locks: LockFacts {
+                        wait_start: if blocked_by.is_empty() { None } else { starts[i] },
+                        blocked_by,
+                        ..LockFacts::default()
+                    },
+                    ..Session::default()
+                }
+            })
+            .collect();
+        let chains = LockChains::new(
+            sessions.iter().map(|s| Waiter {
+                pid: s.pid,
+                blocked_by: s.locks.blocked_by.clone(),
+                wait_start: s.locks.wait_start,
+            }),
+            ChainNeeds { count_up_to: Some(cap), longest_wait_behind: true },
+            &mut || {},
+        );
+        for pid in 0..=edges.len() as i32 {
+            let facts = chains.facts(pid);
+            let behind = behind(&sessions, pid);
+            prop_assert_eq!(facts.blocked_sessions, (behind.len() as u32).min(cap), "pid {}", pid);
+            let longest = behind
+                .iter()
+                .filter_map(|p| sessions.iter().find(|x| x.pid == *p)?.locks.wait_start)
+                .min();
+            prop_assert_eq!(facts.longest_wait_behind, longest, "pid {}", pid);
+            prop_assert_eq!(facts.blocking, !behind.is_empty(), "pid {}", pid);
+        }
     }
 
     #[test]

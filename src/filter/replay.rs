@@ -61,10 +61,19 @@ pub enum ReplayError {
     NoNow { index: usize },
     #[error("sessions has {count} rows; the limit is {max}")]
     TooMany { count: usize, max: usize },
+    #[error("sessions has {count} blocking_pids entries in all; the limit is {max}")]
+    TooManyWaits { count: usize, max: usize },
 }
 
-/// Sessions in one replay, at most (pg_stat_activity has max_connections plus a few rows).
-pub const MAX_SESSIONS: usize = 1_000_000;
+/// Sessions in one replay, at most (pg_stat_activity has one row per connection, and
+/// max_connections is at most 262,143; a capture of 65,536 is a very large server).
+pub const MAX_SESSIONS: usize = 65_536;
+
+/// `blocking_pids` entries in all sessions together, at most.
+pub const MAX_WAITS: usize = 4_000_000;
+
+/// The text of `sessions`, at most (about 2 KiB a row for MAX_SESSIONS rows).
+pub const MAX_SESSIONS_BYTES: usize = 128 * 1024 * 1024;
 
 /// One replayed session: its matcher view, and its "now", if it has one.
 #[derive(Debug, Clone)]
@@ -82,11 +91,13 @@ impl AsRef<Session> for Replayed {
 /// For each session, in the order given: its pid and whether the filter selects it as a
 /// victim (after `keep` and `limit`). `now` (PostgreSQL microseconds) overrides the sessions'
 /// own `now` fields.
+/// `check` is called every few thousand steps of the lock-chain walk (a cancel point).
 pub fn replay(
     filter: &Filter,
     sessions: &Value,
     now: Option<i64>,
     protected: &Protected,
+    check: &mut dyn FnMut(),
 ) -> Result<Vec<(i32, bool)>, ReplayError> {
     let items = match sessions {
         Value::Array(items) => items,
@@ -101,6 +112,10 @@ pub fn replay(
     let needs_locks = filter.needs_lock_info();
     let mut replayed = Vec::with_capacity(items.len());
     let mut waiters = Vec::new();
+    let mut waits = 0usize;
+    // Lock groups (a parallel query's leader and workers, by leader_pid): a group waits since
+    // its first member began to, as the live path counts it.
+    let mut leaders: Vec<Option<i32>> = Vec::with_capacity(items.len());
     for (index, item) in items.iter().enumerate() {
         let object = item.as_object().ok_or(ReplayError::NotAnObject {
             index,
@@ -110,19 +125,57 @@ pub fn replay(
         if filter.needs_now() && now.or(r.now).is_none() {
             return Err(ReplayError::NoNow { index });
         }
+        leaders.push(match object.get("leader_pid") {
+            Some(Value::Number(n)) => n.as_i64().and_then(|p| i32::try_from(p).ok()),
+            _ => None,
+        });
         match lock_fields(index, object)? {
-            Some((blocked_by, wait_start)) => waiters.push(Waiter {
-                pid: r.session.pid,
-                blocked_by,
-                wait_start,
-            }),
+            Some((blocked_by, wait_start)) => {
+                waits += blocked_by.len();
+                if waits > MAX_WAITS {
+                    return Err(ReplayError::TooManyWaits {
+                        count: waits,
+                        max: MAX_WAITS,
+                    });
+                }
+                waiters.push(Waiter {
+                    pid: r.session.pid,
+                    blocked_by,
+                    wait_start,
+                })
+            }
             None if needs_locks => return Err(ReplayError::NoLockInfo { index }),
             None => {}
         }
         replayed.push(r);
     }
     if needs_locks {
-        let chains = LockChains::new(waiters);
+        let group_of = |pid: i32, leader: Option<i32>| leader.unwrap_or(pid);
+        let starts: std::collections::HashMap<i32, i64> = waiters
+            .iter()
+            .filter_map(|w| Some((w.pid, w.wait_start?)))
+            .collect();
+        let mut group_start: std::collections::HashMap<i32, i64> = Default::default();
+        for (r, leader) in replayed.iter().zip(&leaders) {
+            if let Some(&start) = starts.get(&r.session.pid) {
+                let g = group_start
+                    .entry(group_of(r.session.pid, *leader))
+                    .or_insert(start);
+                *g = (*g).min(start);
+            }
+        }
+        let leader_of: std::collections::HashMap<i32, i32> = replayed
+            .iter()
+            .zip(&leaders)
+            .map(|(r, l)| (r.session.pid, group_of(r.session.pid, *l)))
+            .collect();
+        for w in &mut waiters {
+            if let Some(start) = leader_of.get(&w.pid).and_then(|g| group_start.get(g)) {
+                w.wait_start = Some(*start);
+            }
+        }
+        let needs = filter.chain_needs().unwrap_or_default();
+        let chains = LockChains::new(waiters, needs, check);
         for r in &mut replayed {
             r.session.locks = chains.facts(r.session.pid);
         }
@@ -240,6 +293,7 @@ fn session_from_json(index: usize, o: &Map<String, Value>) -> Result<Replayed, R
         query_start: time("query_start")?,
         state_change: time("state_change")?,
         superuser,
+        hidden,
         locks: Default::default(),
     };
     Ok(Replayed {

@@ -48,6 +48,7 @@ fn session(pid: i32) -> Session {
         query_start: Some(NOW - 60 * SEC),
         state_change: Some(NOW - 30 * SEC),
         superuser: false,
+        hidden: false,
         locks: LockFacts::default(),
     }
 }
@@ -561,12 +562,21 @@ fn normalized_form_spells_out_defaults_and_round_trips() {
 }
 
 /// Sessions 1..=n with lock facts worked out from (pid, blocked_by, wait_start) by the chains.
+const EVERYTHING: ChainNeeds = ChainNeeds {
+    count_up_to: Some(u32::MAX),
+    longest_wait_behind: true,
+};
+
 fn with_chains(waits: &[(i32, &[i32], Option<i64>)], n: i32) -> Vec<Session> {
-    let chains = LockChains::new(waits.iter().map(|(pid, by, start)| Waiter {
-        pid: *pid,
-        blocked_by: by.to_vec(),
-        wait_start: *start,
-    }));
+    let chains = LockChains::new(
+        waits.iter().map(|(pid, by, start)| Waiter {
+            pid: *pid,
+            blocked_by: by.to_vec(),
+            wait_start: *start,
+        }),
+        EVERYTHING,
+        &mut || {},
+    );
     (2..=n + 1)
         .map(|pid| {
             let mut s = session(pid);
@@ -766,6 +776,10 @@ fn name_lists_as_settings_hold_them() {
         vec!["pg_dump", "pg_restore", "my, app", "say \"hi\"", "Caps"]
     );
     assert_eq!(name_list(""), Vec::<String>::new());
+    assert_eq!(
+        role_list("Backup, \"Ops Team\", \"CamelCase\""),
+        vec!["backup", "Ops Team", "CamelCase"]
+    );
     assert_eq!(name_list("\"unterminated"), vec!["unterminated"]);
 }
 
@@ -820,7 +834,7 @@ fn replay_matches_json_rows_as_the_live_path_matches_sessions() {
          "blocking_pids": [], "now": "2026-11-25T18:00:00+00:00"}
     ]);
     let run = |f: Value| -> Vec<(i32, bool)> {
-        replay::replay(&parse(f), &rows, None, &NO_PROTECTION).unwrap()
+        replay::replay(&parse(f), &rows, None, &NO_PROTECTION, &mut || {}).unwrap()
     };
     let matched = |f: Value| -> Vec<i32> {
         run(f)
@@ -860,6 +874,7 @@ fn replay_matches_json_rows_as_the_live_path_matches_sessions() {
         &rows,
         Some(later),
         &NO_PROTECTION,
+        &mut || {},
     )
     .unwrap();
     assert_eq!(r[0], (10, true));
@@ -920,7 +935,7 @@ fn replay_refuses_what_it_cannot_read() {
         ),
     ];
     for (filter, sessions, needle) in cases {
-        let message = replay::replay(filter, &sessions, None, &NO_PROTECTION)
+        let message = replay::replay(filter, &sessions, None, &NO_PROTECTION, &mut || {})
             .unwrap_err()
             .to_string();
         assert!(

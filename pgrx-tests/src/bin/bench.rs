@@ -273,8 +273,10 @@ fn lock_chains_vs_cte(cluster: &Cluster, me: &mut Client) -> Value {
     for c in 0..CHAINS {
         for i in 0..LENGTH {
             let mut s = cluster.connect_as("bench", "bench_chain");
-            s.batch_execute(&format!("BEGIN; LOCK TABLE chain_{c}_{i} IN ACCESS EXCLUSIVE MODE"))
-                .unwrap();
+            s.batch_execute(&format!(
+                "BEGIN; LOCK TABLE chain_{c}_{i} IN ACCESS EXCLUSIVE MODE"
+            ))
+            .unwrap();
             if i == 0 {
                 holders.push(s);
             } else {
@@ -301,14 +303,18 @@ fn lock_chains_vs_cte(cluster: &Cluster, me: &mut Client) -> Value {
         if queued == (CHAINS * (LENGTH - 1)) as i64 && old {
             break;
         }
-        assert!(Instant::now() < deadline, "the chains never formed ({queued} waiting)");
+        assert!(
+            Instant::now() < deadline,
+            "the chains never formed ({queued} waiting)"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let ours_sql = "SELECT count(*) FROM reaper.preview_matching($1::text::jsonb)";
     let mut measure = |cte: &str, ours: &str, expected: i64| -> (Duration, Duration) {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for run in 0..RUNS + 3 {
-            let ta = time(|| assert_eq!(me.query(cte, &[]).unwrap().len() as i64, expected, "{cte}"));
+            let ta =
+                time(|| assert_eq!(me.query(cte, &[]).unwrap().len() as i64, expected, "{cte}"));
             let tb = time(|| {
                 let n: i64 = me.query_one(ours_sql, &[&ours]).unwrap().get(0);
                 assert_eq!(n, expected, "{ours}");

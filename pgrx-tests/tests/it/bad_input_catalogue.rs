@@ -132,10 +132,7 @@ fn catalogue() -> Vec<Case> {
             r#"{"blocking": null}"#,
             r#""blocking" must be true, false or "root", not null"#,
         ),
-        case(
-            r#"{"blocking": "Root"}"#,
-            r#"(did you mean "root"?)"#,
-        ),
+        case(r#"{"blocking": "Root"}"#, r#"(did you mean "root"?)"#),
         // The lock-chain keys.
         case(
             r#"{"min_blocked_sessions": 0}"#,

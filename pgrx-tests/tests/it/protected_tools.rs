@@ -191,3 +191,48 @@ fn protected_roles_and_who_may_change_the_lists() {
     assert_eq!(sorted(pids(&rows)), sorted(vec![app.pid, backup.pid]));
     assert_eq!(restore.run("SELECT 1"), Ended::Ok);
 }
+
+#[test]
+fn a_list_emptied_before_the_library_is_loaded_is_refused_when_it_loads() {
+    // Before pg_reaper's library is loaded in a session, PostgreSQL accepts any value for its
+    // settings as a placeholder, from anyone; on load the library's SUSET lists refuse the
+    // placeholder of a role that is not a superuser (a WARNING), so the defaults still protect.
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    cluster.create_role("ops", "IN ROLE pg_signal_backend");
+    let tag = tag("early_unprotect");
+    let dump = cluster.session("app", "pg_dump");
+    let filter = format!(r#"{{"application_name": ["{tag}", "pg_dump"]}}"#);
+
+    let (mut set_early, notices) = cluster.collecting_client("ops");
+    set_early
+        .batch_execute("SET pg_reaper.protected_applications = ''")
+        .unwrap();
+    let victim = cluster.session("app", &tag);
+    let rows = terminate(&mut set_early, &filter, 5000);
+    assert_eq!(pids(&rows), vec![victim.pid], "{rows:?}");
+    let warned = notices.lock().unwrap().clone();
+    assert!(
+        warned
+            .iter()
+            .any(|n| n.starts_with("WARNING 42501:")
+                && n.contains("pg_reaper.protected_applications")),
+        "{warned:?}"
+    );
+
+    let mut config = postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(cluster.port)
+        .user("ops")
+        .dbname("postgres")
+        .application_name("ops")
+        .options("-c pg_reaper.protected_applications=");
+    let mut at_startup = config
+        .connect(postgres::NoTls)
+        .expect("connect with options");
+    let victim = cluster.session("app", &tag);
+    let rows = terminate(&mut at_startup, &filter, 5000);
+    assert_eq!(pids(&rows), vec![victim.pid], "{rows:?}");
+    assert_eq!(dump.run("SELECT 1"), Ended::Ok);
+}

@@ -85,9 +85,47 @@ fn a_victim_the_quota_spares_by_the_time_of_its_signal_is_left_alone() {
     assert_eq!(rows[0].outcome, "vanished", "{rows:?}");
     assert_eq!(
         rows[0].detail.as_deref(),
-        Some("no longer matched the filter before it was signalled")
+        Some("was within its group's \"keep\" quota before it was signalled")
     );
     for s in &sessions {
         assert_eq!(s.run("SELECT 1"), Ended::Ok);
     }
+}
+
+#[test]
+fn sessions_the_caller_may_not_see_are_left_out_of_a_quota_and_spared() {
+    // A caller without pg_read_all_stats sees another role's sessions with their timestamps
+    // hidden: "keep" cannot rank them, so it spares them (and says so) rather than guess.
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    cluster.create_role("watcher", "IN ROLE pg_signal_backend");
+    let tag = tag("quota_hidden");
+    let sessions = open(&cluster, "app", &tag, 3);
+    let all = r#"{"usename": "app"}"#;
+    let kept = r#"{"usename": "app", "keep": 1, "order": "newest_backend"}"#;
+    // Without a quota the hidden sessions are victims like any other (usename is visible).
+    let (mut watcher, notices) = cluster.collecting_client("watcher");
+    assert_eq!(
+        sorted(pids(&preview(&mut watcher, all))),
+        sorted(pids_of(&sessions))
+    );
+    assert!(notices.lock().unwrap().is_empty());
+    // With one, none of them is, and the NOTICE counts them.
+    let rows = terminate(&mut watcher, kept, 5000);
+    assert!(rows.is_empty(), "{rows:?}");
+    assert_eq!(
+        notices.lock().unwrap().clone(),
+        vec!["NOTICE 00000: pg_reaper: 3 matching session(s) you may not see were left out of the quota and spared (\"keep\" cannot rank a session whose timestamps and address are hidden); membership in pg_read_all_stats shows them".to_string()]
+    );
+    for s in &sessions {
+        assert_eq!(s.run("SELECT 1"), Ended::Ok);
+    }
+    // A caller who sees them keeps the newest and ends the other two.
+    let rows = terminate(&mut cluster.superuser(), kept, 5000);
+    assert_eq!(
+        sorted(pids(&rows)),
+        sorted(vec![sessions[0].pid, sessions[1].pid])
+    );
+    assert!(rows.iter().all(|r| r.outcome == "terminated"), "{rows:?}");
+    assert_eq!(sessions[2].run("SELECT 1"), Ended::Ok);
 }
