@@ -230,9 +230,11 @@ fn reload_config(database: &str) -> bool {
 /// Ends the process with exit code 1, which the postmaster answers by starting the worker
 /// again a second later (exit code 0 would unregister it until the server restarts). The
 /// postmaster's own shutdown stops it for good.
+#[allow(unreachable_code)] // proc_exit is `-> !` in some majors' bindings, not in 18's
 fn exit_to_be_restarted() -> ! {
     // SAFETY: the normal way out of a background worker (on_exit updates the status).
-    unsafe { pg_sys::proc_exit(1) }
+    unsafe { pg_sys::proc_exit(1) };
+    unreachable!("proc_exit does not return")
 }
 
 /// Sleeps on the latch for at most `duration`. A SIGTERM ends the process here; a cancel

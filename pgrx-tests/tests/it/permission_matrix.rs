@@ -271,16 +271,19 @@ fn nobody_gains_a_right_through_the_extension() {
 /// PostgreSQL's verdict for `caller` on `pid`, asked with pg_cancel_backend inside a
 /// transaction and a savepoint (a cancel is a no-op for an idle session, so nothing changes).
 fn verdict_in_savepoint(c: &mut Client, pid: i32) -> bool {
+    verdict_unless_gone(c, pid).unwrap_or_else(|| panic!("pid {pid} not signalled"))
+}
+
+/// PostgreSQL's verdict for the caller on `pid`, or None when `pid` had already exited (the
+/// cancel then returns false with a WARNING).
+fn verdict_unless_gone(c: &mut Client, pid: i32) -> Option<bool> {
     let mut tx = c.transaction().unwrap();
     let mut sp = tx.savepoint("probe").unwrap();
     let allowed = match sp.query_one("SELECT pg_catalog.pg_cancel_backend($1)", &[&pid]) {
-        Ok(row) => {
-            assert!(row.get::<_, bool>(0), "pid {pid} not signalled");
-            true
-        }
+        Ok(row) => row.get::<_, bool>(0).then_some(true),
         Err(e) => {
             assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}");
-            false
+            Some(false)
         }
     };
     sp.rollback().unwrap();
@@ -593,20 +596,36 @@ fn autovacuum_workers_follow_postgres_own_rules_on_every_major() {
             "av_signaller",
         ),
     ] {
-        let allowed =
-            verdict_in_savepoint(&mut cluster.connect(caller), autovacuum_worker(&mut su));
-        for function in ["cancel", "terminate"] {
+        // A worker ends by itself when its table is done, and the probe's own cancel (which
+        // PostgreSQL does not roll back) may end it: a worker seen a moment ago may be gone by
+        // the time it is signalled. Such a worker is looked for again; one still alive but
+        // missing from the rows is a failure.
+        let deadline = std::time::Instant::now() + PATIENCE * 8;
+        let allowed = loop {
             let pid = autovacuum_worker(&mut su);
-            let mut c = cluster.connect(caller);
-            let rows = match function {
-                "cancel" => cancel(&mut c, filter),
-                _ => terminate(&mut c, filter, 5000),
+            if let Some(allowed) = verdict_unless_gone(&mut cluster.connect(caller), pid) {
+                break allowed;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: no worker stayed"
+            );
+        };
+        for function in ["cancel", "terminate"] {
+            let (pid, row, what) = loop {
+                let pid = autovacuum_worker(&mut su);
+                let mut c = cluster.connect(caller);
+                let rows = match function {
+                    "cancel" => cancel(&mut c, filter),
+                    _ => terminate(&mut c, filter, 5000),
+                };
+                let what = format!("{name} {function}: {rows:?}");
+                if let Some(row) = rows.into_iter().find(|r| r.pid == pid) {
+                    break (pid, row, what);
+                }
+                assert!(!cluster.alive(pid), "alive but not in the rows: {what}");
+                assert!(std::time::Instant::now() < deadline, "{what}");
             };
-            let what = format!("{name} {function}: {rows:?}");
-            let row = rows
-                .iter()
-                .find(|r| r.pid == pid)
-                .unwrap_or_else(|| panic!("{what}"));
             let expected = match (allowed, function) {
                 (false, _) => "denied",
                 (true, "cancel") => "cancelled",
