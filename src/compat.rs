@@ -189,13 +189,11 @@ impl ProcsByPid {
                 let ask = unsafe { addr_of!((*leader).pid).read_volatile() };
                 // The map was read before the locks were taken: a slot reused since holds
                 // another process now, which is not the one the pid names.
-                let live: Vec<i32> = pids
-                    .into_iter()
+                let slot_holds = |pid: i32| {
                     // SAFETY: as above; one volatile load of the slot's pid.
-                    .filter(
-                        |&pid| unsafe { addr_of!((*self.procs[&pid]).pid).read_volatile() } == pid,
-                    )
-                    .collect();
+                    unsafe { addr_of!((*self.procs[&pid]).pid).read_volatile() == pid }
+                };
+                let live: Vec<i32> = pids.into_iter().filter(|&pid| slot_holds(pid)).collect();
                 if let Some(&first) = live.first() {
                     groups.push((if ask != 0 { ask } else { first }, live));
                 }

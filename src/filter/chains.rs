@@ -84,7 +84,7 @@ impl LockChains {
         let mut steps = 0u64;
         let mut step = |check: &mut dyn FnMut()| {
             steps += 1;
-            if steps % CHECK_EVERY == 0 {
+            if steps.is_multiple_of(CHECK_EVERY) {
                 check();
             }
         };
