@@ -70,7 +70,8 @@ mod tests {
             normal.0,
             serde_json::json!({
                 "min_state_age": 120000, "usename": "app",
-                "include_superusers": false, "order": "oldest_backend"
+                "include_superusers": false, "include_protected": false,
+                "order": "oldest_backend"
             })
         );
     }
