@@ -138,6 +138,7 @@ fn test_filter(
     let Some(JsonbText(sessions)) = sessions else {
         refuse("sessions must not be NULL")
     };
+    crate::filter::replay::check_size(&sessions).unwrap_or_else(|e| refuse(&e.to_string()));
     let sessions: serde_json::Value = serde_json::from_str(&sessions)
         .unwrap_or_else(|e| refuse(&format!("sessions is not valid JSON: {e}")));
     let now = now.map(pg_sys::TimestampTz::from);

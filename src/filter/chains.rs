@@ -121,15 +121,26 @@ impl LockChains {
     }
 
     /// For each blocker, the sessions behind it, counted up to `cap`: a walk along the waits
-    /// that stops at `cap` (each process once, so a cycle ends it).
+    /// that stops at `cap` (each process once, so a cycle ends it). The blockers are walked
+    /// those behind first, so that a walk that reaches one already at `cap` stops there (all
+    /// that is behind it is behind the walker too, and it is one more).
     fn count_behind(
         &mut self,
         cap: u32,
         step: &mut dyn FnMut(&mut dyn FnMut()),
         check: &mut dyn FnMut(),
     ) {
-        let mut counts = HashMap::with_capacity(self.waited_for_by.len());
-        for &blocker in self.waited_for_by.keys() {
+        let (nodes, edges) = self.graph();
+        let component = tarjan(&edges, step, check);
+        let mut blockers: Vec<(usize, i32)> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| self.waited_for_by.contains_key(p))
+            .map(|(i, &p)| (component[i], p))
+            .collect();
+        blockers.sort_unstable();
+        let mut counts: HashMap<i32, u32> = HashMap::with_capacity(blockers.len());
+        for (_, blocker) in blockers {
             let mut seen: HashSet<i32> = HashSet::from([blocker]);
             let mut stack: Vec<i32> = self.waited_for_by[&blocker].clone();
             let mut count = 0u32;
@@ -139,7 +150,8 @@ impl LockChains {
                     continue;
                 }
                 count += 1;
-                if count >= cap {
+                if count >= cap || counts.get(&pid).is_some_and(|&c| c >= cap) {
+                    count = cap.max(count);
                     break;
                 }
                 if let Some(next) = self.waited_for_by.get(&pid) {
@@ -160,25 +172,7 @@ impl LockChains {
         step: &mut dyn FnMut(&mut dyn FnMut()),
         check: &mut dyn FnMut(),
     ) {
-        // Nodes: every pid that blocks or waits. Edges: blocker -> each direct waiter.
-        let mut nodes: Vec<i32> = self
-            .waited_for_by
-            .keys()
-            .chain(self.waiters.keys())
-            .copied()
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        let index: HashMap<i32, usize> = nodes.iter().enumerate().map(|(i, &p)| (p, i)).collect();
-        let edges: Vec<Vec<usize>> = nodes
-            .iter()
-            .map(|p| {
-                self.waited_for_by
-                    .get(p)
-                    .map(|ws| ws.iter().map(|w| index[w]).collect())
-                    .unwrap_or_default()
-            })
-            .collect();
+        let (nodes, edges) = self.graph();
         let start = |i: usize| self.waiters.get(&nodes[i]).and_then(|w| w.wait_start);
         let component = tarjan(&edges, step, check);
         // Components come out of Tarjan's algorithm in reverse topological order (a component
@@ -210,13 +204,27 @@ impl LockChains {
                 }
             }
             outside[c] = from_outside;
-            earliest_in[c] = members[c].iter().map(|&i| start(i)).fold(None, min);
+            // The two earliest starts of the members, and whose the earliest is: the earliest
+            // start among a member's others is the first, or the second for its owner.
+            let (mut first, mut first_of, mut second) = (None::<i64>, usize::MAX, None::<i64>);
+            for &i in &members[c] {
+                step(check);
+                if let Some(t) = start(i) {
+                    if first.is_none_or(|f| t < f) {
+                        second = first;
+                        (first, first_of) = (Some(t), i);
+                    } else if second.is_none_or(|s| t < s) {
+                        second = Some(t);
+                    }
+                }
+            }
+            earliest_in[c] = first;
             let cyclic = members[c].len() > 1;
             for &i in &members[c] {
+                step(check);
                 let mut behind = from_outside;
                 if cyclic {
-                    let others = members[c].iter().filter(|&&j| j != i).map(|&j| start(j));
-                    behind = min(behind, others.fold(None, min));
+                    behind = min(behind, if i == first_of { second } else { first });
                 }
                 if let Some(t) = behind {
                     if self.waited_for_by.contains_key(&nodes[i]) {
@@ -225,6 +233,30 @@ impl LockChains {
                 }
             }
         }
+    }
+
+    /// The waits-for graph by index. Nodes: every pid that blocks or waits, in pid order.
+    /// Edges: blocker -> each direct waiter.
+    fn graph(&self) -> (Vec<i32>, Vec<Vec<usize>>) {
+        let mut nodes: Vec<i32> = self
+            .waited_for_by
+            .keys()
+            .chain(self.waiters.keys())
+            .copied()
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let index: HashMap<i32, usize> = nodes.iter().enumerate().map(|(i, &p)| (p, i)).collect();
+        let edges = nodes
+            .iter()
+            .map(|p| {
+                self.waited_for_by
+                    .get(p)
+                    .map(|ws| ws.iter().map(|w| index[w]).collect())
+                    .unwrap_or_default()
+            })
+            .collect();
+        (nodes, edges)
     }
 
     /// `pid`'s place in the graph.

@@ -102,6 +102,9 @@ pub fn role_list(text: &str) -> Vec<String> {
     names(text, true)
 }
 
+/// NAMEDATALEN - 1 in every supported major.
+const NAME_MAX_BYTES: usize = 63;
+
 fn names(text: &str, fold: bool) -> Vec<String> {
     let mut names = Vec::new();
     let mut chars = text.chars().peekable();
@@ -127,9 +130,17 @@ fn names(text: &str, fold: bool) -> Vec<String> {
             }
             name = name.trim_end().to_string();
             if fold {
-                name = name.to_lowercase();
+                // As PostgreSQL folds identifiers: ASCII letters only.
+                name = name.to_ascii_lowercase();
             }
         }
+        // PostgreSQL keeps names and application_name to NAMEDATALEN - 1 bytes, cut at a
+        // character boundary: a longer entry names what the server would.
+        let mut end = name.len().min(NAME_MAX_BYTES);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
         if !name.is_empty() {
             names.push(name);
         }

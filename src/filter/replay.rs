@@ -63,17 +63,55 @@ pub enum ReplayError {
     TooMany { count: usize, max: usize },
     #[error("sessions has {count} blocking_pids entries in all; the limit is {max}")]
     TooManyWaits { count: usize, max: usize },
+    #[error("sessions has {count} JSON values or more; the limit is {max}")]
+    TooManyValues { count: usize, max: usize },
 }
 
 /// Sessions in one replay, at most (pg_stat_activity has one row per connection, and
 /// max_connections is at most 262,143; a capture of 65,536 is a very large server).
 pub const MAX_SESSIONS: usize = 65_536;
 
-/// `blocking_pids` entries in all sessions together, at most.
-pub const MAX_WAITS: usize = 4_000_000;
+/// `blocking_pids` entries in all sessions together, at most (a queue of about 1,400
+/// sessions behind each other, every one blocked by every one ahead).
+pub const MAX_WAITS: usize = 1_000_000;
+
+/// JSON values in `sessions`, at most: it is parsed whole into this process's memory (tens of
+/// bytes a value), where running out would abort the backend rather than raise an ERROR.
+/// 65,536 rows of pg_stat_activity's columns and MAX_WAITS fit.
+pub const MAX_SESSIONS_VALUES: usize = 4_000_000;
 
 /// The text of `sessions`, at most (about 2 KiB a row for MAX_SESSIONS rows).
 pub const MAX_SESSIONS_BYTES: usize = 128 * 1024 * 1024;
+
+/// Refuses a `sessions` text with more than MAX_SESSIONS_VALUES values, before it is parsed.
+/// The count is an upper bound, read without parsing: one value, plus one after every comma
+/// and every opening bracket outside strings.
+pub fn check_size(text: &str) -> Result<(), ReplayError> {
+    let (mut count, mut in_string, mut escaped) = (1usize, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b',' | b'[' | b'{' => count += 1,
+                _ => {}
+            }
+        }
+    }
+    if count > MAX_SESSIONS_VALUES {
+        return Err(ReplayError::TooManyValues {
+            count,
+            max: MAX_SESSIONS_VALUES,
+        });
+    }
+    Ok(())
+}
 
 /// One replayed session: its matcher view, and its "now", if it has one.
 #[derive(Debug, Clone)]
@@ -125,10 +163,14 @@ pub fn replay(
         if filter.needs_now() && now.or(r.now).is_none() {
             return Err(ReplayError::NoNow { index });
         }
-        leaders.push(match object.get("leader_pid") {
+        // Only a parallel query's workers share their leader's locks; a parallel apply worker
+        // of logical replication (16 and later) also names a leader_pid, but is no lock group.
+        let leader = match object.get("leader_pid") {
             Some(Value::Number(n)) => n.as_i64().and_then(|p| i32::try_from(p).ok()),
             _ => None,
-        });
+        };
+        let parallel_worker = object.get("backend_type") == Some(&Value::from("parallel worker"));
+        leaders.push(leader.filter(|&l| l == r.session.pid || parallel_worker));
         match lock_fields(index, object)? {
             Some((blocked_by, wait_start)) => {
                 waits += blocked_by.len();

@@ -781,6 +781,12 @@ fn name_lists_as_settings_hold_them() {
         vec!["backup", "Ops Team", "CamelCase"]
     );
     assert_eq!(name_list("\"unterminated"), vec!["unterminated"]);
+    // Folded as PostgreSQL folds identifiers (ASCII only), cut as it cuts names (63 bytes, at
+    // a character boundary).
+    assert_eq!(role_list("Ärger, ADMIN"), vec!["Ärger", "admin"]);
+    let long = format!("{}é", "a".repeat(62));
+    assert_eq!(name_list(&long), vec!["a".repeat(62)]);
+    assert_eq!(role_list(&"B".repeat(70)), vec!["b".repeat(63)]);
 }
 
 #[test]
@@ -943,4 +949,102 @@ fn replay_refuses_what_it_cannot_read() {
             "{sessions}: {message:?} lacks {needle:?}"
         );
     }
+}
+
+#[test]
+fn replay_refuses_captures_over_its_limits() {
+    let all = parse(json!({"all": true}));
+    let locks = parse(json!({"blocking": true}));
+    let run = |f: &Filter, sessions: Value| {
+        replay::replay(f, &sessions, None, &NO_PROTECTION, &mut || {})
+            .unwrap_err()
+            .to_string()
+    };
+    let too_many: Vec<Value> = (1..=replay::MAX_SESSIONS as i64 + 1)
+        .map(|pid| json!({ "pid": pid }))
+        .collect();
+    assert_eq!(
+        run(&all, Value::Array(too_many)),
+        "sessions has 65537 rows; the limit is 65536"
+    );
+    let half: Vec<i64> = (10..10 + replay::MAX_WAITS as i64 / 2 + 1).collect();
+    assert_eq!(
+        run(
+            &locks,
+            json!([{"pid": 1, "blocking_pids": half}, {"pid": 2, "blocking_pids": half}])
+        ),
+        "sessions has 1000002 blocking_pids entries in all; the limit is 1000000"
+    );
+    // The value count is read from the text, before any parsing, strings skipped.
+    assert!(replay::check_size(r#"[{"pid": 1, "query": "a, [b], {c} \" , ["}]"#).is_ok());
+    let wide = format!("[{}]", vec!["0"; replay::MAX_SESSIONS_VALUES].join(","));
+    assert_eq!(
+        replay::check_size(&wide).unwrap_err().to_string(),
+        "sessions has 4000001 JSON values or more; the limit is 4000000"
+    );
+    let deep = "[".repeat(replay::MAX_SESSIONS_VALUES);
+    assert!(replay::check_size(&deep).is_err());
+}
+
+#[test]
+fn replay_counts_a_parallel_querys_sessions_as_one_lock_group() {
+    // 3 holds the lock; the leader 4 has waited 60 s, its worker 5 only 1 s: the group waits
+    // since 60 s, so the worker's wait is as old as its leader's, as pg_locks-based code and the
+    // live path count it.
+    let capture: Vec<Value> = [
+        json!({"pid": 3, "blocking_pids": []}),
+        json!({"pid": 4, "leader_pid": 4, "blocking_pids": [3], "waitstart": "2026-11-25T12:00:00Z"}),
+        json!({"pid": 5, "leader_pid": 4, "blocking_pids": [3], "waitstart": "2026-11-25T12:00:59Z"}),
+        json!({"pid": 6, "blocking_pids": [3], "waitstart": "2026-11-25T12:00:59Z"}),
+        // A parallel apply worker names its leader too, but shares no locks with it.
+        json!({"pid": 7, "leader_pid": 4, "blocking_pids": [3], "waitstart": "2026-11-25T12:00:59Z",
+               "backend_type": "logical replication parallel worker"}),
+    ]
+    .into_iter()
+    .map(|mut row| {
+        row["usesysid"] = json!(10);
+        row["usename"] = json!("app");
+        if row.get("backend_type").is_none() {
+            let parallel = row["pid"] == json!(5);
+            row["backend_type"] = json!(if parallel { "parallel worker" } else { "client backend" });
+        }
+        row
+    })
+    .collect();
+    let capture = Value::Array(capture);
+    let f = parse(
+        json!({"min_blocked_age": "30s", "backend_type": ["client backend", "parallel worker", "logical replication parallel worker"]}),
+    );
+    let now = replay::parse_timestamp("2026-11-25T12:01:00Z").ok();
+    let rows = replay::replay(&f, &capture, now, &NO_PROTECTION, &mut || {}).unwrap();
+    assert_eq!(
+        rows,
+        vec![(3, false), (4, true), (5, true), (6, false), (7, false)]
+    );
+}
+
+#[test]
+fn a_large_deadlock_cycle_is_worked_out_in_linear_time_with_cancel_points() {
+    // 20,000 sessions each waiting for the next, the last for the first: one cycle. Every
+    // member is behind every other; the earliest start behind each is the earliest of the
+    // others'. The walk stops to let a cancel in, again and again.
+    let n = 20_000;
+    let mut calls = 0u32;
+    let chains = LockChains::new(
+        (0..n).map(|i| Waiter {
+            pid: i + 1,
+            blocked_by: vec![(i + 1) % n + 1],
+            wait_start: Some(i64::from(1000 + i)),
+        }),
+        ChainNeeds {
+            count_up_to: Some(100),
+            longest_wait_behind: true,
+        },
+        &mut || calls += 1,
+    );
+    assert_eq!(chains.facts(1).longest_wait_behind, Some(1001));
+    assert_eq!(chains.facts(5).longest_wait_behind, Some(1000));
+    assert_eq!(chains.facts(1).blocked_sessions, 100);
+    assert!(!chains.facts(1).root());
+    assert!(calls >= 10, "{calls} interrupt checks");
 }

@@ -127,7 +127,7 @@ fn invalid_policies_are_refused() {
         .get(0);
     assert_eq!(
         normalized,
-        r#"{"all": true, "order": "oldest_backend", "min_state_age": 60000, "include_superusers": false}"#
+        r#"{"all": true, "order": "oldest_backend", "min_state_age": 60000, "include_protected": false, "include_superusers": false}"#
     );
 }
 

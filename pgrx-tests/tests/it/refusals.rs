@@ -96,7 +96,10 @@ fn catalogue() -> Vec<(Option<String>, &'static str)> {
             "out of range",
         ),
         (s(r#"{"min_state_age": null}"#), "interval string"),
-        (s(r#"{"blocking": "yes"}"#), "true or false"),
+        (
+            s(r#"{"blocking": "yes"}"#),
+            r#"expected one of true, false, "root""#,
+        ),
         (s(r#"{"all": false}"#), "must be true"),
         (s(r#"{"all": true, "limit": 0}"#), "positive integer"),
         (s(r#"{"all": true, "limit": -1}"#), "positive integer"),
