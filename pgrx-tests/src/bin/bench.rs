@@ -203,6 +203,7 @@ fn preview_scaling(cluster: &Cluster, me: &mut Client) -> Value {
         }
         let waiting_t = median(me, waiting);
         holder.batch_execute("COMMIT").unwrap();
+        drop(holder);
         for w in waiters {
             w.join().unwrap();
         }
@@ -287,13 +288,14 @@ fn lock_chains_vs_cte(cluster: &Cluster, me: &mut Client) -> Value {
             }
         }
     }
-    // Every waiter queued, and the oldest waits at least a second old.
+    // Every waiter queued, each waiting for a second at least (so every chain has someone
+    // who has waited 1 s: all ten are the CTE's and the filter's).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (queued, old): (i64, bool) = {
             let row = me
                 .query_one(
-                    "SELECT count(*), coalesce(min(waitstart) <= now() - interval '1 second', false) \
+                    "SELECT count(*), coalesce(bool_and(coalesce(waitstart <= now() - interval '1 second', false)), false) \
                        FROM pg_locks WHERE NOT granted AND locktype = 'relation'",
                     &[],
                 )
