@@ -109,7 +109,8 @@ fn names(text: &str, fold: bool) -> Vec<String> {
     let mut names = Vec::new();
     let mut chars = text.chars().peekable();
     loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        // PostgreSQL's list syntax skips ASCII whitespace only.
+        while chars.next_if(|c| c.is_ascii_whitespace()).is_some() {}
         let mut name = String::new();
         if chars.next_if_eq(&'"').is_some() {
             while let Some(c) = chars.next() {
@@ -128,7 +129,9 @@ fn names(text: &str, fold: bool) -> Vec<String> {
             while let Some(c) = chars.next_if(|c| *c != ',') {
                 name.push(c);
             }
-            name = name.trim_end().to_string();
+            name = name
+                .trim_end_matches(|c: char| c.is_ascii_whitespace())
+                .to_string();
             if fold {
                 // As PostgreSQL folds identifiers: ASCII letters only.
                 name = name.to_ascii_lowercase();

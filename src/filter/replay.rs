@@ -63,31 +63,41 @@ pub enum ReplayError {
     TooMany { count: usize, max: usize },
     #[error("sessions has {count} blocking_pids entries in all; the limit is {max}")]
     TooManyWaits { count: usize, max: usize },
-    #[error("sessions has {count} JSON values or more; the limit is {max}")]
-    TooManyValues { count: usize, max: usize },
+    #[error("sessions is too large: {count} {what}; the limit is {max}")]
+    TooLarge {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
 }
 
-/// Sessions in one replay, at most (pg_stat_activity has one row per connection, and
-/// max_connections is at most 262,143; a capture of 65,536 is a very large server).
-pub const MAX_SESSIONS: usize = 65_536;
+/// Sessions in one replay, at most (pg_stat_activity has one row per connection; a capture
+/// of 16,384 is a very large server).
+pub const MAX_SESSIONS: usize = 16_384;
 
 /// `blocking_pids` entries in all sessions together, at most (a queue of about 1,400
 /// sessions behind each other, every one blocked by every one ahead).
 pub const MAX_WAITS: usize = 1_000_000;
 
-/// JSON values in `sessions`, at most: it is parsed whole into this process's memory (tens of
-/// bytes a value), where running out would abort the backend rather than raise an ERROR.
-/// 65,536 rows of pg_stat_activity's columns and MAX_WAITS fit.
-pub const MAX_SESSIONS_VALUES: usize = 4_000_000;
+/// `sessions` is parsed whole into this process's memory, where running out would abort the
+/// backend rather than raise an ERROR; so its shape is bounded before it is parsed, which
+/// bounds that memory to a few hundred MB at worst: JSON values in all, objects (a row each),
+/// arrays (a `blocking_pids` each, and the whole), and fields of objects (pg_stat_activity has
+/// about 30 columns).
+pub const MAX_SESSIONS_VALUES: usize = 2_000_000;
+pub const MAX_SESSIONS_OBJECTS: usize = MAX_SESSIONS;
+pub const MAX_SESSIONS_ARRAYS: usize = MAX_SESSIONS + 1;
+pub const MAX_SESSIONS_FIELDS: usize = MAX_SESSIONS * 64;
 
-/// The text of `sessions`, at most (about 2 KiB a row for MAX_SESSIONS rows).
-pub const MAX_SESSIONS_BYTES: usize = 128 * 1024 * 1024;
+/// The text of `sessions`, at most (4 KiB a row for MAX_SESSIONS rows).
+pub const MAX_SESSIONS_BYTES: usize = 64 * 1024 * 1024;
 
-/// Refuses a `sessions` text with more than MAX_SESSIONS_VALUES values, before it is parsed.
-/// The count is an upper bound, read without parsing: one value, plus one after every comma
-/// and every opening bracket outside strings.
+/// Refuses a `sessions` text over the bounds above, before it is parsed. The counts are upper
+/// bounds, read without parsing, outside strings: values, one plus one after every comma and
+/// every opening bracket; objects, every `{`; arrays, every `[`; fields, every `:`.
 pub fn check_size(text: &str) -> Result<(), ReplayError> {
-    let (mut count, mut in_string, mut escaped) = (1usize, false, false);
+    let (mut values, mut objects, mut arrays, mut fields) = (1usize, 0usize, 0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
     for &b in text.as_bytes() {
         if in_string {
             match b {
@@ -99,16 +109,23 @@ pub fn check_size(text: &str) -> Result<(), ReplayError> {
         } else {
             match b {
                 b'"' => in_string = true,
-                b',' | b'[' | b'{' => count += 1,
+                b',' => values += 1,
+                b'[' => (values, arrays) = (values + 1, arrays + 1),
+                b'{' => (values, objects) = (values + 1, objects + 1),
+                b':' => fields += 1,
                 _ => {}
             }
         }
     }
-    if count > MAX_SESSIONS_VALUES {
-        return Err(ReplayError::TooManyValues {
-            count,
-            max: MAX_SESSIONS_VALUES,
-        });
+    for (what, count, max) in [
+        ("JSON values", values, MAX_SESSIONS_VALUES),
+        ("objects", objects, MAX_SESSIONS_OBJECTS),
+        ("arrays", arrays, MAX_SESSIONS_ARRAYS),
+        ("object fields", fields, MAX_SESSIONS_FIELDS),
+    ] {
+        if count > max {
+            return Err(ReplayError::TooLarge { what, count, max });
+        }
     }
     Ok(())
 }
@@ -169,8 +186,12 @@ pub fn replay(
             Some(Value::Number(n)) => n.as_i64().and_then(|p| i32::try_from(p).ok()),
             _ => None,
         };
-        let parallel_worker = object.get("backend_type") == Some(&Value::from("parallel worker"));
-        leaders.push(leader.filter(|&l| l == r.session.pid || parallel_worker));
+        // (A capture without the column keeps every leader_pid.)
+        let parallel_worker = match object.get("backend_type") {
+            Some(Value::String(t)) => t == "parallel worker",
+            _ => true,
+        };
+        leaders.push(leader.filter(|_| parallel_worker));
         match lock_fields(index, object)? {
             Some((blocked_by, wait_start)) => {
                 waits += blocked_by.len();

@@ -327,6 +327,22 @@ fn test_filter_rows_and_refusals() {
             "SELECT * FROM reaper.test_filter('{\"min_state_age\": 1}', '[{\"pid\": 1}]')",
             "sessions[0] has no \"now\"",
         ),
+        // Bounded before it is parsed into the backend's own memory.
+        (
+            "SELECT * FROM reaper.test_filter('{\"all\": true}', \
+               (SELECT jsonb_agg('{}'::jsonb) FROM generate_series(1, 16385)))",
+            "sessions is too large: 16385 objects; the limit is 16384",
+        ),
+        (
+            "SELECT * FROM reaper.test_filter('{\"all\": true}', \
+               (SELECT jsonb_agg(0) FROM generate_series(1, 2000001)))",
+            "sessions is too large: 2000002 JSON values; the limit is 2000000",
+        ),
+        (
+            "SELECT * FROM reaper.test_filter('{\"all\": true}', \
+               (SELECT jsonb_agg(repeat('x', 1024 * 1024)) FROM generate_series(1, 65)))",
+            "bytes is over the limit of 67108864 bytes",
+        ),
     ] {
         let err = me.batch_execute(sql).unwrap_err();
         assert_eq!(sqlstate(&err), Some("22023"), "{sql}: {err}");
