@@ -471,9 +471,10 @@ impl Drop for Cluster {
 
 fn alive(c: &mut Client, pid: i32) -> bool {
     c.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
+    // Not the asking backend itself: a pid freed a moment ago may be the one it was given.
     let n: i64 = c
         .query_one(
-            "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1",
+            "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND pid <> pg_backend_pid()",
             &[&pid],
         )
         .unwrap()

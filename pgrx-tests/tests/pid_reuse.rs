@@ -1,6 +1,7 @@
 //! The worst race of hand-written kill loops: a victim exits and the kernel hands its pid to a
 //! new, innocent backend before the signal. Alone in its own test binary, so that no other test
-//! forks processes while it steers the kernel's next pid.
+//! forks processes while it steers the kernel's next pid; and its tests take turns (a lock), as
+//! one test's steering could hand the other's freed pid to a new backend.
 //!
 //! There are two windows. Before the re-check (between choosing the victims and looking at them
 //! again), a reused pid is caught by its new start time. Between a victim's identity check and
@@ -8,6 +9,14 @@
 //! kernel cannot give its pid to anyone.
 
 use pg_reaper_integration::*;
+use std::sync::Mutex;
+
+/// Held by each test for its whole run.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Makes the kernel's next pid `pid` (as root, in the initial pid namespace).
 fn steer_next_pid_to(pid: i32) {
@@ -52,6 +61,7 @@ fn fork_a_child() -> i32 {
 
 #[test]
 fn a_pid_reused_by_a_new_backend_is_never_signalled() {
+    let _turn = one_at_a_time();
     let cluster = Cluster::start();
     cluster.create_role("app", "");
     let tag = tag("reused");
@@ -87,6 +97,7 @@ fn a_pid_reused_by_a_new_backend_is_never_signalled() {
 
 #[test]
 fn a_victims_pid_cannot_change_hands_between_its_check_and_its_signal() {
+    let _turn = one_at_a_time();
     let cluster = Cluster::start();
     cluster.create_role("app", "");
     let tag = tag("pinned");

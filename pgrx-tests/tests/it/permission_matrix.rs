@@ -414,10 +414,12 @@ fn terminating_the_launchers_as_superuser_never_restarts_the_postmaster() {
         assert_eq!(r.outcome, "terminated", "{r:?}");
     }
     // Both come back (the logical replication launcher after its 5 s restart interval; the
-    // wait is generous, as the timing is the postmaster's business, not pg_reaper's).
-    let deadline = std::time::Instant::now() + 2 * PATIENCE;
+    // wait is generous, as the timing is the postmaster's business, not pg_reaper's). Each look
+    // is a new connection: a postmaster before 16 may otherwise sleep in its server loop up to
+    // a minute before it restarts a background worker.
+    let deadline = std::time::Instant::now() + 6 * PATIENCE;
     loop {
-        let back = preview(&mut su, filter);
+        let back = preview(&mut cluster.superuser(), filter);
         if back.len() == 2 && back.iter().all(|b| !rows.iter().any(|r| r.pid == b.pid)) {
             break;
         }
