@@ -155,6 +155,7 @@ impl Names {
 ///
 /// # Safety
 /// `ptr` is NULL or a palloc'd, NUL-terminated string that nothing else frees.
+// SAFETY: an unsafe fn because of that contract; every caller passes what PostgreSQL palloc'd.
 unsafe fn owned(ptr: *mut c_char) -> Option<String> {
     if ptr.is_null() {
         return None;
@@ -170,6 +171,8 @@ unsafe fn owned(ptr: *mut c_char) -> Option<String> {
 
 /// # Safety
 /// `ptr` is NULL or a NUL-terminated string that lives for the call.
+// SAFETY: an unsafe fn because of that contract; callers pass status-array fields or names
+// PostgreSQL keeps for the life of the process.
 unsafe fn borrowed(ptr: *const c_char) -> Option<String> {
     if ptr.is_null() {
         return None;

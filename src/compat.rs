@@ -550,6 +550,8 @@ pub fn terminate_on_sigterm() {
 /// PostgreSQL's own functions, where a signal handler needs the C symbol itself (pgrx's
 /// bindings wrap each function in Rust).
 mod postgres {
+    // SAFETY: the declaration matches tcop/postgres.c's `void die(SIGNAL_ARGS)` in every
+    // supported major.
     unsafe extern "C-unwind" {
         /// tcop/postgres.c: the backends' SIGTERM handler.
         pub fn die(postgres_signal_arg: std::ffi::c_int);

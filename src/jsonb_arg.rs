@@ -15,6 +15,7 @@ pub struct JsonbText(pub String);
 pub const MAX_TEXT_BYTES: usize = crate::filter::replay::MAX_SESSIONS_BYTES;
 
 impl FromDatum for JsonbText {
+    // SAFETY: callers give a datum of type jsonb (or is_null), as FromDatum requires.
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,
@@ -23,8 +24,8 @@ impl FromDatum for JsonbText {
         if is_null {
             return None;
         }
-        // SAFETY: a non-NULL jsonb datum given to jsonb's own output function.
         let text =
+            // SAFETY: a non-NULL jsonb datum given to jsonb's own output function.
             unsafe { direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(datum)]) }?;
         // Refused before it is copied out of PostgreSQL's memory (where running out is an
         // ERROR) into this process's own (where it would be an abort).
@@ -49,6 +50,7 @@ unsafe impl SqlTranslatable for JsonbText {
 
 // SAFETY: the argument is read with FromDatum, which checks for NULL first.
 unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonbText {
+    // SAFETY: pgrx calls it with an argument of this function's call, as ArgAbi requires.
     unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
         // SAFETY: pgrx hands over a jsonb argument of this call.
@@ -56,6 +58,7 @@ unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for JsonbText {
             .unwrap_or_else(|| panic!("argument {index} must not be null"))
     }
 
+    // SAFETY: as for unbox_arg_unchecked.
     unsafe fn unbox_nullable_arg(
         arg: pgrx::callconv::Arg<'_, 'fcx>,
     ) -> pgrx::nullable::Nullable<Self> {

@@ -162,6 +162,7 @@ fn blocking_pids(pid: i32) -> Vec<i32> {
 
 /// # Safety
 /// `ptr` points to at least `len` initialised items (or `len` is 0).
+// SAFETY: an unsafe fn because of that contract; callers pass GetBlockerStatusData's arrays.
 unsafe fn slice<'a, T>(ptr: *const T, len: i32) -> &'a [T] {
     match usize::try_from(len) {
         // SAFETY: as the caller promises.

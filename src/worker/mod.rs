@@ -81,6 +81,8 @@ pub fn why_not_enforcing_here() -> Option<String> {
 
 /// The worker process's entry point.
 #[pg_guard]
+// SAFETY: the name is this library's own (pg_reaper_*), so it clashes with no other symbol; the
+// postmaster finds the entry point by it.
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_reaper_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
@@ -118,6 +120,8 @@ pub extern "C-unwind" fn pg_reaper_worker_main(_arg: pg_sys::Datum) {
 }
 
 /// Leaves the status saying that no worker runs now.
+// SAFETY: called by PostgreSQL's before_shmem_exit machinery with its own (unused) arguments; it
+// touches only this worker's status slot, under its lock.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
     let mut s = STATUS.exclusive();
