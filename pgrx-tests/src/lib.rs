@@ -298,6 +298,37 @@ impl Cluster {
             .collect()
     }
 
+    /// The "Grand total: N bytes" of every memory-context dump of backend `pid` in the server
+    /// log (`pg_log_backend_memory_contexts`), oldest first.
+    pub fn memory_totals_logged(&self, pid: i32) -> Vec<i64> {
+        let tag = format!("[{pid}]");
+        self.server_log()
+            .lines()
+            .filter(|l| l.contains(&tag))
+            .filter_map(|l| {
+                l.split("Grand total: ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// Waits until the server log holds `needle` at least `times` times (PATIENCE at most).
+    pub fn wait_for_log(&self, needle: &str, times: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.server_log().matches(needle).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} x{times} in:\n{}",
+                self.server_log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything the server has logged so far.
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()

@@ -281,21 +281,7 @@ fn a_long_grace_period_keeps_the_callers_memory_flat() {
     }
     // The two memory-context dumps in the server log, "Grand total: N bytes ..." (the server
     // writes them when the caller next checks for interrupts).
-    let dumps = || -> Vec<i64> {
-        cluster
-            .server_log()
-            .lines()
-            .filter(|l| l.contains(&format!("[{}]", caller.pid)) && l.contains("Grand total: "))
-            .filter_map(|l| {
-                l.split("Grand total: ")
-                    .nth(1)?
-                    .split(' ')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .collect()
-    };
+    let dumps = || cluster.memory_totals_logged(caller.pid);
     let deadline = Instant::now() + PATIENCE;
     let totals = loop {
         let totals = dumps();

@@ -346,11 +346,7 @@ fn without_the_extension_the_worker_waits_quietly_and_then_enforces() {
     cluster.create_role("app", "");
     let mut su = cluster.superuser();
     let waiting = "waits for CREATE EXTENSION pg_reaper";
-    let deadline = Instant::now() + PATIENCE;
-    while count_in_log(&cluster, waiting) == 0 {
-        assert!(Instant::now() < deadline, "{}", cluster.server_log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster.wait_for_log(waiting, 1);
     // Three more cycles, and still the one line.
     let worker = worker_pid_in_activity(&mut su);
     wait_cycles(&mut su, worker, 3);
@@ -369,11 +365,7 @@ fn without_the_extension_the_worker_waits_quietly_and_then_enforces() {
     );
     // DROP EXTENSION while it runs: it waits again, saying so once; CREATE again, it enforces.
     su.batch_execute("DROP EXTENSION pg_reaper").unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while count_in_log(&cluster, waiting) < 2 {
-        assert!(Instant::now() < deadline, "{}", cluster.server_log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster.wait_for_log(waiting, 2);
     wait_cycles(&mut su, worker, 3);
     assert_eq!(count_in_log(&cluster, waiting), 2, "no log flood");
     su.batch_execute(&format!(
@@ -396,11 +388,7 @@ fn without_its_database_the_worker_waits_quietly_and_then_enforces() {
     cluster.create_role("app", "");
     let mut su = cluster.superuser();
     let waiting = r#"database "reaper_db" (pg_reaper.database) does not exist; the worker waits"#;
-    let deadline = Instant::now() + PATIENCE;
-    while count_in_log(&cluster, waiting) == 0 {
-        assert!(Instant::now() < deadline, "{}", cluster.server_log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster.wait_for_log(waiting, 1);
     let worker = worker_pid_in_activity(&mut su);
     wait_cycles(&mut su, worker, 3);
     // One failed connection, one line saying what is missing, then quiet: no crash loop.
@@ -652,15 +640,15 @@ fn the_workers_memory_stays_flat_over_10000_runs() {
     .unwrap();
     let measure = |su: &mut Client, runs: i64| -> (i64, i64) {
         wait_for_runs(su, runs);
-        let before = contexts_dumped(&cluster, worker);
+        let before = cluster.memory_totals_logged(worker);
         su.query_one("SELECT pg_log_backend_memory_contexts($1)", &[&worker])
             .unwrap();
         let deadline = Instant::now() + PATIENCE;
-        while contexts_dumped(&cluster, worker).len() == before.len() {
+        while cluster.memory_totals_logged(worker).len() == before.len() {
             assert!(Instant::now() < deadline, "no memory context dump");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let total = *contexts_dumped(&cluster, worker).last().unwrap();
+        let total = *cluster.memory_totals_logged(worker).last().unwrap();
         (rss_anon_kb(worker), total)
     };
     let early = measure(&mut su, 1_000);
@@ -725,23 +713,6 @@ fn wait_for_runs(su: &mut Client, runs: i64) {
         assert!(Instant::now() < deadline, "only {done} runs");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// The "Grand total: N bytes" of every memory-context dump of `pid` in the server log.
-fn contexts_dumped(cluster: &Cluster, pid: i32) -> Vec<i64> {
-    cluster
-        .server_log()
-        .lines()
-        .filter(|l| l.contains(&format!("[{pid}]")) && l.contains("Grand total: "))
-        .filter_map(|l| {
-            l.split("Grand total: ")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
 }
 
 #[test]
@@ -884,11 +855,7 @@ fn a_database_that_refuses_connections_is_waited_for_without_a_restart_loop() {
         su.batch_execute(sql).unwrap();
     }
     let waiting = r#"database "closed" (pg_reaper.database) does not allow connections (datallowconn is false); the worker waits"#;
-    let deadline = Instant::now() + PATIENCE;
-    while count_in_log(&cluster, waiting) == 0 {
-        assert!(Instant::now() < deadline, "{}", cluster.server_log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster.wait_for_log(waiting, 1);
     let worker = worker_pid_in_activity(&mut su);
     wait_cycles(&mut su, worker, 3);
     assert_eq!(count_in_log(&cluster, waiting), 1, "no log flood");
@@ -900,11 +867,7 @@ fn a_database_that_refuses_connections_is_waited_for_without_a_restart_loop() {
     );
     su.batch_execute("ALTER DATABASE closed ALLOW_CONNECTIONS true")
         .unwrap();
-    let deadline = Instant::now() + PATIENCE;
-    while count_in_log(&cluster, "is not installed in database \"closed\"") == 0 {
-        assert!(Instant::now() < deadline, "{}", cluster.server_log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cluster.wait_for_log("is not installed in database \"closed\"", 1);
 }
 
 #[test]
