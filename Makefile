@@ -151,10 +151,17 @@ integration-test: install-test-build package releases $(if $(filter 17,$(PG)),up
 # Every supported major: the whole of `make test` on 15 (with pg_cron), then the #[pg_test]s
 # and the multi-session suite on 14, 16, 17 and 18 (pg_cron exists here only for 15: its tests
 # report themselves skipped there). One summary line per major, and the total.
+# FREE_DISK=1 (what .ci/run sets) deletes each major's build once its tests are done: a major
+# takes a few GB of builds, and a CI disk may not hold five.
+FREE_DISK      ?= 0
+free-builds = if [ "$(FREE_DISK)" = 1 ]; then rm -rf target/pg$(1) $(addprefix target/,$(2)); \
+    echo "==> PostgreSQL $(1) done, its builds freed; disk: $$(df -h --output=used,avail . | tail -1)"; fi
 test-versions:
 	@$(MAKE) --no-print-directory test || true
+	@$(call free-builds,15,debug)
 	@set -o pipefail; for v in $(filter-out 15,$(SUPPORTED_PG)); do \
 	    $(MAKE) --no-print-directory -k pg-test integration-test PG=$$v 2>&1 | tee target/test-pg$$v.log || true; \
+	    $(call free-builds,$$v); \
 	done
 	@pgrx-tests/count-tests.sh --versions target/test.log $(foreach v,$(filter-out 15,$(SUPPORTED_PG)),target/test-pg$(v).log)
 

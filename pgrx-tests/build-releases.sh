@@ -20,3 +20,5 @@ grep -v '^#' "$here/pgrx-tests/releases.txt" | while read -r version tag commit;
         || { tail -20 "$out/$version/build.log" >&2; exit 1; }
     touch "$out/$version/built"
 done
+# The releases are packaged; their shared build tree is only disk.
+rm -rf "$out/build"
