@@ -301,19 +301,32 @@ impl Cluster {
     /// The "Grand total: N bytes" of every memory-context dump of backend `pid` in the server
     /// log (`pg_log_backend_memory_contexts`), oldest first.
     pub fn memory_totals_logged(&self, pid: i32) -> Vec<i64> {
-        let tag = format!("[{pid}]");
-        self.server_log()
-            .lines()
-            .filter(|l| l.contains(&tag))
-            .filter_map(|l| {
-                l.split("Grand total: ")
-                    .nth(1)?
-                    .split(' ')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
+        self.memory_dumps_logged(pid)
+            .iter()
+            .map(|d| d.total)
             .collect()
+    }
+
+    /// Every complete memory-context dump of backend `pid` in the server log, oldest first.
+    pub fn memory_dumps_logged(&self, pid: i32) -> Vec<MemoryDump> {
+        let tag = format!("[{pid}]");
+        let mut dumps = Vec::new();
+        let mut contexts: Option<Vec<String>> = None;
+        for line in self.server_log().lines().filter(|l| l.contains(&tag)) {
+            if line.contains("logging memory contexts of PID") {
+                contexts = Some(Vec::new());
+            } else if let Some(total) = line.split("Grand total: ").nth(1) {
+                let total = total.split(' ').next().and_then(|t| t.parse().ok());
+                if let (Some(contexts), Some(total)) = (contexts.take(), total) {
+                    dumps.push(MemoryDump { total, contexts });
+                }
+            } else if let (Some(contexts), Some(context)) =
+                (contexts.as_mut(), line.split("level: ").nth(1))
+            {
+                contexts.push(context.to_string());
+            }
+        }
+        dumps
     }
 
     /// Waits until the server log holds `needle` at least `times` times (PATIENCE at most).
@@ -880,4 +893,20 @@ pub fn skip(test: &str, reason: &str) {
         .open(dir.join(format!("pg{major}.txt")))
         .expect("skipped file");
     writeln!(file, "{line}").expect("write skipped");
+}
+
+/// One `pg_log_backend_memory_contexts` dump: its grand total in bytes and its context lines
+/// ("1; TopTransactionContext: 8192 total in 1 blocks; ...").
+#[derive(Debug, Clone)]
+pub struct MemoryDump {
+    pub total: i64,
+    pub contexts: Vec<String>,
+}
+
+impl MemoryDump {
+    /// Whether the dump lists a context of this name.
+    pub fn has_context(&self, name: &str) -> bool {
+        let needle = format!("; {name}:");
+        self.contexts.iter().any(|c| c.contains(&needle))
+    }
 }

@@ -54,13 +54,14 @@ impl Target {
 fn make_target(cluster: &Cluster, kind: Target) -> (i32, Option<(Session, Pending)>) {
     match kind.backend_type() {
         Some(t) => {
-            let mut su = cluster.superuser();
             let sql = "SELECT pid FROM pg_stat_activity WHERE backend_type = $1";
-            let deadline = std::time::Instant::now() + PATIENCE;
+            // After a terminate (or, for the logical replication launcher, a cancel) the
+            // postmaster starts a new one after its restart interval; wait for it. Each look is
+            // a new connection: a postmaster before 16 may otherwise sleep in its server loop up
+            // to a minute before it restarts a background worker.
+            let deadline = std::time::Instant::now() + 6 * PATIENCE;
             loop {
-                // After a terminate the postmaster starts a new one; wait for it.
-                su.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
-                if let Some(row) = su.query_opt(sql, &[&t]).unwrap() {
+                if let Some(row) = cluster.superuser().query_opt(sql, &[&t]).unwrap() {
                     return (row.get(0), None);
                 }
                 assert!(std::time::Instant::now() < deadline, "no {t}");
@@ -103,61 +104,77 @@ fn pg_reaper_allows_exactly_what_postgres_allows() {
         for kind in TARGETS {
             let allowed = postgres_allows(&cluster, caller, kind);
             for function in ["cancel", "terminate"] {
-                let (pid, session) = make_target(&cluster, kind);
-                let mut filter = format!(r#"{{"pid": {pid}, "include_superusers": true"#);
-                if let Some(t) = kind.backend_type() {
-                    filter += &format!(r#", "backend_type": "{t}""#);
-                }
-                filter += "}";
-                let mut c = cluster.connect(caller);
-                // Whether this caller's pg_stat_activity shows the target's backend_type.
-                let type_visible: bool = c
-                    .query_one(
-                        "SELECT count(*) = 1 FROM pg_catalog.pg_stat_activity \
+                // A launcher may be on its way out when it is picked (a cancel ends the logical
+                // replication launcher, and PostgreSQL's own probe above is one): when the
+                // target turns out gone and nothing was signalled, the case is tried again on
+                // the launcher the postmaster starts next.
+                let mut attempts = 0;
+                'attempt: loop {
+                    attempts += 1;
+                    let (pid, session) = make_target(&cluster, kind);
+                    let mut filter = format!(r#"{{"pid": {pid}, "include_superusers": true"#);
+                    if let Some(t) = kind.backend_type() {
+                        filter += &format!(r#", "backend_type": "{t}""#);
+                    }
+                    filter += "}";
+                    let mut c = cluster.connect(caller);
+                    // Whether this caller's pg_stat_activity shows the target's backend_type.
+                    let type_visible: bool = c
+                        .query_one(
+                            "SELECT count(*) = 1 FROM pg_catalog.pg_stat_activity \
                           WHERE pid = $1 AND backend_type IS NOT NULL",
-                        &[&pid],
-                    )
-                    .unwrap()
-                    .get(0);
-                let rows = match function {
-                    "cancel" => cancel(&mut c, &filter),
-                    _ => terminate(&mut c, &filter, 5000),
-                };
-                let what = format!("{caller_name} {function} {kind:?}: {rows:?}");
-                if allowed {
-                    assert_eq!(rows.len(), 1, "{what}");
-                    let expected = if function == "cancel" {
-                        "cancelled"
-                    } else {
-                        "terminated"
+                            &[&pid],
+                        )
+                        .unwrap()
+                        .get(0);
+                    let rows = match function {
+                        "cancel" => cancel(&mut c, &filter),
+                        _ => terminate(&mut c, &filter, 5000),
                     };
-                    assert_eq!(rows[0].outcome, expected, "{what}");
-                    match (&session, function) {
-                        (Some((_, q)), "cancel") => {
-                            assert_eq!(q.wait(), Ended::Error("57014".into()), "{what}")
+                    let what = format!("{caller_name} {function} {kind:?}: {rows:?}");
+                    let signalled = rows
+                        .iter()
+                        .any(|r| r.outcome != "denied" && r.outcome != "vanished");
+                    if kind.backend_type().is_some() && !signalled && !cluster.alive(pid) {
+                        assert!(attempts < 5, "{what}: the launcher kept exiting by itself");
+                        continue 'attempt;
+                    }
+                    if allowed {
+                        assert_eq!(rows.len(), 1, "{what}");
+                        let expected = if function == "cancel" {
+                            "cancelled"
+                        } else {
+                            "terminated"
+                        };
+                        assert_eq!(rows[0].outcome, expected, "{what}");
+                        match (&session, function) {
+                            (Some((_, q)), "cancel") => {
+                                assert_eq!(q.wait(), Ended::Error("57014".into()), "{what}")
+                            }
+                            (Some((_, q)), _) => assert_eq!(q.wait(), Ended::Closed, "{what}"),
+                            // A cancel's effect on a launcher is its own business (the logical
+                            // replication launcher exits on one, as with pg_cancel_backend).
+                            (None, "cancel") => {}
+                            (None, _) => assert!(!cluster.alive(pid), "{what}"),
                         }
-                        (Some((_, q)), _) => assert_eq!(q.wait(), Ended::Closed, "{what}"),
-                        // A cancel's effect on a launcher is its own business (the logical
-                        // replication launcher exits on one, as with pg_cancel_backend).
-                        (None, "cancel") => {}
-                        (None, _) => assert!(!cluster.alive(pid), "{what}"),
-                    }
-                } else {
-                    // Denied — or, for a process the caller may not even see the type of, not
-                    // selectable at all. Either way nothing was signalled.
-                    match rows.as_slice() {
-                        // Only a launcher whose type the caller cannot see goes unselected.
-                        [] => assert!(kind.backend_type().is_some() && !type_visible, "{what}"),
-                        [row] => {
-                            assert_eq!(row.outcome, "denied", "{what}");
-                            assert!(!row.detail.as_deref().unwrap_or("").is_empty(), "{what}");
+                    } else {
+                        // Denied — or, for a process the caller may not even see the type of, not
+                        // selectable at all. Either way nothing was signalled.
+                        match rows.as_slice() {
+                            // Only a launcher whose type the caller cannot see goes unselected.
+                            [] => assert!(kind.backend_type().is_some() && !type_visible, "{what}"),
+                            [row] => {
+                                assert_eq!(row.outcome, "denied", "{what}");
+                                assert!(!row.detail.as_deref().unwrap_or("").is_empty(), "{what}");
+                            }
+                            _ => panic!("{what}"),
                         }
-                        _ => panic!("{what}"),
+                        if let Some((_, q)) = &session {
+                            assert!(q.still_running_after(Duration::from_millis(50)), "{what}");
+                        }
+                        assert!(cluster.alive(pid), "{what}");
                     }
-                    if let Some((_, q)) = &session {
-                        assert!(q.still_running_after(Duration::from_millis(50)), "{what}");
-                    }
-                    assert!(cluster.alive(pid), "{what}");
+                    break;
                 }
                 pairs += 1;
             }
