@@ -144,11 +144,18 @@ pub fn as_postgres_from(
     output
 }
 
+/// A free port for a new cluster, taken below the kernel's ephemeral range (32768 and up on
+/// Linux): a port the kernel hands out could become some connection's source port between this
+/// check and the postmaster's bind.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    const FIRST: u32 = 20_000;
+    const PORTS: u32 = 12_000;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let offset = std::process::id() * 7;
+    (0..PORTS)
+        .map(|_| FIRST + (offset + NEXT.fetch_add(1, Ordering::SeqCst) as u32) % PORTS)
+        .find(|&port| TcpListener::bind(("127.0.0.1", port as u16)).is_ok())
+        .expect("a free port") as u16
 }
 
 impl Cluster {

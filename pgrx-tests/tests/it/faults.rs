@@ -97,8 +97,14 @@ fn a_caller_cancelled_in_the_grace_period_stops_promptly_and_escalates_nothing()
         // An idle transaction ignores the cancel and keeps matching through the grace period.
         let victim = cluster.session("app", &tag).idle_in_transaction();
         let caller = cluster.session("postgres", "caller");
+        // The caller's first call loads the library: done before, so the timeout counts the
+        // wait only.
+        assert_eq!(
+            caller.run("SELECT reaper.validate_filter('{\"all\": true}')"),
+            Ended::Ok
+        );
         if how == "statement_timeout" {
-            assert_eq!(caller.run("SET statement_timeout = '300ms'"), Ended::Ok);
+            assert_eq!(caller.run("SET statement_timeout = '1s'"), Ended::Ok);
         }
         let started = Instant::now();
         let waiting = caller.start(&format!(
@@ -198,7 +204,7 @@ fn victims_slower_than_the_timeout_are_timed_out() {
     signal_process(stopped.pid, libc::SIGSTOP);
     let rows = call(
         &mut cluster.superuser(),
-        "reaper.cancel_then_terminate($1::text::jsonb, 200, 300)",
+        "reaper.cancel_then_terminate($1::text::jsonb, 200, 2000)",
         &format!(r#"{{"application_name": "{tag_stopped}"}}"#),
     )
     .unwrap();
@@ -206,7 +212,7 @@ fn victims_slower_than_the_timeout_are_timed_out() {
     let row = |pid: i32| rows.iter().find(|r| r.pid == pid).expect("a row").clone();
     let slow = row(stopped.pid);
     assert_eq!(slow.outcome, "timed_out", "{rows:?}");
-    assert!(slow.waited_ms >= 300, "{slow:?}");
+    assert!(slow.waited_ms >= 2000, "{slow:?}");
     assert!(!slow.detail.as_deref().unwrap_or("").is_empty());
     assert_eq!(row(quick.pid).outcome, "terminated", "{rows:?}");
     assert!(cluster.wait_gone(stopped.pid));
@@ -223,7 +229,7 @@ fn victims_slower_than_the_timeout_are_timed_out() {
     let rows = terminate(
         &mut cluster.superuser(),
         &format!(r#"{{"application_name": "{tag_many}"}}"#),
-        500,
+        3000,
     );
     for s in &stopped {
         signal_process(s.pid, libc::SIGCONT);
@@ -232,16 +238,16 @@ fn victims_slower_than_the_timeout_are_timed_out() {
     for s in &stopped {
         let r = outcome(s.pid);
         assert_eq!(r.outcome, "timed_out", "{r:?}");
-        assert_eq!(r.waited_ms, 500, "{r:?}");
+        assert_eq!(r.waited_ms, 3000, "{r:?}");
         assert_eq!(
             r.detail.as_deref(),
-            Some("still running 500 ms after the signal")
+            Some("still running 3000 ms after the signal")
         );
     }
     for s in &running {
         let r = outcome(s.pid);
         assert_eq!(r.outcome, "terminated", "{r:?}");
-        assert!(r.waited_ms <= 500, "{r:?}");
+        assert!(r.waited_ms <= 3000, "{r:?}");
     }
     assert_eq!(rows.len(), 40);
     // Continued, the stopped ones act on the signal they got.

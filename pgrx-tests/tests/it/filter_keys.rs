@@ -626,10 +626,11 @@ fn ages_in_milliseconds_and_intervals() {
     assert_eq!(xact_old.run("BEGIN"), Ended::Ok);
     let query_old = cluster.session("app", &tag);
     let long_query = query_old.start("SELECT pg_sleep(600)");
-    // t1: once that query has run for more than a second, it is cancelled.
+    // t1: once that query has run for more than three seconds, it is cancelled (the sessions of
+    // t1 then have three seconds, ample on a loaded machine, to stay younger than the ages asked).
     cluster.wait_until(
         query_old.pid,
-        "a.state = 'active' AND pg_catalog.clock_timestamp() - a.query_start > interval '1.1 s'",
+        "a.state = 'active' AND pg_catalog.clock_timestamp() - a.query_start > interval '3.1 s'",
     );
     cancel(
         &mut cluster.superuser(),
@@ -649,36 +650,36 @@ fn ages_in_milliseconds_and_intervals() {
         fresh.pid,
     );
     assert_eq!(
-        selects(&mut me, &tag, r#""min_backend_age": 1000"#),
+        selects(&mut me, &tag, r#""min_backend_age": 3000"#),
         sorted(vec![a, b, x, q])
     );
     assert_eq!(
-        selects(&mut me, &tag, r#""min_backend_age": "00:00:01""#),
+        selects(&mut me, &tag, r#""min_backend_age": "00:00:03""#),
         sorted(vec![a, b, x, q])
     );
     assert_eq!(
-        selects(&mut me, &tag, r#""min_xact_age": 1000"#),
+        selects(&mut me, &tag, r#""min_xact_age": 3000"#),
         sorted(vec![a, x])
     );
     assert_eq!(
-        selects(&mut me, &tag, r#""min_xact_age": "1 second""#),
+        selects(&mut me, &tag, r#""min_xact_age": "3 seconds""#),
         sorted(vec![a, x])
     );
     assert_eq!(
-        selects(&mut me, &tag, r#""min_query_age": 1000"#),
+        selects(&mut me, &tag, r#""min_query_age": 3000"#),
         sorted(vec![a, q])
     );
     assert_eq!(
-        selects(&mut me, &tag, r#""min_query_age": "1000 milliseconds""#),
+        selects(&mut me, &tag, r#""min_query_age": "3000 milliseconds""#),
         sorted(vec![a, q])
     );
-    assert_eq!(selects(&mut me, &tag, r#""min_state_age": 1000"#), vec![a]);
-    assert_eq!(selects(&mut me, &tag, r#""min_state_age": "1s""#), vec![a]);
+    assert_eq!(selects(&mut me, &tag, r#""min_state_age": 3000"#), vec![a]);
+    assert_eq!(selects(&mut me, &tag, r#""min_state_age": "3s""#), vec![a]);
     assert_eq!(
         selects(
             &mut me,
             &tag,
-            r#""min_xact_age": 1000, "min_query_age": "1 sec""#
+            r#""min_xact_age": 3000, "min_query_age": "3 sec""#
         ),
         vec![a]
     );
@@ -696,7 +697,7 @@ fn ages_in_milliseconds_and_intervals() {
 
     let rows = terminate(
         &mut me,
-        &format!(r#"{{"application_name": "{tag}", "min_xact_age": "1 second"}}"#),
+        &format!(r#"{{"application_name": "{tag}", "min_xact_age": "3 second"}}"#),
         5000,
     );
     assert_eq!(pids(&rows), sorted(vec![a, x]));
