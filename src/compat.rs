@@ -241,12 +241,10 @@ impl ProcArrayPin {
         let started = std::time::Instant::now();
         let mut query = Vec::new();
         loop {
-            // SAFETY: `entry` points into the status array in shared memory, which never
-            // moves, and its activity buffer is the backend's own slot of another array that
-            // never moves, at most pgstat_track_activity_query_size bytes. Every field is
-            // read with volatile loads between two reads of the change count, as
-            // pgstat_begin_read_activity / pgstat_end_read_activity do, and used only when the
-            // count was even and unchanged.
+            // The read protocol is pgstat_begin_read_activity / pgstat_end_read_activity's.
+            // SAFETY: `entry` and its activity buffer (at most track_activity_query_size bytes)
+            // are slots of shared-memory arrays that never move; every field is read volatile
+            // between two reads of the change count and used only if it was even and unchanged.
             unsafe {
                 let before = addr_of!((*entry).st_changecount).read_volatile();
                 fence(Ordering::Acquire);

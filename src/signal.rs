@@ -173,12 +173,11 @@ fn attempt_once(
         test_hooks::pause_before_signal();
     }
     let pid = target.pid.into_datum();
-    // SAFETY: PostgreSQL's own SQL-callable functions, called with their declared arguments
-    // (pg_terminate_backend(int4, int8) in every supported major). Their role checks are
-    // catcache hits for the roles warmed before the pin (the victim's live role was just
-    // compared with the warmed one), so nothing under the pin reads a catalog. They run no
-    // CHECK_FOR_INTERRUPTS. A denial raises 42501; the pin is then released by the
-    // subtransaction's abort.
+    // Nothing under the pin reads a catalog: the role checks below hit the catcache for the
+    // roles warmed before the pin (the victim's live role was just compared with the warmed one).
+    // SAFETY: PostgreSQL's own SQL-callable functions with their declared arguments (the same
+    // in every supported major); they run no CHECK_FOR_INTERRUPTS, and a denial (42501) releases
+    // the pin in the subtransaction's abort.
     let delivered = unsafe {
         match signal {
             Signal::Cancel => direct_function_call::<bool>(pg_sys::pg_cancel_backend, &[pid]),
