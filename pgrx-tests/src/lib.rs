@@ -487,20 +487,30 @@ impl Cluster {
 /// `Cluster::wait_until` on a connection the test already holds (no new connection is opened,
 /// which matters while a test pause keeps new backends from joining).
 pub fn wait_until_with(c: &mut Client, pid: i32, condition: &str) {
-    let sql = format!(
-        "SELECT count(*) FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1 AND ({condition})"
+    wait_for(
+        c,
+        &format!(
+            "SELECT count(*) = 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = {pid} AND ({condition})"
+        ),
     );
-    let deadline = Instant::now() + PATIENCE;
+}
+
+/// Waits until `sql` (a query of one boolean) is true, PATIENCE at most; each look takes a new
+/// statistics snapshot.
+pub fn wait_for(c: &mut Client, sql: &str) {
+    wait_for_within(c, sql, PATIENCE)
+}
+
+/// `wait_for` with a limit of its own.
+pub fn wait_for_within(c: &mut Client, sql: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
     loop {
         c.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
-        let n: i64 = c.query_one(&sql, &[&pid]).unwrap().get(0);
-        if n == 1 {
+        let done: Option<bool> = c.query_opt(sql, &[]).unwrap().and_then(|row| row.get(0));
+        if done == Some(true) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "pid {pid} never reached: {condition}"
-        );
+        assert!(Instant::now() < deadline, "never true: {sql}");
         thread::sleep(Duration::from_millis(20));
     }
 }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pg_reaper_integration::{server_major, Client, Cluster, Options};
+use pg_reaper_integration::{server_major, wait_for_within, Client, Cluster, Options};
 use serde_json::{json, Value};
 
 const APP: &str = "bench_idle";
@@ -188,19 +188,11 @@ fn preview_scaling(cluster: &Cluster, me: &mut Client) -> Value {
                 })
             })
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while me
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'bench_lock'::regclass",
-                &[],
-            )
-            .unwrap()
-            .get::<_, i64>(0)
-            < 20
-        {
-            assert!(Instant::now() < deadline, "the waiters never queued");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_within(
+            me,
+            "SELECT count(*) >= 20 FROM pg_locks WHERE NOT granted AND relation = 'bench_lock'::regclass",
+            Duration::from_secs(30),
+        );
         let waiting_t = median(me, waiting);
         holder.batch_execute("COMMIT").unwrap();
         drop(holder);
@@ -290,27 +282,15 @@ fn lock_chains_vs_cte(cluster: &Cluster, me: &mut Client) -> Value {
     }
     // Every waiter queued, each waiting for a second at least (so every chain has someone
     // who has waited 1 s: all ten are the CTE's and the filter's).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (queued, old): (i64, bool) = {
-            let row = me
-                .query_one(
-                    "SELECT count(*), coalesce(bool_and(coalesce(waitstart <= now() - interval '1 second', false)), false) \
-                       FROM pg_locks WHERE NOT granted AND locktype = 'relation'",
-                    &[],
-                )
-                .unwrap();
-            (row.get(0), row.get(1))
-        };
-        if queued == (CHAINS * (LENGTH - 1)) as i64 && old {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the chains never formed ({queued} waiting)"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_within(
+        me,
+        &format!(
+            "SELECT count(*) = {} AND coalesce(bool_and(coalesce(waitstart <= now() - interval '1 second', false)), false) \
+               FROM pg_locks WHERE NOT granted AND locktype = 'relation'",
+            CHAINS * (LENGTH - 1)
+        ),
+        Duration::from_secs(60),
+    );
     let ours_sql = "SELECT count(*) FROM reaper.preview_matching($1::text::jsonb)";
     let mut measure = |cte: &str, ours: &str, expected: i64| -> (Duration, Duration) {
         let (mut a, mut b) = (Vec::new(), Vec::new());
@@ -395,19 +375,11 @@ fn worker_figures() -> Value {
     .unwrap();
     // Measured once the worker runs the policy (it follows the table within a second; that
     // second is not the latency of a match).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while me
-        .query_one(
-            "SELECT coalesce(sum(runs), 0)::bigint FROM reaper.worker_status() WHERE policy = 'latency'",
-            &[],
-        )
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the worker never ran the policy");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_within(
+        &mut me,
+        "SELECT coalesce(sum(runs), 0) > 0 FROM reaper.worker_status() WHERE policy = 'latency'",
+        Duration::from_secs(10),
+    );
     let mut latencies = Vec::new();
     for _ in 0..50 {
         let mut victim = cluster.connect_as("bench", "bench_victim");
@@ -781,22 +753,11 @@ fn open(cluster: &Cluster, n: usize) -> Vec<Client> {
 }
 
 fn wait_none_left(me: &mut Client) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        me.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
-        let left: i64 = me
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'bench%'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        if left == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{left} sessions never went away");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_within(
+        me,
+        "SELECT count(*) = 0 FROM pg_stat_activity WHERE application_name LIKE 'bench%'",
+        Duration::from_secs(30),
+    );
 }
 
 fn time(f: impl FnOnce()) -> Duration {

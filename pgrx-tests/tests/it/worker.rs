@@ -17,26 +17,6 @@ fn worker_cluster(extra: &[&str], create_extension: bool) -> Cluster {
     })
 }
 
-/// Waits until `sql` (a boolean query) is true, PATIENCE at most (the worker follows changes
-/// within a second; the rest is slack for a loaded machine).
-fn wait_for(client: &mut Client, sql: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        client
-            .batch_execute("SELECT pg_stat_clear_snapshot()")
-            .unwrap();
-        let done: Option<bool> = client
-            .query_opt(sql, &[])
-            .unwrap()
-            .and_then(|row| row.get(0));
-        if done == Some(true) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never true: {sql}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn worker_pid(client: &mut Client) -> Option<i32> {
     client
         .query_one("SELECT pid FROM reaper.worker()", &[])
