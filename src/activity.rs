@@ -21,13 +21,12 @@ pub use crate::filter::replay::HIDDEN_QUERY;
 
 /// One backend: what the matcher reads, the client address as PostgreSQL prints it, and what
 /// is known of it even where the caller may not see it: its start time (to tell a reused pid
-/// from the original) and its role (whose privileges a signal needs).
+/// from the original).
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub session: Session,
     pub client_addr_text: Option<String>,
     pub started_at: Option<i64>,
-    pub role: pg_sys::Oid,
     /// The caller may not see this session's details: the matcher sees NULLs, the result row
     /// shows pg_stat_activity's placeholder.
     pub hidden: bool,
@@ -233,7 +232,6 @@ fn read_backend(
         session,
         client_addr_text,
         started_at: timestamp(st.st_proc_start_timestamp),
-        role: st.st_userid,
         hidden,
     }
 }

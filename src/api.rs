@@ -142,17 +142,9 @@ fn test_filter(
     let sessions: serde_json::Value = serde_json::from_str(&sessions)
         .unwrap_or_else(|e| refuse(&format!("sessions is not valid JSON: {e}")));
     let now = now.map(pg_sys::TimestampTz::from);
-    let mut check = || {
-        pgrx::check_for_interrupts!();
-    };
-    let rows = crate::filter::replay::replay(
-        &filter,
-        &sessions,
-        now,
-        &crate::guc::protected(),
-        &mut check,
-    )
-    .unwrap_or_else(|e| refuse(&e.to_string()));
+    let rows =
+        crate::filter::replay::replay(&filter, &sessions, now, &crate::guc::protected(), interrupt)
+            .unwrap_or_else(|e| refuse(&e.to_string()));
     TableIterator::new(
         rows.into_iter()
             .enumerate()
@@ -171,12 +163,16 @@ fn parse(filter: Option<JsonbText>) -> Filter {
 /// A filter, validated against the running server's vocabulary. The types of the background
 /// workers running now are only read when the filter names a type the static lists lack.
 pub fn parse_filter(text: &str) -> Result<Filter, FilterError> {
-    match Filter::parse_str(text, &compat::server_vocabulary(false)) {
-        Err(FilterError::UnknownBackendType { .. }) => {
-            Filter::parse_str(text, &compat::server_vocabulary(true))
-        }
+    let parse = |vocabulary| Filter::parse_str_checked(text, &vocabulary, &mut interrupt);
+    match parse(compat::server_vocabulary(false)) {
+        Err(FilterError::UnknownBackendType { .. }) => parse(compat::server_vocabulary(true)),
         parsed => parsed,
     }
+}
+
+/// A cancel point for the filter's loops: a cancel or statement_timeout stops them.
+pub fn interrupt() {
+    pgrx::check_for_interrupts!();
 }
 
 fn duration(name: &str, ms: Option<i64>) -> Duration {

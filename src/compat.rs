@@ -206,14 +206,24 @@ impl ProcsByPid {
 /// ProcArrayLock, held in shared mode: while it is held no process can leave the proc array,
 /// so a backend found there cannot exit and have its pid handed to another process.
 /// Released on drop, or, when an ERROR unwinds past it, by the (sub)transaction abort.
-pub struct ProcArrayPin(());
+///
+/// Held only to copy or compare a few fields: nothing whose cost a caller chooses (a filter's
+/// matching) runs under it.
+pub struct ProcArrayPin {
+    #[cfg(feature = "test-hooks")]
+    since: std::time::Instant,
+}
 
 impl ProcArrayPin {
     pub fn acquire() -> ProcArrayPin {
         // SAFETY: MainLWLockArray is set up at server start; the lock is released on drop or
-        // by LWLockReleaseAll at (sub)transaction abort.
+        // by LWLockReleaseAll at (sub)transaction abort. PostgreSQL's own signal functions
+        // take it again in shared mode while we hold it (see `proc_array_lock`).
         unsafe { pg_sys::LWLockAcquire(proc_array_lock(), pg_sys::LWLockMode::LW_SHARED) };
-        ProcArrayPin(())
+        ProcArrayPin {
+            #[cfg(feature = "test-hooks")]
+            since: std::time::Instant::now(),
+        }
     }
 
     /// The backend with this pid, if it is in the proc array.
@@ -229,22 +239,28 @@ impl ProcArrayPin {
         unsafe { addr_of!((*proc).roleId).read_volatile() }
     }
 
-    /// What `proc`'s entry of the live backend status array says now: its identity, and the
-    /// activity a filter may have matched on. Read with the status array's change-count
-    /// protocol, spinning at most a few dozen microseconds (PostgreSQL's writers hold the odd
-    /// count for a few instructions; a writer stopped half-way must not keep us here).
+    /// A copy of what `proc`'s entry of the live backend status array says now: its identity,
+    /// and the activity a filter may have matched on, with the entry's change count. Read with
+    /// the status array's change-count protocol, spinning at most a few dozen microseconds
+    /// (PostgreSQL's writers hold the odd count for a few instructions; a writer stopped
+    /// half-way must not keep us here).
     pub fn live_state(&self, proc: *mut pg_sys::PGPROC) -> LiveState {
         const MAX_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
         let Some(entry) = live_status_entry(proc) else {
             return LiveState::Starting;
         };
         let started = std::time::Instant::now();
+        // SAFETY: a setting of this process, read once.
+        let query_size =
+            usize::try_from(unsafe { pg_sys::pgstat_track_activity_query_size }).unwrap_or(0);
         let mut query = Vec::new();
+        let mut application_name = Vec::new();
         loop {
             // The read protocol is pgstat_begin_read_activity / pgstat_end_read_activity's.
-            // SAFETY: `entry` and its activity buffer (at most track_activity_query_size bytes)
-            // are slots of shared-memory arrays that never move; every field is read volatile
-            // between two reads of the change count and used only if it was even and unchanged.
+            // SAFETY: `entry` and its two string buffers (at most track_activity_query_size and
+            // NAMEDATALEN bytes) are slots of shared-memory arrays that never move; every field
+            // is read volatile between two reads of the change count and used only if it was
+            // even and unchanged.
             unsafe {
                 let before = addr_of!((*entry).st_changecount).read_volatile();
                 fence(Ordering::Acquire);
@@ -254,19 +270,16 @@ impl ProcArrayPin {
                 let xact_start = addr_of!((*entry).st_xact_start_timestamp).read_volatile();
                 let query_start = addr_of!((*entry).st_activity_start_timestamp).read_volatile();
                 let state_change = addr_of!((*entry).st_state_start_timestamp).read_volatile();
-                let raw = addr_of!((*entry).st_activity_raw).read_volatile();
-                query.clear();
-                if !raw.is_null() {
-                    let size =
-                        usize::try_from(pg_sys::pgstat_track_activity_query_size).unwrap_or(0);
-                    for i in 0..size {
-                        let byte = raw.add(i).cast::<u8>().read_volatile();
-                        if byte == 0 {
-                            break;
-                        }
-                        query.push(byte);
-                    }
-                }
+                copy_c_string(
+                    addr_of!((*entry).st_activity_raw).read_volatile(),
+                    query_size,
+                    &mut query,
+                );
+                copy_c_string(
+                    addr_of!((*entry).st_appname).read_volatile(),
+                    pg_sys::NAMEDATALEN as usize,
+                    &mut application_name,
+                );
                 fence(Ordering::Acquire);
                 let after = addr_of!((*entry).st_changecount).read_volatile();
                 if before == after && before % 2 == 0 {
@@ -278,6 +291,10 @@ impl ProcArrayPin {
                         query_start,
                         state_change,
                         query: std::mem::take(&mut query),
+                        application_name: std::mem::take(&mut application_name),
+                        changecount: before,
+                        wait_event_info: addr_of!((*proc).wait_event_info).read_volatile(),
+                        role: self.role_of(proc),
                     });
                 }
             }
@@ -288,10 +305,42 @@ impl ProcArrayPin {
         }
     }
 
-    /// The process's current wait event (pg_stat_activity reads it the same way, unlocked).
-    pub fn wait_event_info(&self, proc: *mut pg_sys::PGPROC) -> u32 {
-        // SAFETY: `proc` is in the proc array and pinned there; one volatile load.
-        unsafe { addr_of!((*proc).wait_event_info).read_volatile() }
+    /// Whether `proc`'s live entry, wait event and role are still what `seen` copied: its
+    /// change count has not moved (every write to the entry moves it, an exit too), and the
+    /// wait event, which lives in PGPROC outside that count, is the same.
+    pub fn unchanged_since(&self, proc: *mut pg_sys::PGPROC, seen: &LiveActivity) -> bool {
+        let Some(entry) = live_status_entry(proc) else {
+            return false;
+        };
+        // SAFETY: as in `live_state`: one volatile load of the change count of a status-array
+        // slot, and two of `proc`'s own fields; `proc` is in the proc array and pinned there.
+        unsafe {
+            fence(Ordering::Acquire);
+            addr_of!((*entry).st_changecount).read_volatile() == seen.changecount
+                && addr_of!((*proc).wait_event_info).read_volatile() == seen.wait_event_info
+                && self.role_of(proc) == seen.role
+        }
+    }
+}
+
+/// Appends the NUL-terminated string at `ptr` (at most `max` bytes) to `out`, cleared first.
+///
+/// # Safety
+/// `ptr` is NULL or points to at least `max` readable bytes that may be written concurrently
+/// (each byte is read volatile; the caller validates the whole with a change count).
+// SAFETY: an unsafe fn because of that contract; `live_state` passes the status buffers.
+unsafe fn copy_c_string(ptr: *const std::ffi::c_char, max: usize, out: &mut Vec<u8>) {
+    out.clear();
+    if ptr.is_null() {
+        return;
+    }
+    for i in 0..max {
+        // SAFETY: within the `max` bytes the caller promises.
+        let byte = unsafe { ptr.add(i).cast::<u8>().read_volatile() };
+        if byte == 0 {
+            break;
+        }
+        out.push(byte);
     }
 }
 
@@ -305,7 +354,8 @@ pub enum LiveState {
     Busy,
 }
 
-/// The fields of a live status entry that identify a backend and that a filter may match on.
+/// What a pinned look copies of a process: the fields of its live status entry that identify
+/// it and that a filter may match on, the entry's change count, its wait event and its role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveActivity {
     /// 0 once the process is on its way out.
@@ -317,11 +367,18 @@ pub struct LiveActivity {
     pub state_change: i64,
     /// The query text as stored (not yet clipped to a character boundary).
     pub query: Vec<u8>,
+    pub application_name: Vec<u8>,
+    /// The entry's change count when it was copied (even).
+    pub changecount: std::ffi::c_int,
+    pub wait_event_info: u32,
+    pub role: pg_sys::Oid,
 }
 
 impl Drop for ProcArrayPin {
     fn drop(&mut self) {
         release_unless_error_unwinding(proc_array_lock());
+        #[cfg(feature = "test-hooks")]
+        crate::signal::test_hooks::pinned_for(self.since.elapsed());
     }
 }
 
@@ -341,6 +398,16 @@ pub fn release_unless_error_unwinding(lock: *mut pg_sys::LWLock) {
 
 /// ProcArrayLock is entry 4 of the main LWLock array in every supported major
 /// (lwlocknames.txt in 14..16, lwlocklist.h in 17 and 18); the C macro is not in the bindings.
+///
+/// Held twice: PostgreSQL's own signal functions, called under our pin, take it again in shared
+/// mode (BackendPidGetProc), which PostgreSQL itself never does. It works in every supported
+/// major, as read in lwlock.c of 15.18 and 18.6 (the same two functions since 9.5):
+/// LWLockAttemptLock grants a shared request whenever no exclusive holder is recorded in the
+/// lock's state, whoever holds it shared and whoever queues for it exclusively (no fairness, so
+/// no waiting behind a queued exclusive request while we hold it); LWLockAcquire records each
+/// acquisition in held_lwlocks (200 entries), and LWLockRelease removes the latest entry for
+/// the lock and one shared count, so the two holds are released one at a time; an ERROR
+/// releases both (LWLockReleaseAll).
 pub fn proc_array_lock() -> *mut pg_sys::LWLock {
     const PROC_ARRAY_LOCK: usize = 4;
     // SAFETY: MainLWLockArray has far more than five entries and never moves.
@@ -407,6 +474,46 @@ pub fn prewarm_signal_permissions(target_role: pg_sys::Oid) {
             pg_sys::Oid::from(pg_sys::ROLE_PG_SIGNAL_AUTOVACUUM_WORKER),
         );
     }
+}
+
+/// The worker's pinned settings that only some majors have (see worker::PINNED_SETTINGS).
+pub fn worker_settings() -> &'static [(&'static CStr, &'static CStr)] {
+    // 17 added transaction_timeout, which StartTransaction arms in every process: a run's
+    // grace period and exit wait must not be cut short by it.
+    #[cfg(not(any(feature = "pg14", feature = "pg15", feature = "pg16")))]
+    return &[(c"transaction_timeout", c"0")];
+    #[cfg(any(feature = "pg14", feature = "pg15", feature = "pg16"))]
+    return &[];
+}
+
+/// Runs `f` with an active snapshot: the caller's if it has one (a SQL call), else a fresh one
+/// taken now and popped after (the background worker, which holds none between its reads).
+pub fn with_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: reads backend-local snapshot state.
+    if unsafe { pg_sys::ActiveSnapshotSet() } {
+        return f();
+    }
+    struct Pop;
+    impl Drop for Pop {
+        fn drop(&mut self) {
+            // While an ERROR unwinds, the (sub)transaction's abort pops it.
+            if !std::thread::panicking() {
+                // SAFETY: pops the snapshot pushed below, in the same (sub)transaction.
+                unsafe { pg_sys::PopActiveSnapshot() };
+            }
+        }
+    }
+    // SAFETY: in a transaction; popped by Pop, or by the abort.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let _pop = Pop;
+    f()
+}
+
+/// Lets go of the catalog snapshot, if no other snapshot is held (as PostgreSQL does between
+/// statements), so that a backend that holds none keeps no xmin while it waits.
+pub fn release_catalog_snapshot() {
+    // SAFETY: drops a backend-local cached snapshot only when nothing else is registered.
+    unsafe { pg_sys::InvalidateCatalogSnapshotConditionally() };
 }
 
 /// Whether `member` may act as `role`, as SET ROLE would allow it.

@@ -18,6 +18,18 @@ pub static AUDIT: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Whether the background worker enforces the scheduled policies (off: it waits, parked).
 pub static WORKER: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// The version of this library: `pg_reaper.library_version` (read-only). With the library in
+/// shared_preload_libraries, every backend keeps the one the server loaded at start, whatever
+/// files were installed since; the update scripts check it.
+pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+static LIBRARY_VERSION_SETTING: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => panic!("a version without NUL"),
+        },
+    ));
+
 /// The database the worker connects to, where the extension is installed.
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -71,6 +83,14 @@ pub fn register() {
         &AUDIT,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_reaper.library_version",
+        c"The version of the pg_reaper library this session runs.",
+        c"With pg_reaper in shared_preload_libraries, the one the server loaded at start: installing new files takes a restart.",
+        &LIBRARY_VERSION_SETTING,
+        GucContext::Internal,
+        GucFlags::DISALLOW_IN_FILE | GucFlags::DISALLOW_IN_AUTO_FILE,
     );
     GucRegistry::define_bool_guc(
         c"pg_reaper.worker",
@@ -131,7 +151,29 @@ pub mod test_hooks {
     /// victim pinned as it is during that step.
     pub static SIGNAL_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+    /// A LOG line when the worker starts, with the settings it pinned.
+    pub static LOG_WORKER_SETTINGS: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+    /// A LOG line after each signalling loop with the longest hold of ProcArrayLock in it.
+    pub static LOG_PIN_HOLD: GucSetting<bool> = GucSetting::<bool>::new(false);
+
     pub fn register() {
+        GucRegistry::define_bool_guc(
+            c"pg_reaper.log_worker_settings",
+            c"For tests: the worker logs the settings it pinned when it starts.",
+            c"Proves that no configuration changes what the worker runs with.",
+            &LOG_WORKER_SETTINGS,
+            GucContext::Sighup,
+            GucFlags::NO_SHOW_ALL,
+        );
+        GucRegistry::define_bool_guc(
+            c"pg_reaper.log_pin_hold",
+            c"For tests: log the longest hold of ProcArrayLock after each signalling loop.",
+            c"Measures what the pin costs everyone else.",
+            &LOG_PIN_HOLD,
+            GucContext::Suset,
+            GucFlags::NO_SHOW_ALL,
+        );
         GucRegistry::define_int_guc(
             c"pg_reaper.recheck_delay_ms",
             c"For tests: pause this long between choosing victims and re-checking them.",

@@ -10,7 +10,9 @@ use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
 
 use crate::activity::{Backend, LockInfo, Snapshot};
-use crate::filter::{Filter, MatchContext, Protected};
+use crate::compat::ProcsByPid;
+use crate::filter::{ChainNeeds, Filter, MatchContext, Protected, Session};
+use crate::locks::LockGraph;
 use crate::report::{self, Actor, Audit, Outcome, ResultRow};
 use crate::signal::{self, Delivery, Signal, Target};
 
@@ -106,6 +108,7 @@ impl Rules<'_> {
             self_pid: unsafe { pg_sys::MyProcPid },
             now: snapshot.taken_at,
             protected: self.protected,
+            interrupt: crate::api::interrupt,
         }
     }
 }
@@ -118,15 +121,21 @@ enum Lost {
     StoppedMatching,
     /// It still matches, but its group no longer exceeds `keep` (a session of the group left).
     WithinQuota,
+    /// It has become one of the protected tools or roles (its application_name changed).
+    Protected,
+    /// Its activity changed between every copy and its check, this many times.
+    KeptChanging(u32),
 }
 
 impl Lost {
-    fn describe(self) -> &'static str {
+    fn describe(self) -> String {
         match self {
-            Lost::Exited => "exited",
-            Lost::PidReused => "its pid was reused by another backend",
-            Lost::StoppedMatching => "no longer matched the filter",
-            Lost::WithinQuota => "was within its group's \"keep\" quota",
+            Lost::Exited => "exited".into(),
+            Lost::PidReused => "its pid was reused by another backend".into(),
+            Lost::StoppedMatching => "no longer matched the filter".into(),
+            Lost::WithinQuota => "was within its group's \"keep\" quota".into(),
+            Lost::Protected => "had become a protected session (pg_reaper.protected_applications, pg_reaper.protected_roles)".into(),
+            Lost::KeptChanging(n) => format!("changed what it was doing each of the {n} times it was checked"),
         }
     }
 }
@@ -178,13 +187,15 @@ fn signal_all(
     let ctx = rules.context(&fresh);
     let index = index(&fresh);
     let still_victims = filter.victim_pids(&fresh.backends, &ctx);
+    let live_locks = LiveLocks::new(filter, fresh.locks.clone());
     let rows = RefCell::new(Vec::with_capacity(victims.len()));
     let finished = Cell::new(false);
     let sent_before = signal::delivered_so_far();
+    signal::test_hooks::pause_before_check();
     PgTryBuilder::new(AssertUnwindSafe(|| {
         for (n, victim) in victims.into_iter().enumerate() {
             let row = match recheck(filter, &ctx, &victim, &index, &still_victims) {
-                Ok(b) => deliver(filter, &ctx, b.clone(), signal, n == 0),
+                Ok(b) => deliver(filter, &ctx, &live_locks, b.clone(), signal, n == 0),
                 Err(lost) => {
                     let why = format!("{} before it was signalled", lost.describe());
                     ResultRow::new(victim, Outcome::Vanished, Some(why))
@@ -195,6 +206,7 @@ fn signal_all(
         finished.set(true);
     }))
     .finally(|| {
+        signal::test_hooks::report_pin_holds();
         report::log_signals(signal, &rows.borrow(), actor);
         if !finished.get() {
             warning!(
@@ -208,11 +220,50 @@ fn signal_all(
     rows.into_inner()
 }
 
-/// Signals one re-checked victim (matched again on its live values under the pin) and says
-/// what became of it.
+/// The lock facts a victim is judged on just before its signal: from a look at the lock
+/// manager taken at most [`LOCK_FACTS_MAX_AGE`] before, one look shared by all the victims
+/// signalled meanwhile (a look holds every lock-manager partition for a moment).
+struct LiveLocks {
+    needs: Option<ChainNeeds>,
+    look: RefCell<Option<(LockGraph, Instant)>>,
+}
+
+/// How old the look at the lock manager may be that a victim's lock keys are judged on.
+const LOCK_FACTS_MAX_AGE: Duration = Duration::from_millis(10);
+
+impl LiveLocks {
+    /// For `filter`'s lock keys, if it has any, starting from the re-check's own look.
+    fn new(filter: &Filter, recheck: Option<LockGraph>) -> LiveLocks {
+        LiveLocks {
+            needs: filter.chain_needs(),
+            look: RefCell::new(recheck.map(|g| (g, Instant::now()))),
+        }
+    }
+
+    /// Sets `s`'s lock facts from a recent look, taking a new one if the last is too old.
+    fn describe(&self, s: &mut Session) {
+        let Some(needs) = self.needs else { return };
+        let mut look = self.look.borrow_mut();
+        if look
+            .as_ref()
+            .is_none_or(|(_, at)| at.elapsed() > LOCK_FACTS_MAX_AGE)
+        {
+            let graph = LockGraph::read(&ProcsByPid::read(), needs);
+            // Its age counts from the end of the look: a slow look still serves a batch.
+            *look = Some((graph, Instant::now()));
+        }
+        if let Some((graph, _)) = look.as_ref() {
+            graph.describe(s);
+        }
+    }
+}
+
+/// Signals one re-checked victim, judged again on its live values (and, for lock keys, a
+/// recent look at the lock manager), and says what became of it.
 fn deliver(
     filter: &Filter,
     ctx: &MatchContext,
+    live_locks: &LiveLocks,
     backend: Backend,
     signal: Signal,
     first: bool,
@@ -220,26 +271,28 @@ fn deliver(
     let target = Target {
         pid: backend.session.pid,
         started_at: backend.started_at,
-        role: backend.role,
         session: backend.session.clone(),
         hidden: backend.hidden,
     };
-    // "Now" moves on with the live values: ages are measured at the signal.
-    let matches = |s: &crate::filter::Session| {
+    let judge = |mut s: Session| {
+        live_locks.describe(&mut s);
+        // "Now" moves on with the live values: ages are measured at the signal.
         let now = MatchContext {
             // SAFETY: reads the clock.
             now: unsafe { pg_sys::GetCurrentTimestamp() },
             ..*ctx
         };
-        filter.matches(s, &now)
+        filter.verdict(&s, &now)
     };
     let vanished = |lost: Lost| Some(format!("{} before it was signalled", lost.describe()));
-    let (outcome, detail) = match signal::send(&target, signal, first, &matches) {
+    let (outcome, detail) = match signal::send(&target, signal, first, &judge) {
         Delivery::Delivered if signal == Signal::Cancel => (Outcome::Cancelled, None),
         Delivery::Delivered => (Outcome::Signalled, None),
         Delivery::Exited => (Outcome::Vanished, vanished(Lost::Exited)),
         Delivery::PidReused => (Outcome::Vanished, vanished(Lost::PidReused)),
         Delivery::StoppedMatching => (Outcome::Vanished, vanished(Lost::StoppedMatching)),
+        Delivery::Protected => (Outcome::Vanished, vanished(Lost::Protected)),
+        Delivery::KeptChanging(n) => (Outcome::Vanished, vanished(Lost::KeptChanging(n))),
         Delivery::Denied(why) => (Outcome::Denied, Some(why)),
         Delivery::NotABackend => (
             Outcome::Failed,
@@ -252,6 +305,7 @@ fn deliver(
     };
     ResultRow::new(backend, outcome, detail)
 }
+
 /// Signals all victims, then confirms their exit against one deadline.
 fn terminate(
     rules: &Rules,
@@ -310,7 +364,7 @@ fn cancel_then_terminate(
     }
     let started = Instant::now();
     // The lock graph is looked at afresh at most every LOCK_REFRESH meanwhile.
-    let mut graph: Option<(crate::locks::LockGraph, Instant)> = None;
+    let mut graph: Option<(LockGraph, Instant)> = None;
     let still_matching = loop {
         let lock_info = match (&graph, filter.chain_needs()) {
             (_, None) => LockInfo::Skip,

@@ -202,22 +202,24 @@ pub fn load_current(which: Which) -> Vec<Policy> {
 /// `pg_extension.extversion` of pg_reaper in this database, through a read-only query (a hot
 /// standby refuses a transaction id, which pgrx's Spi::get_one would assign).
 pub fn installed_version() -> Option<String> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT e.extversion FROM pg_catalog.pg_extension e \
+    compat::with_snapshot(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT e.extversion FROM pg_catalog.pg_extension e \
                   WHERE e.extname OPERATOR(pg_catalog.=) 'pg_reaper'",
-                Some(1),
-                &[],
-            )?
-            .first()
-            .get_one()
+                    Some(1),
+                    &[],
+                )?
+                .first()
+                .get_one()
+        })
+        .ok()
+        .flatten()
     })
-    .ok()
-    .flatten()
 }
 
-fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
+pub fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
     let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
     Some((
         parts.next()??,
@@ -249,30 +251,32 @@ fn load_from(which: Which, scheduling: bool) -> Vec<Policy> {
         Which::Scheduled => return Vec::new(),
     };
     let args: Vec<pgrx::datum::DatumWithOid> = name.into_iter().map(Into::into).collect();
-    Spi::connect(|client| -> SpiResult<Vec<Policy>> {
-        let mut policies = Vec::new();
-        for row in client.select(&sql, None, &args)? {
-            let run_every: Option<f64> = row.get(8)?;
-            let run_on: Option<String> = row.get(9)?;
-            policies.push(Policy {
-                name: row.get(1)?.unwrap_or_default(),
-                filter: row.get(2)?.unwrap_or_default(),
-                action: row.get(3)?.unwrap_or_default(),
-                timeout_ms: row.get(4)?.unwrap_or_default(),
-                grace_ms: row.get(5)?.unwrap_or_default(),
-                owner: row.get(6)?.unwrap_or(pg_sys::InvalidOid),
-                enabled: row.get(7)?.unwrap_or(false),
-                run_every: run_every.map(run_every_from_seconds),
-                run_on: match run_on.as_deref() {
-                    Some("primary") => RunOn::Primary,
-                    Some("standby") => RunOn::Standby,
-                    _ => RunOn::Any,
-                },
-            });
-        }
-        Ok(policies)
-    })
-    .unwrap_or_else(|e| {
+    let read = compat::with_snapshot(|| {
+        Spi::connect(|client| -> SpiResult<Vec<Policy>> {
+            let mut policies = Vec::new();
+            for row in client.select(&sql, None, &args)? {
+                let run_every: Option<f64> = row.get(8)?;
+                let run_on: Option<String> = row.get(9)?;
+                policies.push(Policy {
+                    name: row.get(1)?.unwrap_or_default(),
+                    filter: row.get(2)?.unwrap_or_default(),
+                    action: row.get(3)?.unwrap_or_default(),
+                    timeout_ms: row.get(4)?.unwrap_or_default(),
+                    grace_ms: row.get(5)?.unwrap_or_default(),
+                    owner: row.get(6)?.unwrap_or(pg_sys::InvalidOid),
+                    enabled: row.get(7)?.unwrap_or(false),
+                    run_every: run_every.map(run_every_from_seconds),
+                    run_on: match run_on.as_deref() {
+                        Some("primary") => RunOn::Primary,
+                        Some("standby") => RunOn::Standby,
+                        _ => RunOn::Any,
+                    },
+                });
+            }
+            Ok(policies)
+        })
+    });
+    read.unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             &format!("pg_reaper: could not read reaper.policies: {e}"),

@@ -279,7 +279,7 @@ impl Audit {
     /// table and cannot forge its rows.
     fn run(&self, sql: &str, args: &[pgrx::datum::DatumWithOid]) {
         role::run_as(self.owner, true, || {
-            Spi::run_with_args(sql, args).unwrap_or_else(|e| {
+            crate::compat::with_snapshot(|| Spi::run_with_args(sql, args)).unwrap_or_else(|e| {
                 raise(
                     PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
                     &format!("pg_reaper: could not write reaper.log: {e}"),

@@ -19,7 +19,7 @@ use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
 
 use crate::compat::{self, LiveActivity, LiveState, ProcArrayPin};
-use crate::filter::Session;
+use crate::filter::{Session, Verdict};
 
 /// How often the wait re-checks its pending backends.
 const POLL: Duration = Duration::from_millis(2);
@@ -39,13 +39,12 @@ impl Signal {
     }
 }
 
-/// The process a signal is meant for, as the re-check saw it: its pid, start time, role,
-/// and the row the filter matched (to match again on live values just before the signal).
+/// The process a signal is meant for, as the re-check saw it: its pid, start time, and the
+/// row the filter matched (to match again on live values just before the signal).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub pid: i32,
     pub started_at: Option<i64>,
-    pub role: pg_sys::Oid,
     pub session: Session,
     /// The caller may not see the session's activity: nothing of it is re-read.
     pub hidden: bool,
@@ -61,6 +60,10 @@ pub enum Delivery {
     PidReused,
     /// Not signalled: on its live values, just before the signal, it no longer matched.
     StoppedMatching,
+    /// Not signalled: on its live values it has become a protected tool or role.
+    Protected,
+    /// Not signalled: its activity changed between every copy and its check, this many times.
+    KeptChanging(u32),
     /// Not signalled: an auxiliary process (checkpointer, walwriter, ...), which PostgreSQL's
     /// signal functions refuse to signal.
     NotABackend,
@@ -81,38 +84,67 @@ pub fn delivered_so_far() -> u64 {
     DELIVERED.with(Cell::get)
 }
 
-/// One pinned attempt's result.
-enum Attempt {
-    Done(Delivery),
-    /// The victim's live role is not the one whose permission checks were warmed.
-    RoleChanged(pg_sys::Oid),
-    /// Its status entry was being rewritten: let go of the pin, try again shortly.
-    Busy,
-}
-
 /// Sends `signal` to `target` with the current role's privileges, if it is still the process
-/// that matched and, on its live values, still matches (`matches`). `first` marks the first
-/// victim of a call (for the test-only pauses).
+/// that matched and, on its live values, still a victim (`judge`, which gets the session as it
+/// is now). `first` marks the first victim of a call (for the test-only pause).
+///
+/// The live values are copied under the pin, judged outside it (what a filter costs to match
+/// is its writer's to choose, and nobody may connect, exit or commit while the pin is held),
+/// then the pin is taken again and the victim signalled only if nothing it showed has changed
+/// since the copy: its status entry's change count (every write to the entry moves it, an exit
+/// too), its wait event and its role.
 pub fn send(
     target: &Target,
     signal: Signal,
     first: bool,
-    matches: &dyn Fn(&Session) -> bool,
+    judge: &dyn Fn(Session) -> Verdict,
 ) -> Delivery {
     // A status entry stays odd (being written) for a few instructions; a writer stopped in the
     // middle would keep it so. Give it about 100 ms, without holding the pin while waiting.
-    const ATTEMPTS: u32 = 100;
-    let mut role = target.role;
-    for attempt in 0..ATTEMPTS {
-        compat::prewarm_signal_permissions(role);
-        if first && attempt == 0 {
-            test_hooks::pause_before_check();
+    const BUSY_TRIES: u32 = 100;
+    // A victim that changes between every copy and its check is judged again, this often.
+    const CHANGED_TRIES: u32 = 20;
+    let (mut busy, mut changed) = (0, 0);
+    let mut warmed = None;
+    loop {
+        let seen = {
+            let pin = ProcArrayPin::acquire();
+            look(&pin, target)
+        };
+        let (proc, live) = match seen {
+            Look::Done(delivery) => return delivery,
+            Look::Busy if busy < BUSY_TRIES => {
+                busy += 1;
+                sleep_interruptibly(Duration::from_millis(1));
+                continue;
+            }
+            Look::Busy => {
+                return Delivery::Failed(
+                    "its status entry was being rewritten for 100 ms; not signalled".into(),
+                )
+            }
+            Look::Live(proc, live) => (proc, live),
+        };
+        if !target.hidden {
+            let mut now = target.session.clone();
+            update_activity(&mut now, &live);
+            match judge(now) {
+                Verdict::Yes => {}
+                Verdict::No => return Delivery::StoppedMatching,
+                Verdict::Protected => return Delivery::Protected,
+            }
         }
-        let sent = in_subtransaction(|| attempt_once(target, signal, first, role, matches));
-        match sent {
-            Ok(Attempt::Done(delivery)) => return delivery,
-            Ok(Attempt::RoleChanged(live)) => role = live,
-            Ok(Attempt::Busy) => sleep_interruptibly(Duration::from_millis(1)),
+        // The role checks under the pin must hit the caches for the victim's live role.
+        if warmed != Some(live.role) {
+            compat::prewarm_signal_permissions(live.role);
+            warmed = Some(live.role);
+        }
+        match in_subtransaction(|| signal_if_unchanged(target, proc, &live, signal, first)) {
+            Ok(Some(delivery)) => return delivery,
+            Ok(None) if changed < CHANGED_TRIES => changed += 1,
+            Ok(None) => {
+                return Delivery::KeptChanging(changed + 1);
+            }
             Err(CaughtError::PostgresError(e))
                 if e.sql_error_code() == PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE =>
             {
@@ -125,22 +157,24 @@ pub fn send(
             Err(other) => other.rethrow(),
         }
     }
-    Delivery::Failed("its status entry was being rewritten for 100 ms; not signalled".into())
 }
 
-/// Pin the victim, check it, signal it: nothing slow between the check and the signal.
-fn attempt_once(
-    target: &Target,
-    signal: Signal,
-    first: bool,
-    warmed_role: pg_sys::Oid,
-    matches: &dyn Fn(&Session) -> bool,
-) -> Attempt {
-    let pin = ProcArrayPin::acquire();
+/// What a pinned look found.
+enum Look {
+    Done(Delivery),
+    /// Its status entry was being rewritten: let go of the pin, look again shortly.
+    Busy,
+    /// The process, and a copy of what it shows now (its identity already checked).
+    Live(*mut pg_sys::PGPROC, LiveActivity),
+}
+
+/// Under the pin: find the process, copy its live values, check its identity. Only copies and
+/// comparisons of fixed size.
+fn look(pin: &ProcArrayPin, target: &Target) -> Look {
     let Some(proc) = pin.backend(target.pid) else {
         // SAFETY: AuxiliaryPidGetProc only compares pids in the auxiliary PGPROC array.
         let auxiliary = !unsafe { pg_sys::AuxiliaryPidGetProc(target.pid) }.is_null();
-        return Attempt::Done(if auxiliary {
+        return Look::Done(if auxiliary {
             Delivery::NotABackend
         } else {
             Delivery::Exited
@@ -148,33 +182,40 @@ fn attempt_once(
     };
     let live = match pin.live_state(proc) {
         LiveState::Known(live) => live,
-        LiveState::Starting => return Attempt::Done(Delivery::PidReused),
-        LiveState::Busy => return Attempt::Busy,
+        LiveState::Starting => return Look::Done(Delivery::PidReused),
+        LiveState::Busy => return Look::Busy,
     };
     // A backend on its way out clears its status entry before it leaves the proc array.
     if live.pid == 0 {
-        return Attempt::Done(Delivery::Exited);
+        return Look::Done(Delivery::Exited);
     }
     if live.pid != target.pid || Some(live.backend_start) != target.started_at {
-        return Attempt::Done(Delivery::PidReused);
+        return Look::Done(Delivery::PidReused);
     }
-    if !target.hidden {
-        let mut now = target.session.clone();
-        update_activity(&mut now, &live, pin.wait_event_info(proc));
-        if !matches(&now) {
-            return Attempt::Done(Delivery::StoppedMatching);
-        }
-    }
-    let role = pin.role_of(proc);
-    if role != warmed_role {
-        return Attempt::RoleChanged(role);
+    Look::Live(proc, live)
+}
+
+/// Pin the victim again and signal it if it still is the process `seen` copied and nothing it
+/// showed has changed since; None if something has. Nothing slow between the check and the
+/// signal.
+fn signal_if_unchanged(
+    target: &Target,
+    proc: *mut pg_sys::PGPROC,
+    seen: &LiveActivity,
+    signal: Signal,
+    first: bool,
+) -> Option<Delivery> {
+    let pin = ProcArrayPin::acquire();
+    if pin.backend(target.pid) != Some(proc) || !pin.unchanged_since(proc, seen) {
+        return None;
     }
     if first {
         test_hooks::pause_before_signal();
     }
     let pid = target.pid.into_datum();
     // Nothing under the pin reads a catalog: the role checks below hit the catcache for the
-    // roles warmed before the pin (the victim's live role was just compared with the warmed one).
+    // roles warmed before the pin (the victim's role is the one warmed: it is unchanged since
+    // the copy).
     // SAFETY: PostgreSQL's own SQL-callable functions with their declared arguments (the same
     // in every supported major); they run no CHECK_FOR_INTERRUPTS, and a denial (42501) releases
     // the pin in the subtransaction's abort.
@@ -188,7 +229,7 @@ fn attempt_once(
         }
     };
     drop(pin);
-    Attempt::Done(if delivered == Some(true) {
+    Some(if delivered == Some(true) {
         DELIVERED.with(|d| d.set(d.get() + 1));
         Delivery::Delivered
     } else {
@@ -198,15 +239,17 @@ fn attempt_once(
     })
 }
 
-/// The session's activity columns, from the live status entry and wait event.
-fn update_activity(s: &mut Session, live: &LiveActivity, wait_event_info: u32) {
+/// The session's activity columns and application_name, from a copy of its live status entry
+/// and wait event.
+fn update_activity(s: &mut Session, live: &LiveActivity) {
     let ts = |t: i64| (t != 0).then_some(t);
     s.state = compat::state_name(live.state).map(str::to_string);
     s.xact_start = ts(live.xact_start);
     s.query_start = ts(live.query_start);
     s.state_change = ts(live.state_change);
     s.query = compat::clip_activity(&live.query);
-    (s.wait_event_type, s.wait_event) = compat::wait_event_names(wait_event_info);
+    s.application_name = Some(String::from_utf8_lossy(&live.application_name).into_owned());
+    (s.wait_event_type, s.wait_event) = compat::wait_event_names(live.wait_event_info);
 }
 
 /// Runs `f` in a subtransaction: committed when it returns, rolled back when it raises, the
@@ -284,7 +327,10 @@ fn process_exists(pid: i32) -> bool {
 }
 
 /// Sleeps on the latch, so that a cancel, a terminate or postmaster death is noticed at once.
+/// No catalog snapshot is kept through the sleep (the worker holds no other: its xmin is then
+/// clear while it waits).
 pub fn sleep_interruptibly(duration: Duration) {
+    compat::release_catalog_snapshot();
     // SAFETY: MyLatch is this backend's own latch.
     unsafe {
         pg_sys::WaitLatch(
@@ -328,6 +374,37 @@ pub mod test_hooks {
         }
         #[cfg(not(feature = "test-hooks"))]
         let _ = policy;
+    }
+
+    // The longest the pin (ProcArrayLock) was held since the last report, and how many holds,
+    // for the test that measures it (`pg_reaper.log_pin_hold`).
+    #[cfg(feature = "test-hooks")]
+    thread_local! {
+        static LONGEST_PIN: std::cell::Cell<(std::time::Duration, u64)> =
+            const { std::cell::Cell::new((std::time::Duration::ZERO, 0)) };
+    }
+
+    #[cfg(feature = "test-hooks")]
+    pub fn pinned_for(held: std::time::Duration) {
+        LONGEST_PIN.with(|l| {
+            let (longest, n) = l.get();
+            l.set((longest.max(held), n + 1));
+        });
+    }
+
+    /// With `pg_reaper.log_pin_hold`, a LOG line with the longest hold of the pin since the
+    /// last one, and how many holds there were.
+    pub fn report_pin_holds() {
+        #[cfg(feature = "test-hooks")]
+        {
+            let (longest, n) = LONGEST_PIN.with(|l| l.replace((std::time::Duration::ZERO, 0)));
+            if crate::guc::test_hooks::LOG_PIN_HOLD.get() {
+                pgrx::log!(
+                    "pg_reaper test: ProcArrayLock held at most {} us in {n} holds",
+                    longest.as_micros()
+                );
+            }
+        }
     }
 
     /// Between the re-check and the first victim's pinned check (not pinned).

@@ -57,6 +57,9 @@ pub enum FilterError {
         reason: String,
     },
 
+    #[error("filter key \"{key}\": the filter's regexes would take more than their budget of {} MiB together (each counts its compiled size and the cache it may grow while matching); use fewer or simpler regexes, or exact values", budget >> 20)]
+    RegexBudget { key: String, budget: usize },
+
     #[error("filter key \"{key}\": {value:?} is not an IP address, a CIDR network (\"10.0.0.0/8\") or \"local\"")]
     InvalidAddress { key: String, value: String },
 

@@ -48,6 +48,12 @@ impl Filter {
         self.verdict(s, ctx) == Verdict::Yes
     }
 
+    /// `verdict`, after the context's cancel point: for the loops over many sessions.
+    fn checked_verdict(&self, s: &Session, ctx: &MatchContext) -> Verdict {
+        (ctx.interrupt)();
+        self.verdict(s, ctx)
+    }
+
     pub fn verdict(&self, s: &Session, ctx: &MatchContext) -> Verdict {
         if s.pid == ctx.self_pid || (s.superuser && !self.include_superusers) {
             return Verdict::No;
@@ -92,7 +98,7 @@ impl Filter {
         let session = |i: usize| sessions[i].as_ref();
         let mut protected = 0;
         let mut victims: Vec<usize> = (0..sessions.len())
-            .filter(|&i| match self.verdict(session(i), ctx) {
+            .filter(|&i| match self.checked_verdict(session(i), ctx) {
                 Verdict::Yes => true,
                 Verdict::Protected => {
                     protected += 1;

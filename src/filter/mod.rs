@@ -10,6 +10,7 @@ mod error;
 mod interval;
 mod matching;
 mod parse;
+mod pattern;
 #[cfg(test)]
 mod proptests;
 pub mod replay;
@@ -22,6 +23,7 @@ pub use chains::{ChainNeeds, LockChains, LockFacts, Waiter};
 pub use error::FilterError;
 pub use interval::parse_interval;
 pub use matching::{Selection, Verdict};
+pub use pattern::{MAX_REGEX_BYTES, REGEX_BUDGET_BYTES};
 
 /// Bounds that keep validation and matching cheap whatever a user types.
 pub const MAX_FILTER_BYTES: usize = 64 * 1024;
@@ -31,8 +33,6 @@ pub const MAX_NESTING: usize = 8;
 pub const MAX_STRING_BYTES: usize = 4 * 1024;
 /// Items in one array value.
 pub const MAX_ARRAY_ITEMS: usize = 10_000;
-/// Compiled size of one regex, in bytes (the regex crate matches in linear time; this bounds memory).
-pub const MAX_REGEX_BYTES: usize = 1 << 20;
 
 /// Backend types that only an exact `backend_type` string or array naming them can select, never
 /// a regex: the pg_cron scheduler and pg_reaper's own worker would otherwise die to
@@ -80,7 +80,13 @@ pub struct MatchContext<'p> {
     pub now: i64,
     /// The tools and roles that are never victims unless a filter says `include_protected`.
     pub protected: &'p Protected,
+    /// Called for every session matched: a cancel point (what a filter costs to match is its
+    /// writer's to choose).
+    pub interrupt: fn(),
 }
+
+/// An `interrupt` for callers with nothing to check.
+pub fn no_interrupt() {}
 
 /// `pg_reaper.protected_applications` and `pg_reaper.protected_roles`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -175,6 +181,8 @@ pub struct Filter {
     pub keep: Option<u64>,
     /// `per`: the columns that make a group for `keep` (none: one group).
     pub per: Vec<GroupField>,
+    /// What its regexes count for, in bytes, against [`REGEX_BUDGET_BYTES`].
+    pub regex_bytes: usize,
 }
 
 /// The columns a quota (`keep` / `per`) can group by.
@@ -294,7 +302,7 @@ pub(crate) struct Criteria {
 pub(crate) enum TextMatch {
     Exact(String),
     OneOf(Vec<String>),
-    Regex(regex::Regex),
+    Regex(pattern::Pattern),
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -8,10 +8,11 @@ use serde_json::{Map, Number, Value};
 
 use super::error::{suggest, FilterError};
 use super::interval::parse_interval;
+use super::pattern::Compiler;
 use super::{
     AddrList, AddrMatch, AgeField, Blocking, Criteria, Filter, GroupField, Order, PidMatch,
     TextField, TextMatch, Vocabulary, MAX_ARRAY_ITEMS, MAX_FILTER_BYTES, MAX_NESTING,
-    MAX_REGEX_BYTES, MAX_STRING_BYTES,
+    MAX_STRING_BYTES,
 };
 
 /// Every key the language knows, for did-you-mean hints.
@@ -56,6 +57,16 @@ impl Filter {
     /// anything over [`MAX_FILTER_BYTES`] before building a JSON tree; exact `state` and
     /// `backend_type` values are checked against `vocabulary`.
     pub fn parse_str(text: &str, vocabulary: &Vocabulary) -> Result<Filter, FilterError> {
+        Filter::parse_str_checked(text, vocabulary, &mut || {})
+    }
+
+    /// `parse_str`, calling `check` between the expensive steps (each regex's compilation), so
+    /// that a cancel can stop a long filter.
+    pub fn parse_str_checked(
+        text: &str,
+        vocabulary: &Vocabulary,
+        check: &mut dyn FnMut(),
+    ) -> Result<Filter, FilterError> {
         if text.len() > MAX_FILTER_BYTES {
             return Err(FilterError::TooLarge {
                 bytes: text.len(),
@@ -63,11 +74,19 @@ impl Filter {
             });
         }
         let value = parse_json_strict(text)?;
-        Filter::from_value(&value, vocabulary)
+        Filter::from_value_checked(&value, vocabulary, check)
     }
 
     /// Validates an already parsed filter.
     pub fn from_value(value: &Value, vocabulary: &Vocabulary) -> Result<Filter, FilterError> {
+        Filter::from_value_checked(value, vocabulary, &mut || {})
+    }
+
+    fn from_value_checked(
+        value: &Value,
+        vocabulary: &Vocabulary,
+        check: &mut dyn FnMut(),
+    ) -> Result<Filter, FilterError> {
         let object = match value {
             Value::Object(o) => o,
             Value::Null => return Err(FilterError::Null),
@@ -85,8 +104,15 @@ impl Filter {
             include_protected: false,
             keep: None,
             per: Vec::new(),
+            regex_bytes: 0,
         };
-        filter.criteria = parse_criteria(object, "", 0, vocabulary, Some(&mut filter))?;
+        let mut regexes = Compiler::new(check);
+        let mut p = Parser {
+            vocabulary,
+            regexes: &mut regexes,
+        };
+        filter.criteria = p.criteria(object, "", 0, Some(&mut filter))?;
+        filter.regex_bytes = regexes.used();
         if !filter.per.is_empty() && filter.keep.is_none() {
             return Err(FilterError::Requires {
                 key: "per".into(),
@@ -157,109 +183,104 @@ fn wrong_type(key: &str, expected: &'static str, found: &Value) -> FilterError {
     }
 }
 
-/// One AND-node. `top` is the filter being built when this is the top level, where the
-/// options (`limit`, `order`, `include_superusers`) may appear.
-fn parse_criteria(
-    object: &Map<String, Value>,
-    path: &str,
-    depth: usize,
-    vocabulary: &Vocabulary,
-    mut top: Option<&mut Filter>,
-) -> Result<Criteria, FilterError> {
-    if depth > MAX_NESTING {
-        return Err(FilterError::TooDeep {
-            path: path.to_string(),
-            max: MAX_NESTING,
-        });
-    }
-    let mut c = Criteria::default();
-    for (key, value) in object {
-        let full = join(path, key);
-        if let Some(field) = TextField::ALL.iter().find(|f| f.key() == key) {
-            c.text
-                .push((*field, parse_text(&full, *field, value, vocabulary)?));
-            continue;
-        }
-        if let Some(field) = AgeField::ALL.iter().find(|f| f.key() == key) {
-            c.min_age.push((*field, parse_age(&full, value)?));
-            continue;
-        }
-        match key.as_str() {
-            "client_addr" => c.client_addr = Some(parse_addrs(&full, value)?),
-            "pid" => c.pid = Some(parse_pids(&full, value)?),
-            "blocking" => c.blocking = Some(parse_blocking(&full, value)?),
-            "blocked" => c.blocked = Some(parse_bool(&full, value)?),
-            "min_blocked_sessions" => {
-                c.min_blocked_sessions = Some(parse_count(&full, value, u32::MAX.into())? as u32)
-            }
-            "all" => {
-                if !parse_bool(&full, value)? {
-                    return Err(FilterError::MustBeTrue { key: full });
-                }
-                c.all = true;
-            }
-            "any" => {
-                let items = value
-                    .as_array()
-                    .ok_or_else(|| wrong_type(&full, "an array of filters", value))?;
-                check_array_len(&full, items)?;
-                let mut branches = Vec::with_capacity(items.len());
-                for (i, item) in items.iter().enumerate() {
-                    let item_path = format!("{full}[{i}]");
-                    let object = item
-                        .as_object()
-                        .ok_or_else(|| wrong_type(&item_path, "a filter object", item))?;
-                    branches.push(parse_sub_filter(object, &item_path, depth + 1, vocabulary)?);
-                }
-                c.any = Some(branches);
-            }
-            "exclude" => {
-                let object = value
-                    .as_object()
-                    .ok_or_else(|| wrong_type(&full, "a filter object", value))?;
-                c.exclude = Some(Box::new(parse_sub_filter(
-                    object,
-                    &full,
-                    depth + 1,
-                    vocabulary,
-                )?));
-            }
-            "limit" | "order" | "include_superusers" | "include_protected" | "keep" | "per" => {
-                let Some(filter) = top.as_deref_mut() else {
-                    return Err(FilterError::TopLevelOnly { key: full });
-                };
-                match key.as_str() {
-                    "limit" => filter.limit = Some(parse_limit(&full, value)?),
-                    "order" => filter.order = parse_order(&full, value)?,
-                    "keep" => filter.keep = Some(parse_count(&full, value, MAX_KEEP)?),
-                    "per" => filter.per = parse_per(&full, value)?,
-                    "include_protected" => filter.include_protected = parse_bool(&full, value)?,
-                    _ => filter.include_superusers = parse_bool(&full, value)?,
-                }
-            }
-            _ => {
-                return Err(FilterError::UnknownKey {
-                    key: full,
-                    suggestion: suggest(key, KEYS),
-                })
-            }
-        }
-    }
-    if !c.has_criterion() {
-        return Err(FilterError::NoCriterion {
-            path: path.to_string(),
-        });
-    }
-    Ok(c)
+/// What validation needs besides the JSON: the server's vocabulary, and the compiler that
+/// keeps the regexes within their budget.
+struct Parser<'p, 'c> {
+    vocabulary: &'p Vocabulary,
+    regexes: &'p mut Compiler<'c>,
 }
 
-fn parse_sub_filter(
-    object: &Map<String, Value>,
-    path: &str,
-    depth: usize,
-    vocabulary: &Vocabulary,
-) -> Result<Criteria, FilterError> {
-    parse_criteria(object, path, depth, vocabulary, None)
+impl Parser<'_, '_> {
+    /// One AND-node. `top` is the filter being built when this is the top level, where the
+    /// options (`limit`, `order`, `include_superusers`) may appear.
+    fn criteria(
+        &mut self,
+        object: &Map<String, Value>,
+        path: &str,
+        depth: usize,
+        mut top: Option<&mut Filter>,
+    ) -> Result<Criteria, FilterError> {
+        if depth > MAX_NESTING {
+            return Err(FilterError::TooDeep {
+                path: path.to_string(),
+                max: MAX_NESTING,
+            });
+        }
+        let mut c = Criteria::default();
+        for (key, value) in object {
+            let full = join(path, key);
+            if let Some(field) = TextField::ALL.iter().find(|f| f.key() == key) {
+                c.text.push((*field, self.text(&full, *field, value)?));
+                continue;
+            }
+            if let Some(field) = AgeField::ALL.iter().find(|f| f.key() == key) {
+                c.min_age.push((*field, parse_age(&full, value)?));
+                continue;
+            }
+            match key.as_str() {
+                "client_addr" => c.client_addr = Some(parse_addrs(&full, value)?),
+                "pid" => c.pid = Some(parse_pids(&full, value)?),
+                "blocking" => c.blocking = Some(parse_blocking(&full, value)?),
+                "blocked" => c.blocked = Some(parse_bool(&full, value)?),
+                "min_blocked_sessions" => {
+                    c.min_blocked_sessions =
+                        Some(parse_count(&full, value, u32::MAX.into())? as u32)
+                }
+                "all" => {
+                    if !parse_bool(&full, value)? {
+                        return Err(FilterError::MustBeTrue { key: full });
+                    }
+                    c.all = true;
+                }
+                "any" => {
+                    let items = value
+                        .as_array()
+                        .ok_or_else(|| wrong_type(&full, "an array of filters", value))?;
+                    check_array_len(&full, items)?;
+                    let mut branches = Vec::with_capacity(items.len());
+                    for (i, item) in items.iter().enumerate() {
+                        let item_path = format!("{full}[{i}]");
+                        let object = item
+                            .as_object()
+                            .ok_or_else(|| wrong_type(&item_path, "a filter object", item))?;
+                        branches.push(self.criteria(object, &item_path, depth + 1, None)?);
+                    }
+                    c.any = Some(branches);
+                }
+                "exclude" => {
+                    let object = value
+                        .as_object()
+                        .ok_or_else(|| wrong_type(&full, "a filter object", value))?;
+                    c.exclude = Some(Box::new(self.criteria(object, &full, depth + 1, None)?));
+                }
+                "limit" | "order" | "include_superusers" | "include_protected" | "keep" | "per" => {
+                    let Some(filter) = top.as_deref_mut() else {
+                        return Err(FilterError::TopLevelOnly { key: full });
+                    };
+                    match key.as_str() {
+                        "limit" => filter.limit = Some(parse_limit(&full, value)?),
+                        "order" => filter.order = parse_order(&full, value)?,
+                        "keep" => filter.keep = Some(parse_count(&full, value, MAX_KEEP)?),
+                        "per" => filter.per = parse_per(&full, value)?,
+                        "include_protected" => filter.include_protected = parse_bool(&full, value)?,
+                        _ => filter.include_superusers = parse_bool(&full, value)?,
+                    }
+                }
+                _ => {
+                    return Err(FilterError::UnknownKey {
+                        key: full,
+                        suggestion: suggest(key, KEYS),
+                    })
+                }
+            }
+        }
+        if !c.has_criterion() {
+            return Err(FilterError::NoCriterion {
+                path: path.to_string(),
+            });
+        }
+        Ok(c)
+    }
 }
 
 impl Criteria {
@@ -327,88 +348,70 @@ fn array_strings<'v>(
         .collect()
 }
 
-fn parse_text(
-    key: &str,
-    field: TextField,
-    value: &Value,
-    vocabulary: &Vocabulary,
-) -> Result<TextMatch, FilterError> {
-    // An exact state or backend type the server can never show would silently match nothing.
-    let check_state = |s: &str| -> Result<(), FilterError> {
-        match field {
-            TextField::State if !vocabulary.states.iter().any(|v| v == s) => {
-                Err(FilterError::UnknownValue {
-                    key: key.to_string(),
-                    what: "state",
-                    value: s.to_string(),
-                    expected: vocabulary.states.join(", "),
-                    suggestion: suggest(s, &vocabulary.states),
-                })
+impl Parser<'_, '_> {
+    fn text(
+        &mut self,
+        key: &str,
+        field: TextField,
+        value: &Value,
+    ) -> Result<TextMatch, FilterError> {
+        let vocabulary = self.vocabulary;
+        // An exact state or backend type the server can never show would silently match nothing.
+        let check_state = |s: &str| -> Result<(), FilterError> {
+            match field {
+                TextField::State if !vocabulary.states.iter().any(|v| v == s) => {
+                    Err(FilterError::UnknownValue {
+                        key: key.to_string(),
+                        what: "state",
+                        value: s.to_string(),
+                        expected: vocabulary.states.join(", "),
+                        suggestion: suggest(s, &vocabulary.states),
+                    })
+                }
+                TextField::BackendType if !vocabulary.backend_types.iter().any(|v| v == s) => {
+                    Err(FilterError::UnknownBackendType {
+                        key: key.to_string(),
+                        value: s.chars().take(100).collect(),
+                        server: vocabulary.server.clone(),
+                        suggestion: suggest(s, &vocabulary.backend_types),
+                    })
+                }
+                _ => Ok(()),
             }
-            TextField::BackendType if !vocabulary.backend_types.iter().any(|v| v == s) => {
-                Err(FilterError::UnknownBackendType {
-                    key: key.to_string(),
-                    value: s.chars().take(100).collect(),
-                    server: vocabulary.server.clone(),
-                    suggestion: suggest(s, &vocabulary.backend_types),
-                })
-            }
-            _ => Ok(()),
-        }
-    };
-    match value {
-        Value::String(s) => {
-            check_string(key, s)?;
-            check_state(s)?;
-            Ok(TextMatch::Exact(s.clone()))
-        }
-        Value::Array(items) => {
-            let strings = array_strings(key, items, "a string")?;
-            for s in &strings {
+        };
+        match value {
+            Value::String(s) => {
+                check_string(key, s)?;
                 check_state(s)?;
+                Ok(TextMatch::Exact(s.clone()))
             }
-            Ok(TextMatch::OneOf(
-                strings.into_iter().map(str::to_string).collect(),
-            ))
-        }
-        Value::Object(object) => {
-            if let Some(other) = object.keys().find(|k| *k != "regex") {
-                return Err(FilterError::UnknownKey {
-                    key: join(key, other),
-                    suggestion: suggest(other, &["regex"]),
-                });
+            Value::Array(items) => {
+                let strings = array_strings(key, items, "a string")?;
+                for s in &strings {
+                    check_state(s)?;
+                }
+                Ok(TextMatch::OneOf(
+                    strings.into_iter().map(str::to_string).collect(),
+                ))
             }
-            let pattern = match object.get("regex") {
-                Some(Value::String(p)) => p,
-                Some(other) => return Err(wrong_type(&join(key, "regex"), "a string", other)),
-                None => return Err(wrong_type(key, TEXT_FORMS, value)),
-            };
-            check_string(key, pattern)?;
-            let regex = regex::RegexBuilder::new(pattern)
-                .size_limit(MAX_REGEX_BYTES)
-                .dfa_size_limit(MAX_REGEX_BYTES)
-                .nest_limit(64)
-                .build()
-                .map_err(|e| FilterError::InvalidRegex {
-                    key: key.to_string(),
-                    pattern: pattern.clone(),
-                    reason: one_line(&e.to_string()),
-                })?;
-            Ok(TextMatch::Regex(regex))
+            Value::Object(object) => {
+                if let Some(other) = object.keys().find(|k| *k != "regex") {
+                    return Err(FilterError::UnknownKey {
+                        key: join(key, other),
+                        suggestion: suggest(other, &["regex"]),
+                    });
+                }
+                let pattern = match object.get("regex") {
+                    Some(Value::String(p)) => p,
+                    Some(other) => return Err(wrong_type(&join(key, "regex"), "a string", other)),
+                    None => return Err(wrong_type(key, TEXT_FORMS, value)),
+                };
+                check_string(key, pattern)?;
+                Ok(TextMatch::Regex(self.regexes.compile(key, pattern)?))
+            }
+            other => Err(wrong_type(key, TEXT_FORMS, other)),
         }
-        other => Err(wrong_type(key, TEXT_FORMS, other)),
     }
-}
-
-/// The regex crate's errors draw a caret diagram over several lines; keep the last line.
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or(message)
-        .trim_start_matches("error: ")
-        .to_string()
 }
 
 fn parse_addr(key: &str, text: &str) -> Result<AddrMatch, FilterError> {

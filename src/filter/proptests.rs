@@ -18,6 +18,7 @@ fn ctx() -> MatchContext<'static> {
         self_pid: 7,
         now: NOW,
         protected: &PROTECTED,
+        interrupt: no_interrupt,
     }
 }
 

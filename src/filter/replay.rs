@@ -146,13 +146,14 @@ impl AsRef<Session> for Replayed {
 /// For each session, in the order given: its pid and whether the filter selects it as a
 /// victim (after `keep` and `limit`). `now` (PostgreSQL microseconds) overrides the sessions'
 /// own `now` fields.
-/// `check` is called every few thousand steps of the lock-chain walk (a cancel point).
+/// `interrupt` is called every few thousand steps of the lock-chain walk and for every session
+/// matched (a cancel point).
 pub fn replay(
     filter: &Filter,
     sessions: &Value,
     now: Option<i64>,
     protected: &Protected,
-    check: &mut dyn FnMut(),
+    interrupt: fn(),
 ) -> Result<Vec<(i32, bool)>, ReplayError> {
     let items = match sessions {
         Value::Array(items) => items,
@@ -238,7 +239,7 @@ pub fn replay(
             }
         }
         let needs = filter.chain_needs().unwrap_or_default();
-        let chains = LockChains::new(waiters, needs, check);
+        let chains = LockChains::new(waiters, needs, &mut || interrupt());
         for r in &mut replayed {
             r.session.locks = chains.facts(r.session.pid);
         }
@@ -252,6 +253,7 @@ pub fn replay(
         self_pid: 0,
         now,
         protected,
+        interrupt,
     };
     let chosen = filter.select(&replayed, &ctx).victims;
     let mut matched = vec![false; replayed.len()];

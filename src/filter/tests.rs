@@ -14,6 +14,7 @@ const CTX: MatchContext = MatchContext {
     self_pid: 1,
     now: NOW,
     protected: &NO_PROTECTION,
+    interrupt: no_interrupt,
 };
 
 fn parse(v: Value) -> Filter {
@@ -840,7 +841,7 @@ fn replay_matches_json_rows_as_the_live_path_matches_sessions() {
          "blocking_pids": [], "now": "2026-11-25T18:00:00+00:00"}
     ]);
     let run = |f: Value| -> Vec<(i32, bool)> {
-        replay::replay(&parse(f), &rows, None, &NO_PROTECTION, &mut || {}).unwrap()
+        replay::replay(&parse(f), &rows, None, &NO_PROTECTION, no_interrupt).unwrap()
     };
     let matched = |f: Value| -> Vec<i32> {
         run(f)
@@ -880,7 +881,7 @@ fn replay_matches_json_rows_as_the_live_path_matches_sessions() {
         &rows,
         Some(later),
         &NO_PROTECTION,
-        &mut || {},
+        no_interrupt,
     )
     .unwrap();
     assert_eq!(r[0], (10, true));
@@ -941,7 +942,7 @@ fn replay_refuses_what_it_cannot_read() {
         ),
     ];
     for (filter, sessions, needle) in cases {
-        let message = replay::replay(filter, &sessions, None, &NO_PROTECTION, &mut || {})
+        let message = replay::replay(filter, &sessions, None, &NO_PROTECTION, no_interrupt)
             .unwrap_err()
             .to_string();
         assert!(
@@ -956,7 +957,7 @@ fn replay_refuses_captures_over_its_limits() {
     let all = parse(json!({"all": true}));
     let locks = parse(json!({"blocking": true}));
     let run = |f: &Filter, sessions: Value| {
-        replay::replay(f, &sessions, None, &NO_PROTECTION, &mut || {})
+        replay::replay(f, &sessions, None, &NO_PROTECTION, no_interrupt)
             .unwrap_err()
             .to_string()
     };
@@ -1043,7 +1044,7 @@ fn replay_counts_a_parallel_querys_sessions_as_one_lock_group() {
         json!({"min_blocked_age": "30s", "backend_type": ["client backend", "parallel worker", "logical replication parallel worker"]}),
     );
     let now = replay::parse_timestamp("2026-11-25T12:01:00Z").ok();
-    let rows = replay::replay(&f, &capture, now, &NO_PROTECTION, &mut || {}).unwrap();
+    let rows = replay::replay(&f, &capture, now, &NO_PROTECTION, no_interrupt).unwrap();
     assert_eq!(
         rows,
         vec![(3, false), (4, true), (5, true), (6, false), (7, false)]
@@ -1076,4 +1077,75 @@ fn a_large_deadlock_cycle_is_worked_out_in_linear_time_with_cancel_points() {
     // Linear: a few steps per session (a walk per blocker that stopped at the cap would be
     // hundreds of checks).
     assert!((10..=100).contains(&calls), "{calls} interrupt checks");
+}
+
+/// The most expensive filter the regex budget allows (`pgrx-tests/fixtures`): three regexes
+/// with large automata (each given a large lazy-DFA cache) and as many of the slowest small
+/// ones to match as fit.
+pub const BUDGET_FIXTURE: &str = include_str!("../../pgrx-tests/fixtures/regex_budget_filter.json");
+
+#[test]
+fn the_regexes_of_a_filter_share_one_budget() {
+    let compiles = |v: &Value| {
+        let mut calls = 0;
+        let parsed =
+            Filter::parse_str_checked(&v.to_string(), &Vocabulary::default(), &mut || calls += 1);
+        (parsed, calls)
+    };
+    // The review's filter: 1,900 copies of one regex are compiled once.
+    let same: Vec<Value> = (0..1900)
+        .map(|_| json!({"query": {"regex": r"\w{15}"}}))
+        .collect();
+    let (parsed, calls) = compiles(&json!({"any": same}));
+    let f = parsed.unwrap();
+    assert!(calls <= 2, "{calls} compilations");
+    assert!(
+        f.regex_bytes > 1 << 20 && f.regex_bytes < 4 << 20,
+        "{}",
+        f.regex_bytes
+    );
+    let mut s = session(10);
+    s.query = Some("a_fifteen_chars_word".into());
+    assert!(f.matches(&s, &CTX));
+    s.query = Some("short words only".into());
+    assert!(!f.matches(&s, &CTX));
+
+    // 1,900 different ones: refused once the budget is spent, after a handful of compilations,
+    // each preceded by a call of the interrupt check.
+    let different: Vec<Value> = (0..1900)
+        .map(|i| json!({"query": {"regex": format!(r"\w{{15}}{i}")}}))
+        .collect();
+    let (parsed, calls) = compiles(&json!({"any": different}));
+    let e = parsed.unwrap_err();
+    assert!(matches!(e, FilterError::RegexBudget { .. }), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "filter key \"any[6].query\": the filter's regexes would take more than their budget of 16 MiB together (each counts its compiled size and the cache it may grow while matching); use fewer or simpler regexes, or exact values"
+    );
+    assert!((6..=14).contains(&calls), "{calls} compilations");
+
+    // Ordinary regexes: a hundred fit.
+    let ordinary: Vec<Value> = (0..100)
+        .map(|i| json!({"application_name": {"regex": format!(r"(?i)^report-{i}-\d+$")}}))
+        .collect();
+    let f = parse(json!({"any": ordinary}));
+    assert!(f.regex_bytes <= REGEX_BUDGET_BYTES);
+}
+
+#[test]
+fn the_budget_fixture_is_the_most_the_budget_allows() {
+    let fixture: Value = serde_json::from_str(BUDGET_FIXTURE).unwrap();
+    let f = parse(fixture.clone());
+    assert!(f.regex_bytes <= REGEX_BUDGET_BYTES);
+    assert!(
+        f.regex_bytes > REGEX_BUDGET_BYTES - (256 << 10),
+        "{}",
+        f.regex_bytes
+    );
+    let mut more = fixture;
+    more["any"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"query": {"regex": r"(.*a){20}zz"}}));
+    assert!(err(more).contains("budget of 16 MiB"));
 }

@@ -115,7 +115,12 @@ pub extern "C-unwind" fn pg_reaper_worker_main(_arg: pg_sys::Datum) {
     }
     STATUS.exclusive().connecting = false;
     set_application_name();
-    pin_settings();
+    if let Err(e) = in_transaction("pinning the settings", pin_settings) {
+        // Nothing runs with settings the worker did not choose: exit, and let the postmaster
+        // start it again.
+        log!("pg_reaper worker: could not pin its settings ({e}); restarting");
+        exit_to_be_restarted();
+    }
     run(&database);
 }
 
@@ -259,19 +264,25 @@ fn sleep(duration: Duration) {
     check_for_interrupts!();
 }
 
-/// Settings the database's or a role's defaults must not change for the worker, which runs
-/// as a superuser: `search_path` (an object someone created in a schema on it could otherwise
-/// run with the worker's rights), read-only and isolation defaults (which would stop the audit
-/// or enforcement), and a lock timeout, so that a lock held on `reaper.policies` cannot stall
-/// it (it then runs the policies as last read).
+/// Pins the settings that could change what a run does or how long it may take, whatever
+/// postgresql.conf, `ALTER DATABASE` or `ALTER ROLE` say (the worker connects as the bootstrap
+/// superuser, and InitPostgres applies the database's and that role's defaults to it). Set at
+/// the highest source, so a reload cannot undo them either. The README lists them, with why.
 fn pin_settings() {
-    for (name, value) in [
-        (c"search_path", c"pg_catalog, pg_temp"),
-        (c"default_transaction_read_only", c"off"),
-        (c"default_transaction_isolation", c"read committed"),
-        (c"lock_timeout", c"500"),
-    ] {
-        // SAFETY: sets a setting for this process, at the highest source, once at start.
+    // The identity first: `session_authorization` back to the role the worker connected as
+    // (the bootstrap superuser), then `role` to none, so that every setting after, and every
+    // run, is that superuser's.
+    let me = std::ffi::CString::new(crate::role::name(pg_sys::Oid::from(
+        pg_sys::BOOTSTRAP_SUPERUSERID,
+    )))
+    .unwrap_or_default();
+    let identity = [
+        (c"session_authorization", me.as_c_str()),
+        (c"role", c"none"),
+    ];
+    for (name, value) in identity.into_iter().chain(PINNED_SETTINGS.iter().copied()) {
+        // SAFETY: sets a setting for this process, at the highest source, in a transaction
+        // (the identity settings' checks read the catalogs).
         unsafe {
             pg_sys::SetConfigOption(
                 name.as_ptr(),
@@ -281,7 +292,43 @@ fn pin_settings() {
             );
         }
     }
+    for (name, value) in crate::compat::worker_settings() {
+        // SAFETY: as above.
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            );
+        }
+    }
+    test_hooks::log_settings();
 }
+
+/// The settings every major has, and the value the worker runs with (README: "Its settings are
+/// its own").
+pub const PINNED_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
+    // No object someone created in a schema on the path runs with the worker's rights.
+    (c"search_path", c"pg_catalog, pg_temp"),
+    // Enforcement and its audit rows need read-write transactions of the usual kind.
+    (c"default_transaction_read_only", c"off"),
+    (c"default_transaction_isolation", c"read committed"),
+    (c"default_transaction_deferrable", c"off"),
+    // A run waits as long as its policy says (grace and timeout), never less. The last two
+    // are not armed in a background worker anyway.
+    (c"statement_timeout", c"0"),
+    (c"idle_in_transaction_session_timeout", c"0"),
+    // A lock held on reaper.policies cannot stall the worker: it runs the policies as last
+    // read.
+    (c"lock_timeout", c"500"),
+    // Enforcement never waits for a standby to confirm an audit row.
+    (c"synchronous_commit", c"local"),
+    // Triggers on reaper.log fire as for any insert.
+    (c"session_replication_role", c"origin"),
+    // An error in one run costs that run, not the process (and every run after it).
+    (c"exit_on_error", c"off"),
+];
 
 /// `application_name = 'pg_reaper worker'`, as pg_stat_activity and log_line_prefix show it.
 fn set_application_name() {
@@ -305,12 +352,23 @@ thread_local! {
 }
 
 /// Runs `f` in a transaction of its own; an error (or a panic) is logged and rolled back, and
-/// the worker goes on. Returns the error's message on error.
+/// the worker goes on. Returns the error's message on error. No snapshot is taken for the
+/// whole of `f`: each read takes its own (`compat::with_snapshot`), and none is held while a
+/// run waits (a snapshot held through a grace period would hold back vacuum, and on a standby
+/// with hot_standby_feedback the primary's too).
 fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
     // SAFETY: the worker's memory context outlives every transaction; restored after an abort.
     let context = unsafe { pg_sys::CurrentMemoryContext };
     PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-        let result = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(f));
+        // SAFETY: starts and commits a transaction, as PostgreSQL's own workers do; an error
+        // inside is caught below and aborts it.
+        unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+        }
+        let result = f();
+        // SAFETY: as above.
+        unsafe { pg_sys::CommitTransactionCommand() };
         // Succeeded: the next failure is news again.
         SAID.with(|said| said.borrow_mut().remove(what));
         Ok(result)
@@ -339,4 +397,43 @@ fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
         Err(error)
     })
     .execute()
+}
+
+/// What the test suite reads of the worker: with `pg_reaper.log_worker_settings` (test builds
+/// only), one LOG line at start with the value of every pinned setting and the roles it runs as.
+mod test_hooks {
+    pub fn log_settings() {
+        #[cfg(feature = "test-hooks")]
+        if crate::guc::test_hooks::LOG_WORKER_SETTINGS.get() {
+            let names = super::PINNED_SETTINGS
+                .iter()
+                .map(|(n, _)| *n)
+                .chain(crate::compat::worker_settings().iter().map(|(n, _)| *n))
+                .chain([c"session_authorization", c"role"]);
+            let mut shown = Vec::new();
+            for name in names {
+                // SAFETY: reads a setting by name; the result is a string the GUC machinery
+                // keeps (or NULL), copied at once.
+                let value = unsafe {
+                    let v = pgrx::pg_sys::GetConfigOption(name.as_ptr(), true, false);
+                    (!v.is_null())
+                        .then(|| std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned())
+                };
+                shown.push(format!(
+                    "{}={}",
+                    name.to_string_lossy(),
+                    value.unwrap_or_default()
+                ));
+            }
+            // SAFETY: reads this process's user ids.
+            let (current, session) =
+                unsafe { (pgrx::pg_sys::GetUserId(), pgrx::pg_sys::GetSessionUserId()) };
+            pgrx::log!(
+                "pg_reaper worker settings: {}; current_user={}; session_user={}",
+                shown.join("; "),
+                crate::role::name(current),
+                crate::role::name(session)
+            );
+        }
+    }
 }

@@ -298,15 +298,20 @@ impl Entry {
 /// the worker waits for.
 fn extension_ready(database: &str) -> Result<(), String> {
     let version = policy::installed_version();
-    let library = env!("CARGO_PKG_VERSION");
+    let library = crate::guc::LIBRARY_VERSION;
     match version {
         None => Err(format!(
             "extension pg_reaper is not installed in database \"{database}\"; the worker waits for CREATE EXTENSION pg_reaper"
         )),
-        Some(v) if v != library => Err(format!(
+        Some(v) if v == library => Ok(()),
+        // The SQL was updated past the library this server loaded at start: only a restart
+        // loads the new one.
+        Some(v) if policy::parse_version(&v) > policy::parse_version(library) => Err(format!(
+            "extension pg_reaper in database \"{database}\" is version {v}, newer than the library {library} this server loaded at start; the worker waits for a server restart, which loads the new library"
+        )),
+        Some(v) => Err(format!(
             "extension pg_reaper in database \"{database}\" is version {v}, the library {library}; the worker waits for ALTER EXTENSION pg_reaper UPDATE"
         )),
-        Some(_) => Ok(()),
     }
 }
 
