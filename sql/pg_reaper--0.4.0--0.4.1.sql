@@ -16,7 +16,7 @@ BEGIN
        OR pg_catalog.string_to_array(loaded, '.')::pg_catalog.int4[]
           OPERATOR(pg_catalog.<) '{0,4,1}'::pg_catalog.int4[] THEN
         RAISE EXCEPTION 'pg_reaper: this session runs the pg_reaper library %, older than 0.4.1',
-                        pg_catalog.coalesce(loaded, '0.4.0 or older')
+                        coalesce(loaded, '0.4.0 or older')
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'With pg_reaper in shared_preload_libraries, restart the server after installing the new version, then run ALTER EXTENSION pg_reaper UPDATE; otherwise run it in a new session.';
     END IF;

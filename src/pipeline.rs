@@ -275,6 +275,7 @@ fn deliver(
         hidden: backend.hidden,
     };
     let judge = |mut s: Session| {
+        signal::test_hooks::assert_unpinned();
         live_locks.describe(&mut s);
         // "Now" moves on with the live values: ages are measured at the signal.
         let now = MatchContext {

@@ -407,6 +407,16 @@ pub mod test_hooks {
         }
     }
 
+    /// Test builds check that no filter is ever matched with the pin held: its cost is the
+    /// filter writer's to choose.
+    pub fn assert_unpinned() {
+        #[cfg(feature = "test-hooks")]
+        // SAFETY: asks whether this backend holds the lock; no side effect.
+        if unsafe { pgrx::pg_sys::LWLockHeldByMe(crate::compat::proc_array_lock()) } {
+            pgrx::error!("pg_reaper test hook: a filter was matched with ProcArrayLock held");
+        }
+    }
+
     /// Between the re-check and the first victim's pinned check (not pinned).
     pub fn pause_before_check() {
         #[cfg(feature = "test-hooks")]

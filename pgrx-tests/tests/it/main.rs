@@ -29,3 +29,4 @@ mod soak;
 mod upgrades;
 mod vanished;
 mod worker;
+mod worker_settings;

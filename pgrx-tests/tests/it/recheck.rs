@@ -114,3 +114,101 @@ fn a_victim_that_moves_on_after_the_recheck_is_matched_again_before_its_signal()
     );
     assert!(cluster.reaper_lines(victim.pid).is_empty());
 }
+
+#[test]
+fn a_victim_that_becomes_a_protected_tool_after_the_recheck_is_spared() {
+    // At the re-check it is `app_<tag>`; before its pinned check it calls itself pg_dump, one of
+    // the protected tools: judged on its live application_name, it is no victim any more.
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("becomes_protected");
+    let victim = cluster.session("app", &tag).idle_in_transaction();
+    let filter = r#"{"usename": "app", "state": "idle in transaction"}"#;
+    let rows = call_in_window(
+        &cluster,
+        Window::BeforeCheck,
+        "reaper.terminate_matching($1::text::jsonb, 2000)",
+        filter,
+        |observer| {
+            assert_eq!(victim.run("SET application_name = 'pg_dump'"), Ended::Ok);
+            wait_until_with(observer, victim.pid, "a.application_name = 'pg_dump'");
+        },
+    );
+    assert_one_vanished(
+        &rows,
+        victim.pid,
+        "had become a protected session (pg_reaper.protected_applications, pg_reaper.protected_roles)",
+    );
+    assert_eq!(victim.run("SELECT 1"), Ended::Ok, "not signalled");
+    assert!(cluster.reaper_lines(victim.pid).is_empty());
+}
+
+#[test]
+fn a_victim_that_renames_itself_after_the_recheck_is_matched_on_its_new_name() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let tag = tag("renames");
+    let victim = cluster.session("app", &tag).idle_in_transaction();
+    let filter = format!(r#"{{"application_name": "{tag}"}}"#);
+    let rows = call_in_window(
+        &cluster,
+        Window::BeforeCheck,
+        "reaper.terminate_matching($1::text::jsonb, 2000)",
+        &filter,
+        |observer| {
+            assert_eq!(victim.run("SET application_name = 'renamed'"), Ended::Ok);
+            wait_until_with(observer, victim.pid, "a.application_name = 'renamed'");
+        },
+    );
+    assert_one_vanished(&rows, victim.pid, "no longer matched the filter");
+    assert_eq!(victim.run("SELECT 1"), Ended::Ok, "not signalled");
+}
+
+#[test]
+fn a_blocker_that_stops_blocking_after_the_recheck_is_judged_on_a_fresh_look() {
+    // The victim holds a lock that a waiter wants at the re-check; before its pinned check the
+    // waiter gives up and the victim starts other work: on a look at the lock manager taken
+    // then, it blocks nobody, so the cancel meant for a blocker never reaches its new query.
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    let mut su = cluster.superuser();
+    su.batch_execute("CREATE TABLE stale_locks (id int); GRANT ALL ON stale_locks TO app")
+        .unwrap();
+    let tag = tag("stops_blocking");
+    let holder = cluster.session("app", &tag);
+    assert_eq!(
+        holder.run("BEGIN; LOCK TABLE stale_locks IN ACCESS EXCLUSIVE MODE"),
+        Ended::Ok
+    );
+    let waiter = cluster.session("app", &format!("{tag}_waiter"));
+    let waiting = waiter.start("SELECT count(*) FROM stale_locks");
+    cluster.wait_until(waiter.pid, "a.wait_event_type = 'Lock'");
+    let filter = format!(r#"{{"application_name": "{tag}", "blocking": true}}"#);
+    let mut second = None;
+    let rows = call_in_window(
+        &cluster,
+        Window::BeforeCheck,
+        "reaper.cancel_matching($1::text::jsonb)",
+        &filter,
+        |observer| {
+            observer
+                .query_one("SELECT pg_cancel_backend($1)", &[&waiter.pid])
+                .unwrap();
+            assert_eq!(waiting.wait(), Ended::Error("57014".into()));
+            second = Some(holder.start("SELECT pg_sleep(600)"));
+            wait_until_with(
+                observer,
+                holder.pid,
+                "a.query = 'SELECT pg_sleep(600)' AND a.state = 'active'",
+            );
+        },
+    );
+    assert_one_vanished(&rows, holder.pid, "no longer matched the filter");
+    assert!(
+        second
+            .unwrap()
+            .still_running_after(Duration::from_millis(50)),
+        "the holder's new query was cancelled"
+    );
+    assert!(cluster.reaper_lines(holder.pid).is_empty());
+}

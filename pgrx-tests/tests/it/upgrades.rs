@@ -148,14 +148,21 @@ fn remove_pg_reaper(dir: &Path) {
 }
 
 /// Copies a `cargo pgrx package` (or .deb staging) tree's pg_reaper files into `dir`, over
-/// whatever version is there (the old scripts stay, as a package upgrade leaves them).
+/// whatever version is there (the old scripts stay, as a package upgrade leaves them). Each
+/// file is written beside its place and renamed into it, as dpkg does: a running server keeps
+/// the library it mapped (overwriting that file in place would change code under it).
 fn install_from(tree: &Path, dir: &Path) {
+    let replace = |from: &Path, to: &Path| {
+        let new = to.with_extension("dpkg-new");
+        std::fs::copy(from, &new).unwrap();
+        std::fs::rename(&new, to).unwrap();
+    };
     let lib = "usr/lib/postgresql/15/lib/pg_reaper.so";
-    std::fs::copy(tree.join(lib), dir.join(lib)).unwrap();
+    replace(&tree.join(lib), &dir.join(lib));
     let ext = "usr/share/postgresql/15/extension";
     for entry in std::fs::read_dir(tree.join(ext)).unwrap() {
         let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(ext).join(path.file_name().unwrap())).unwrap();
+        replace(&path, &dir.join(ext).join(path.file_name().unwrap()));
     }
     let status = Command::new("chmod")
         .args(["-R", "a+rX"])
@@ -489,6 +496,138 @@ fn pg_upgrade_from_15_to_17_keeps_pg_reaper_and_its_rows() {
              install on 17 ({} lines), and a policy terminated a real session on the new server.\n",
             before.lines().count() - 1,
             upgraded.len()
+        ),
+    );
+}
+
+#[test]
+fn every_release_with_the_worker_upgrades_with_the_library_preloaded() {
+    // With shared_preload_libraries = 'pg_reaper', every backend keeps the library the server
+    // loaded at start. The steps: install the new files, restart, ALTER EXTENSION UPDATE. An
+    // update before the restart is refused and changes nothing; the old worker goes on.
+    let test = "upgrades::every_release_with_the_worker_upgrades_with_the_library_preloaded";
+    let Some((releases, current)) = current_tree(test) else {
+        return;
+    };
+    let listed =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("releases.txt"))
+            .unwrap();
+    let with_worker: Vec<&str> = listed
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().next().unwrap())
+        .filter(|v| !v.starts_with("0.1.") && !v.starts_with("0.2."))
+        .collect();
+    assert!(with_worker.contains(&"0.4.0"), "{with_worker:?}");
+    let target = pg_reaper_version();
+    let version_of = |su: &mut Client| -> String {
+        su.query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_reaper'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let mut report = String::new();
+    for version in with_worker {
+        let dir = PathBuf::from(format!(
+            "/tmp/pg_reaper_preloaded_{}_{version}",
+            std::process::id()
+        ));
+        let bin = private_postgres_15(&dir);
+        install_from(&releases.join(version).join("pkg"), &dir);
+        let cluster = Cluster::start_with(Options {
+            bin_dir: Some(bin),
+            create_extension: false,
+            settings: vec!["shared_preload_libraries = 'pg_reaper'".into()],
+            ..Options::default()
+        });
+        cluster.create_role("app", "");
+        let mut su = cluster.superuser();
+        su.batch_execute(&format!(
+            "CREATE EXTENSION pg_reaper VERSION '{version}'; \
+             INSERT INTO reaper.policies (name, filter, run_every) VALUES \
+               ('idle-tx', '{{\"application_name\": \"preloaded_victim\", \"state\": \"idle in transaction\"}}', '200 ms')"
+        ))
+        .unwrap();
+        let enforced = |cluster: &Cluster| {
+            let victim = cluster
+                .session("app", "preloaded_victim")
+                .idle_in_transaction();
+            assert!(cluster.wait_gone(victim.pid), "from {version}: enforced");
+            victim.pid
+        };
+        enforced(&cluster);
+
+        // The new files, no restart: the update is refused, nothing changes, the old worker
+        // goes on enforcing.
+        install_from(&current, &dir);
+        let err = su
+            .batch_execute("ALTER EXTENSION pg_reaper UPDATE")
+            .unwrap_err();
+        let refused = err
+            .as_db_error()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default();
+        if version == "0.3.0" {
+            // Its update to 0.4.0 adds a C function the loaded 0.3.0 library lacks.
+            assert!(refused.contains("could not find function"), "{err}");
+        } else {
+            assert_eq!(sqlstate(&err), Some("55000"), "{err}");
+            assert!(
+                refused.contains(&format!("runs the pg_reaper library {version}")),
+                "{refused}"
+            );
+            let hint = err.as_db_error().and_then(|e| e.hint()).unwrap_or_default();
+            assert!(hint.contains("restart the server"), "{hint}");
+        }
+        assert_eq!(
+            version_of(&mut su),
+            version,
+            "the refused update changed nothing"
+        );
+        enforced(&cluster);
+        drop(su);
+
+        // Restart: the new library, which waits for the update, then enforces again.
+        cluster.stop_server();
+        cluster.start_server();
+        let mut su = cluster.superuser();
+        let loaded: String = su
+            .query_one("SHOW pg_reaper.library_version", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(loaded, target);
+        cluster.wait_for_log(
+            &format!("is version {version}, the library {target}; the worker waits for ALTER EXTENSION pg_reaper UPDATE"),
+            1,
+        );
+        su.batch_execute("ALTER EXTENSION pg_reaper UPDATE")
+            .unwrap();
+        assert_eq!(version_of(&mut su), target);
+        let pid = enforced(&cluster);
+        wait_for(
+            &mut su,
+            &format!(
+                "SELECT count(*) = 1 FROM reaper.log WHERE pid = {pid} AND caller = 'pg_reaper worker'"
+            ),
+        );
+        report += &format!(
+            "| {version} | {target} | refused: {} | enforced |\n",
+            refused.lines().next().unwrap_or("")
+        );
+        drop(su);
+        drop(cluster);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    record_figures(
+        "62-upgrades-preloaded",
+        &format!(
+            "## Upgrades with the library preloaded\n\nEach release that has the worker, running with `shared_preload_libraries = 'pg_reaper'` and a \
+             scheduled policy: the new files installed, `ALTER EXTENSION pg_reaper UPDATE` before the restart is refused and changes \
+             nothing while the old worker goes on enforcing; after the restart the new library reports itself \
+             (`pg_reaper.library_version`), the worker waits for the update, and after it enforces again and writes its audit rows.\n\n\
+             | from | to | before the restart | after it |\n| --- | --- | --- | --- |\n{report}"
         ),
     );
 }

@@ -7,7 +7,7 @@ use pg_reaper_integration::*;
 use std::time::{Duration, Instant};
 
 /// A cluster whose postmaster loads pg_reaper, so that it starts the worker.
-fn worker_cluster(extra: &[&str], create_extension: bool) -> Cluster {
+pub(crate) fn worker_cluster(extra: &[&str], create_extension: bool) -> Cluster {
     let mut settings = vec!["shared_preload_libraries = 'pg_reaper'".to_string()];
     settings.extend(extra.iter().map(|s| s.to_string()));
     Cluster::start_with(Options {
@@ -17,7 +17,7 @@ fn worker_cluster(extra: &[&str], create_extension: bool) -> Cluster {
     })
 }
 
-fn worker_pid(client: &mut Client) -> Option<i32> {
+pub(crate) fn worker_pid(client: &mut Client) -> Option<i32> {
     client
         .query_one("SELECT pid FROM reaper.worker()", &[])
         .unwrap()
@@ -32,7 +32,7 @@ fn worker_state(client: &mut Client) -> String {
 }
 
 /// A running worker's pid, once it has one (and runs).
-fn running_worker(client: &mut Client) -> i32 {
+pub(crate) fn running_worker(client: &mut Client) -> i32 {
     wait_for(
         client,
         "SELECT state = 'running' AND pid IS NOT NULL FROM reaper.worker()",
@@ -474,7 +474,7 @@ fn worker_cycle(su: &mut Client, worker: i32) -> u64 {
 
 /// Waits until the worker has gone round its loop `n` more times (it wakes at least every
 /// second): what a check that something did not happen needs.
-fn wait_cycles(su: &mut Client, worker: i32, n: u64) {
+pub(crate) fn wait_cycles(su: &mut Client, worker: i32, n: u64) {
     let deadline = Instant::now() + PATIENCE;
     // Inside a run the worker shows no cycle (0): count from one it shows.
     let target = loop {
@@ -1002,4 +1002,101 @@ fn function_privileges_and_run_policies_says_when_no_worker_runs_the_scheduled()
     monitor
         .batch_execute("SELECT * FROM reaper.worker_status()")
         .unwrap();
+}
+
+#[test]
+fn a_run_holds_no_snapshot_while_it_waits_on_a_primary_and_on_a_standby() {
+    // A grace period of 4 s: throughout it, the worker holds no xmin (it would hold back vacuum,
+    // and through hot_standby_feedback the primary's) and no transaction id.
+    let primary = worker_cluster(&[], true);
+    primary.create_role("app", "");
+    let mut p = primary.superuser();
+    p.batch_execute(
+        "INSERT INTO reaper.policies (name, filter, action, grace_ms, timeout_ms, run_every, run_on) VALUES \
+           ('grace-p', '{\"application_name\": \"xmin_p\", \"state\": \"idle in transaction\"}', \
+            'cancel_then_terminate', 4000, 2000, '1 second', 'primary'), \
+           ('grace-s', '{\"application_name\": \"xmin_s\", \"state\": \"idle in transaction\"}', \
+            'cancel_then_terminate', 4000, 2000, '1 second', 'standby')",
+    )
+    .unwrap();
+    let standby = Cluster::standby_of(
+        &primary,
+        Options {
+            settings: vec![
+                "shared_preload_libraries = 'pg_reaper'".into(),
+                "hot_standby_feedback = on".into(),
+            ],
+            ..Options::default()
+        },
+    );
+    for (cluster, tag, policy) in [
+        (&primary, "xmin_p", "grace-p"),
+        (&standby, "xmin_s", "grace-s"),
+    ] {
+        let mut su = cluster.superuser();
+        let worker = running_worker(&mut su);
+        let victim = cluster.session("app", tag).idle_in_transaction();
+        let running = format!("pg_reaper worker: running policy {policy}");
+        wait_until_with(&mut su, worker, &format!("a.query = '{running}'"));
+        let mut samples = 0;
+        loop {
+            su.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
+            let row = su
+                .query_one(
+                    "SELECT a.backend_xmin::text, a.backend_xid::text, a.query, \
+                            EXISTS (SELECT 1 FROM pg_stat_activity v WHERE v.pid = $2) \
+                       FROM pg_stat_activity a WHERE a.pid = $1",
+                    &[&worker, &victim.pid],
+                )
+                .unwrap();
+            let (xmin, xid, query, victim_there): (Option<String>, Option<String>, String, bool) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            if !victim_there {
+                break;
+            }
+            if query == running {
+                assert_eq!(
+                    xmin, None,
+                    "{policy}: the worker holds an xmin in its grace period"
+                );
+                assert_eq!(
+                    xid, None,
+                    "{policy}: the worker has a transaction id while it waits"
+                );
+                samples += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            samples >= 10,
+            "{policy}: {samples} looks inside the grace period"
+        );
+    }
+    // The runs were whole: the primary's victim has its audit row.
+    wait_for(
+        &mut p,
+        "SELECT count(*) = 1 FROM reaper.log WHERE policy = 'grace-p' AND outcome = 'terminated' \
+            AND waited_ms >= 4000",
+    );
+}
+
+#[test]
+fn an_extension_newer_than_the_loaded_library_waits_for_a_restart() {
+    // As after ALTER EXTENSION UPDATE with new files installed but the old library still loaded
+    // (the update scripts refuse that; a hand-made catalog does not).
+    let cluster = worker_cluster(&[], true);
+    let mut su = cluster.superuser();
+    running_worker(&mut su);
+    su.batch_execute("UPDATE pg_extension SET extversion = '99.0.0' WHERE extname = 'pg_reaper'")
+        .unwrap();
+    cluster.wait_for_log("is version 99.0.0, newer than the library", 1);
+    let log = cluster.server_log();
+    assert!(
+        log.contains("the worker waits for a server restart, which loads the new library"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("99.0.0, the library"),
+        "not told to update: {log}"
+    );
 }
