@@ -829,6 +829,37 @@ pub fn rss_anon_kb(pid: i32) -> i64 {
         .unwrap()
 }
 
+/// A process's peak resident memory so far (VmHWM, kB), as root.
+pub fn peak_memory_kb(pid: i32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// What one statement cost a fresh backend of `user`: how long it took, how far it raised the
+/// backend's peak resident memory above what the connection itself had reached (kB), and its
+/// result (the rows' count, or the error). The backend loads pg_reaper first, so that the
+/// library's own size is part of the baseline.
+pub fn cost_in_fresh_backend(
+    cluster: &Cluster,
+    user: &str,
+    sql: &str,
+) -> (Duration, i64, Result<usize, postgres::Error>) {
+    let mut c = cluster.connect(user);
+    let pid = backend_pid(&mut c);
+    c.batch_execute("SELECT reaper.validate_filter('{\"all\": true}')")
+        .unwrap();
+    let before = peak_memory_kb(pid);
+    let started = Instant::now();
+    let result = c.query(sql, &[]).map(|rows| rows.len());
+    let took = started.elapsed();
+    (took, peak_memory_kb(pid) - before, result)
+}
+
 /// The single number a `SELECT count(*) ...` returns.
 pub fn count(client: &mut Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).expect(sql).get(0)

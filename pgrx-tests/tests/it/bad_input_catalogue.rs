@@ -814,3 +814,148 @@ fn pathological_regexes_on_a_one_mib_query_are_fast() {
     assert!(query.still_running_after(Duration::from_millis(50)));
     assert!(cluster.alive(session.pid));
 }
+
+/// The length of a value's text as jsonb writes it (a space after each ':' and ',').
+fn jsonb_len(v: &serde_json::Value) -> usize {
+    let t = v.to_string();
+    t.len() + t.matches(',').count() + t.matches(':').count()
+}
+
+/// The costliest filters of each shape the bounds allow, and past them: what each costs a
+/// fresh backend that matches it against sessions with 1 kB queries it may see.
+fn worst_cases() -> Vec<(&'static str, serde_json::Value, Option<&'static str>)> {
+    use serde_json::json;
+    let fit = |make: &dyn Fn(usize) -> serde_json::Value| {
+        // The largest n whose filter text stays within the 64 KiB limit, as jsonb writes it.
+        let (mut lo, mut hi) = (1usize, 20_000usize);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if jsonb_len(&make(mid)) <= 64 * 1024 {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        make(lo)
+    };
+    // Eight levels of nesting (the limit), three branches at each but the last (two, so that it
+    // fits in 64 KiB), the leaves `leaf`.
+    fn tree(depth: usize, leaf: &dyn Fn(usize) -> serde_json::Value, n: &mut usize) -> serde_json::Value {
+        if depth == 0 {
+            *n += 1;
+            return leaf(*n);
+        }
+        let fan_out = if depth == 1 { 2 } else { 3 };
+        let branches: Vec<serde_json::Value> =
+            (0..fan_out).map(|_| tree(depth - 1, leaf, n)).collect();
+        if depth % 2 == 0 {
+            json!({"any": branches})
+        } else {
+            json!({"any": branches, "exclude": {"pid": 1}})
+        }
+    }
+    let regexes = |n: usize| {
+        json!({"any": (0..n).map(|i| json!({"query": {"regex": format!("\\w{{15}}{i}")}})).collect::<Vec<_>>()})
+    };
+    let branches = |n: usize| json!({"any": (0..n).map(|i| json!({"pid": 100_000 + i})).collect::<Vec<_>>()});
+    let names = |n: usize| json!({"usename": (0..n).map(|i| format!("u{i}")).collect::<Vec<_>>()});
+    // Nesting at the limit, regexes at `n` of its leaves (`pattern` with the leaf's number
+    // appended), arrays, a limit.
+    let all_at_once = |n: usize, pattern: &str| {
+        let mut count = 0;
+        let leaf = |i: usize| {
+            if i <= n {
+                json!({"query": {"regex": format!("{pattern}{i}")}, "datname": ["a", "postgres"]})
+            } else {
+                json!({"pid": i})
+            }
+        };
+        let nested = tree(7, &leaf, &mut count);
+        let mut names: Vec<String> = (0..400).map(|i| format!("u{i}")).collect();
+        names.push("app".into());
+        json!({"any": [nested], "usename": names, "limit": 5})
+    };
+    vec![
+        ("as many different regexes as fit", fit(&regexes), Some("budget of 16 MiB")),
+        ("as many `any` branches as fit", fit(&branches), None),
+        ("the longest array of names that fits", fit(&names), None),
+        (
+            "8 levels of any/exclude, 1,458 leaves",
+            {
+                let mut n = 0;
+                json!({"any": [tree(7, &|i| json!({"pid": 100_000 + i}), &mut n)]})
+            },
+            None,
+        ),
+        (
+            "all at once: nesting, 120 regexes, arrays, limit",
+            all_at_once(120, "(?i)^select .*"),
+            None,
+        ),
+        (
+            "all at once, with regexes past the budget",
+            all_at_once(10, "\\w{15}"),
+            Some("budget of 16 MiB"),
+        ),
+    ]
+}
+
+#[test]
+fn the_worst_filters_of_each_shape_cost_a_bounded_time_and_memory() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    cluster.create_role("watcher", "IN ROLE pg_read_all_stats");
+    let tag = tag("worst_cases");
+    let mut text = String::new();
+    while text.len() < 940 {
+        text.push_str("select data from gamma where beta = 42 ");
+    }
+    let sessions: Vec<(Session, Pending)> = (0..50)
+        .map(|_| {
+            let s = cluster.session("app", &tag);
+            let p = s.start(&format!("SELECT '{text}', pg_sleep(600)"));
+            cluster.wait_until(s.pid, "a.wait_event = 'PgSleep'");
+            (s, p)
+        })
+        .collect();
+    let mut report = String::new();
+    for (name, filter, refused) in worst_cases() {
+        let text = filter.to_string();
+        assert!(jsonb_len(&filter) <= 64 * 1024, "{name}: {} bytes", jsonb_len(&filter));
+        let sql = format!(
+            "SELECT * FROM reaper.preview_matching('{}')",
+            text.replace('\'', "''")
+        );
+        let (took, peak_kb, result) = cost_in_fresh_backend(&cluster, "watcher", &sql);
+        match (&result, refused) {
+            (Ok(_), None) => {}
+            (Err(e), Some(needle)) => {
+                assert_eq!(sqlstate(e), Some("22023"), "{name}: {e}");
+                let message = e.as_db_error().unwrap().message();
+                assert!(message.contains(needle), "{name}: {message}");
+            }
+            _ => panic!("{name}: {result:?}"),
+        }
+        assert!(peak_kb < 64 * 1024, "{name}: peak rose {peak_kb} kB");
+        report += &format!(
+            "| {name} | {} | {} | {:.1} | {:.1} |\n",
+            jsonb_len(&filter),
+            if refused.is_some() { "refused (22023)" } else { "matched" },
+            took.as_secs_f64() * 1000.0,
+            peak_kb as f64 / 1024.0
+        );
+    }
+    for (_, pending) in &sessions {
+        assert!(pending.still_running_after(Duration::from_millis(1)));
+    }
+    record_figures(
+        "32-worst-case-filters",
+        &format!(
+            "## The worst filters of each shape\n\n`bad_input_catalogue.rs`: the costliest filter of each shape within the bounds (64 KiB of \
+             text, 8 levels of nesting, 10,000 items per array, the 16 MiB regex budget), and past them, each given to \
+             `preview_matching` in a fresh backend of a role with `pg_read_all_stats`, with 50 sessions whose 1 kB queries it \
+             matches; the peak is the rise of the backend's VmHWM.\n\n\
+             | filter | bytes | result | ms | peak MB |\n| --- | ---: | --- | ---: | ---: |\n{report}"
+        ),
+    );
+}

@@ -8,6 +8,7 @@ mod bad_input_catalogue;
 mod cancel_then_terminate;
 mod cron_schedule;
 mod faults;
+mod filter_budget;
 mod filter_keys;
 mod hidden_sessions;
 mod lock_chains;
