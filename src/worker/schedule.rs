@@ -13,6 +13,10 @@ use crate::policy::{self, Policy, Prepared, Which};
 use crate::report::{Actor, Outcome};
 use crate::signal::in_subtransaction;
 
+/// What the worker keeps of all its policies' regexes (each filter's within its own budget of
+/// 16 MiB; the worker keeps every scheduled policy's compiled between runs).
+pub const WORKER_REGEX_BUDGET_BYTES: usize = 256 << 20;
+
 /// One scheduled policy.
 struct Entry {
     policy: Policy,
@@ -74,11 +78,19 @@ impl Schedule {
                 .map(|(name, _)| name.clone());
             let Some(name) = due else { break };
             ran.push(name.clone());
+            // What the other policies' kept filters take, against the worker's budget.
+            let others: usize = self
+                .entries
+                .iter()
+                .filter(|(n, _)| **n != name)
+                .filter_map(|(_, e)| e.prepared.as_ref())
+                .map(|p| p.filter.regex_bytes)
+                .sum();
             let entry = self.entries.get_mut(&name).expect("a listed policy");
             let started = Instant::now();
             let runs_before = entry.slot.runs;
             let what = format!("policy \"{name}\"");
-            if let Err(message) = in_transaction(&what, || entry.run()) {
+            if let Err(message) = in_transaction(&what, || entry.run(others)) {
                 if entry.slot.runs == runs_before {
                     entry.finish(started, Err(message), &[]);
                 } else {
@@ -212,7 +224,9 @@ impl Entry {
     /// One run, as run_policy would run it, with the worker as the caller. A failure is a
     /// WARNING and a `failed` row the first time it happens; while the same failure repeats,
     /// only `last_error` shows it (a policy run every 100 ms must not flood the log).
-    fn run(&mut self) {
+    /// `others`: what the other policies' kept filters count for against
+    /// [`WORKER_REGEX_BUDGET_BYTES`].
+    fn run(&mut self, others: usize) {
         // Where this runs is decided in the run's own transaction: a standby promoted since
         // the last run is a primary now.
         // SAFETY: reads shared state set by the startup process, and this transaction's own.
@@ -239,7 +253,18 @@ impl Entry {
         let quiet = self.last_error.clone();
         let actor = Actor::worker(self.policy.owner, &self.policy.name);
         if self.prepared.is_none() {
-            match in_subtransaction(|| policy::prepare(&self.policy)) {
+            let prepared = in_subtransaction(|| {
+                let p = policy::prepare(&self.policy);
+                if others + p.filter.regex_bytes > WORKER_REGEX_BUDGET_BYTES {
+                    crate::error::refuse(&format!(
+                        "the regexes of the scheduled policies would take more than the worker's budget of {} MiB together; this policy's take {} kB",
+                        WORKER_REGEX_BUDGET_BYTES >> 20,
+                        p.filter.regex_bytes >> 10
+                    ));
+                }
+                p
+            });
+            match prepared {
                 Ok(p) => self.prepared = Some(p),
                 Err(e) => {
                     let message = crate::report::message(&e);

@@ -840,7 +840,11 @@ fn worst_cases() -> Vec<(&'static str, serde_json::Value, Option<&'static str>)>
     };
     // Eight levels of nesting (the limit), three branches at each but the last (two, so that it
     // fits in 64 KiB), the leaves `leaf`.
-    fn tree(depth: usize, leaf: &dyn Fn(usize) -> serde_json::Value, n: &mut usize) -> serde_json::Value {
+    fn tree(
+        depth: usize,
+        leaf: &dyn Fn(usize) -> serde_json::Value,
+        n: &mut usize,
+    ) -> serde_json::Value {
         if depth == 0 {
             *n += 1;
             return leaf(*n);
@@ -854,10 +858,9 @@ fn worst_cases() -> Vec<(&'static str, serde_json::Value, Option<&'static str>)>
             json!({"any": branches, "exclude": {"pid": 1}})
         }
     }
-    let regexes = |n: usize| {
-        json!({"any": (0..n).map(|i| json!({"query": {"regex": format!("\\w{{15}}{i}")}})).collect::<Vec<_>>()})
-    };
-    let branches = |n: usize| json!({"any": (0..n).map(|i| json!({"pid": 100_000 + i})).collect::<Vec<_>>()});
+    let regexes = |n: usize| json!({"any": (0..n).map(|i| json!({"query": {"regex": format!("\\w{{15}}{i}")}})).collect::<Vec<_>>()});
+    let branches =
+        |n: usize| json!({"any": (0..n).map(|i| json!({"pid": 100_000 + i})).collect::<Vec<_>>()});
     let names = |n: usize| json!({"usename": (0..n).map(|i| format!("u{i}")).collect::<Vec<_>>()});
     // Nesting at the limit, regexes at `n` of its leaves (`pattern` with the leaf's number
     // appended), arrays, a limit.
@@ -876,7 +879,11 @@ fn worst_cases() -> Vec<(&'static str, serde_json::Value, Option<&'static str>)>
         json!({"any": [nested], "usename": names, "limit": 5})
     };
     vec![
-        ("as many different regexes as fit", fit(&regexes), Some("budget of 16 MiB")),
+        (
+            "as many different regexes as fit",
+            fit(&regexes),
+            Some("budget of 16 MiB"),
+        ),
         ("as many `any` branches as fit", fit(&branches), None),
         ("the longest array of names that fits", fit(&names), None),
         (
@@ -921,7 +928,11 @@ fn the_worst_filters_of_each_shape_cost_a_bounded_time_and_memory() {
     let mut report = String::new();
     for (name, filter, refused) in worst_cases() {
         let text = filter.to_string();
-        assert!(jsonb_len(&filter) <= 64 * 1024, "{name}: {} bytes", jsonb_len(&filter));
+        assert!(
+            jsonb_len(&filter) <= 64 * 1024,
+            "{name}: {} bytes",
+            jsonb_len(&filter)
+        );
         let sql = format!(
             "SELECT * FROM reaper.preview_matching('{}')",
             text.replace('\'', "''")
@@ -940,7 +951,11 @@ fn the_worst_filters_of_each_shape_cost_a_bounded_time_and_memory() {
         report += &format!(
             "| {name} | {} | {} | {:.1} | {:.1} |\n",
             jsonb_len(&filter),
-            if refused.is_some() { "refused (22023)" } else { "matched" },
+            if refused.is_some() {
+                "refused (22023)"
+            } else {
+                "matched"
+            },
             took.as_secs_f64() * 1000.0,
             peak_kb as f64 / 1024.0
         );

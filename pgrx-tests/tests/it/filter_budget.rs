@@ -15,7 +15,11 @@ const FIXTURE: &str = include_str!("../../fixtures/regex_budget_filter.json");
 
 /// The review's filter: `any` of `n` regexes, all the same (`\w{15}`) or all different.
 fn regexes(n: usize, different: bool) -> String {
-    let pattern = if different { "'\\w{15}' || g" } else { "'\\w{15}'" };
+    let pattern = if different {
+        "'\\w{15}' || g"
+    } else {
+        "'\\w{15}'"
+    };
     format!(
         "SELECT reaper.validate_filter(jsonb_build_object('any', \
            (SELECT jsonb_agg(jsonb_build_object('query', jsonb_build_object('regex', {pattern}))) \
@@ -30,7 +34,11 @@ fn a_role_without_privileges_cannot_make_a_backend_take_gigabytes() {
     let mut report = String::new();
     let fixture = FIXTURE.replace('\'', "''");
     for (name, sql, accepted) in [
-        ("1,900 copies of one regex (`\\w{15}`)", regexes(1900, false), true),
+        (
+            "1,900 copies of one regex (`\\w{15}`)",
+            regexes(1900, false),
+            true,
+        ),
         ("200 different regexes", regexes(200, true), false),
         // As many as fit in the 64 KiB of a filter's text.
         ("1,700 different regexes", regexes(1700, true), false),
@@ -56,7 +64,11 @@ fn a_role_without_privileges_cannot_make_a_backend_take_gigabytes() {
         );
         report += &format!(
             "| {name} | {} | {:.1} | {:.1} |\n",
-            if accepted { "accepted" } else { "refused (22023)" },
+            if accepted {
+                "accepted"
+            } else {
+                "refused (22023)"
+            },
             took.as_secs_f64() * 1000.0,
             peak_kb as f64 / 1024.0
         );
@@ -95,7 +107,10 @@ fn cancel_and_measure_the_pin(
     filter: &str,
 ) -> (Vec<Row>, (u64, u64, u64)) {
     su.batch_execute("SET pg_reaper.log_pin_hold = on").unwrap();
-    let before = cluster.server_log().matches("ProcArrayLock held at most").count();
+    let before = cluster
+        .server_log()
+        .matches("ProcArrayLock held at most")
+        .count();
     let rows = cancel(su, filter);
     cluster.wait_for_log("ProcArrayLock held at most", before + 1);
     let log = cluster.server_log();
@@ -106,7 +121,14 @@ fn cancel_and_measure_the_pin(
         .unwrap()
         .to_string();
     let number_after = |marker: &str| -> u64 {
-        line.split(marker).nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+        line.split(marker)
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let figures = (
         number_after("held at most "),
@@ -180,7 +202,10 @@ fn the_costliest_filter_is_matched_outside_proc_array_lock() {
         assert!(pending.still_running_after(std::time::Duration::from_millis(10)));
     }
     // Two holds per victim at the least (the copy, then the check and the signal).
-    assert!(trivial_pin.1 >= 20 && fixture_pin.1 >= 20, "{trivial_pin:?} {fixture_pin:?}");
+    assert!(
+        trivial_pin.1 >= 20 && fixture_pin.1 >= 20,
+        "{trivial_pin:?} {fixture_pin:?}"
+    );
     assert!(peak_kb < PEAK_BOUND_KB, "peak rose {peak_kb} kB");
     record_figures(
         "34-costliest-filter",
@@ -202,6 +227,58 @@ fn the_costliest_filter_is_matched_outside_proc_array_lock() {
             fixture_pin.1,
             fixture_pin.0,
             fixture_pin.2,
+        ),
+    );
+}
+
+#[test]
+fn the_worker_keeps_its_policies_regexes_within_its_own_budget() {
+    // Each scheduled policy's filter is compiled once and kept: seventeen at the regex budget
+    // would be 272 MiB; the worker keeps sixteen (256 MiB) and says why the last one cannot run.
+    let cluster = super::worker::worker_cluster(&[], true);
+    let mut su = cluster.superuser();
+    let worker = super::worker::running_worker(&mut su);
+    let mut filter: serde_json::Value = serde_json::from_str(FIXTURE).unwrap();
+    filter["application_name"] = serde_json::Value::String("nobody_at_all".into());
+    let filter = filter.to_string();
+    for i in 1..=17 {
+        su.execute(
+            "INSERT INTO reaper.policies (name, filter, action, run_every) \
+             VALUES ($1, $2::text::jsonb, 'cancel', '1 hour')",
+            &[&format!("p{i:02}"), &filter],
+        )
+        .unwrap();
+    }
+    wait_for(
+        &mut su,
+        "SELECT count(*) = 17 AND count(*) FILTER (WHERE runs = 1) = 17 FROM reaper.worker_status()",
+    );
+    let failing: Vec<(String, String)> = su
+        .query(
+            "SELECT policy, last_error FROM reaper.worker_status() WHERE last_error IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    assert_eq!(failing[0].0, "p17");
+    assert!(
+        failing[0].1.contains("the worker's budget of 256 MiB"),
+        "{}",
+        failing[0].1
+    );
+    assert_eq!(super::worker::worker_pid(&mut su), Some(worker));
+    let worker_kb = rss_anon_kb(worker);
+    assert!(worker_kb < 512 * 1024, "the worker holds {worker_kb} kB");
+    record_figures(
+        "35-worker-budget",
+        &format!(
+            "## The worker's regex budget\n\n`filter_budget.rs`: 17 scheduled policies whose filters are each the budget fixture: the worker \
+             compiled and kept 16 (their regexes count 256 MiB together by the budget's reckoning) and refused the 17th with a clear \
+             `last_error`; its private memory (RssAnon) was then {:.0} MB.\n",
+            worker_kb as f64 / 1024.0
         ),
     );
 }
