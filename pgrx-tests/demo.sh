@@ -5,8 +5,11 @@ set -euo pipefail
 
 BIN=$("${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --bindir)
 DIR=$(mktemp -d /tmp/pg_reaper_demo.XXXXXX)
-PORT=$((20000 + RANDOM % 10000))
+PORT=${DEMO_PORT:-$((20000 + RANDOM % 10000))}
 chown postgres "$DIR"
+# Every command runs from the demo's own directory, which the postgres OS user can read (from
+# root's, its programs would complain that they cannot change to it).
+cd "$DIR"
 as_pg() { runuser -u postgres -- "$@"; }
 
 # A UTF-8 cluster whatever the shell's locale (cron, systemd and containers often have none).
@@ -83,7 +86,9 @@ wait_for "every session is in place" \
     "SELECT count(*) = 6 FROM pg_stat_activity
       WHERE (application_name, state) IN (('web-checkout', 'idle in transaction'), ('report-daily', 'active'),
              ('nightly-batch', 'idle in transaction'), ('web-api', 'active'), ('admin-console', 'idle'),
-             ('web-idle', 'idle'))"
+             ('web-idle', 'idle'))
+        AND (application_name <> 'report-daily' OR wait_event = 'PgSleep')
+        AND (application_name <> 'web-api' OR wait_event_type = 'Lock')"
 
 show "Every client session (pg_stat_activity, as it is)" \
     "SELECT pid, usename, application_name, state, wait_event_type, left(query, 50) AS query
@@ -112,6 +117,9 @@ show "A role without rights over app's sessions gets 'denied' rows, not an error
     "SET ROLE batch; SELECT pid, usename, outcome, detail
        FROM reaper.terminate_matching('{\"usename\": \"app\", \"application_name\": {\"regex\": \"^web-\"}}', 1000); RESET ROLE;"
 
+wait_for "web-checkout has been idle in transaction for a second (what the policy asks)" \
+    "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'web-checkout'
+        AND state = 'idle in transaction' AND state_change < now() - interval '1 second'"
 show "A policy, owned by ops (pg_signal_backend, pg_read_all_stats), run the way pg_cron would run it" \
     "INSERT INTO reaper.policies (name, filter, action, timeout_ms, owner, note)
      VALUES ('idle-tx', '{\"state\": \"idle in transaction\", \"min_state_age\": \"1 second\"}', 'terminate', 5000, 'ops',

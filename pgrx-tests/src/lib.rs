@@ -147,7 +147,7 @@ pub fn as_postgres_from(
 /// A free port for a new cluster, taken below the kernel's ephemeral range (32768 and up on
 /// Linux): a port the kernel hands out could become some connection's source port between this
 /// check and the postmaster's bind.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     const FIRST: u32 = 20_000;
     const PORTS: u32 = 12_000;
     static NEXT: AtomicUsize = AtomicUsize::new(0);

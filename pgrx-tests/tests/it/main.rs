@@ -7,6 +7,7 @@ mod audit_trail;
 mod bad_input_catalogue;
 mod cancel_then_terminate;
 mod cron_schedule;
+mod demo;
 mod faults;
 mod filter_budget;
 mod filter_keys;
