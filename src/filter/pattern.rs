@@ -135,6 +135,7 @@ fn cost_of(regex: &meta::Regex, cache: usize) -> usize {
     2 * regex.memory_usage() + cache
 }
 
+#[allow(clippy::result_large_err)] // built a few times per filter; the error is read at once
 fn build(
     pattern: &str,
     size_limit: usize,

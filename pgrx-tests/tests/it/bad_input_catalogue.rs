@@ -852,7 +852,7 @@ fn worst_cases() -> Vec<(&'static str, serde_json::Value, Option<&'static str>)>
         let fan_out = if depth == 1 { 2 } else { 3 };
         let branches: Vec<serde_json::Value> =
             (0..fan_out).map(|_| tree(depth - 1, leaf, n)).collect();
-        if depth % 2 == 0 {
+        if depth.is_multiple_of(2) {
             json!({"any": branches})
         } else {
             json!({"any": branches, "exclude": {"pid": 1}})
