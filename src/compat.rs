@@ -239,63 +239,52 @@ impl ProcArrayPin {
         unsafe { addr_of!((*proc).roleId).read_volatile() }
     }
 
-    /// A copy of what `proc`'s entry of the live backend status array says now: its identity,
-    /// and the activity a filter may have matched on, with the entry's change count. Read with
-    /// the status array's change-count protocol, spinning at most a few dozen microseconds
-    /// (PostgreSQL's writers hold the odd count for a few instructions; a writer stopped
-    /// half-way must not keep us here).
-    pub fn live_state(&self, proc: *mut pg_sys::PGPROC) -> LiveState {
+    /// Copies into `into` what `proc`'s entry of the live backend status array says now: its
+    /// identity, and the activity a filter may match on, with the entry's change count (the
+    /// query text only if `into` was made to hold it). Read with the status array's change-count
+    /// protocol, spinning at most a few dozen microseconds (PostgreSQL's writers hold the odd
+    /// count for a few instructions; a writer stopped half-way must not keep us here). Nothing
+    /// is allocated here: `into`'s buffers were sized before the pin.
+    pub fn live_state(&self, proc: *mut pg_sys::PGPROC, into: &mut LiveActivity) -> LiveState {
         const MAX_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
         let Some(entry) = live_status_entry(proc) else {
             return LiveState::Starting;
         };
         let started = std::time::Instant::now();
-        // SAFETY: a setting of this process, read once.
-        let query_size =
-            usize::try_from(unsafe { pg_sys::pgstat_track_activity_query_size }).unwrap_or(0);
-        let mut query = Vec::new();
-        let mut application_name = Vec::new();
+        let query_room = into.query_room;
         loop {
             // The read protocol is pgstat_begin_read_activity / pgstat_end_read_activity's.
-            // SAFETY: `entry` and its two string buffers (at most track_activity_query_size and
-            // NAMEDATALEN bytes) are slots of shared-memory arrays that never move; every field
-            // is read volatile between two reads of the change count and used only if it was
-            // even and unchanged.
+            // SAFETY: `entry` and its two string buffers (at least track_activity_query_size
+            // and NAMEDATALEN bytes, of which no more than `into` has room for is read) are
+            // slots of shared-memory arrays that never move; every field is read volatile
+            // between two reads of the change count and used only if it was even and unchanged.
             unsafe {
                 let before = addr_of!((*entry).st_changecount).read_volatile();
                 fence(Ordering::Acquire);
-                let pid = addr_of!((*entry).st_procpid).read_volatile();
-                let backend_start = addr_of!((*entry).st_proc_start_timestamp).read_volatile();
-                let state = addr_of!((*entry).st_state).read_volatile();
-                let xact_start = addr_of!((*entry).st_xact_start_timestamp).read_volatile();
-                let query_start = addr_of!((*entry).st_activity_start_timestamp).read_volatile();
-                let state_change = addr_of!((*entry).st_state_start_timestamp).read_volatile();
+                into.entry = entry;
+                into.pid = addr_of!((*entry).st_procpid).read_volatile();
+                into.backend_start = addr_of!((*entry).st_proc_start_timestamp).read_volatile();
+                into.state = addr_of!((*entry).st_state).read_volatile();
+                into.xact_start = addr_of!((*entry).st_xact_start_timestamp).read_volatile();
+                into.query_start = addr_of!((*entry).st_activity_start_timestamp).read_volatile();
+                into.state_change = addr_of!((*entry).st_state_start_timestamp).read_volatile();
                 copy_c_string(
                     addr_of!((*entry).st_activity_raw).read_volatile(),
-                    query_size,
-                    &mut query,
+                    query_room,
+                    &mut into.query,
                 );
                 copy_c_string(
                     addr_of!((*entry).st_appname).read_volatile(),
-                    pg_sys::NAMEDATALEN as usize,
-                    &mut application_name,
+                    NAME_ROOM,
+                    &mut into.application_name,
                 );
                 fence(Ordering::Acquire);
                 let after = addr_of!((*entry).st_changecount).read_volatile();
                 if before == after && before % 2 == 0 {
-                    return LiveState::Known(LiveActivity {
-                        pid,
-                        backend_start,
-                        state,
-                        xact_start,
-                        query_start,
-                        state_change,
-                        query: std::mem::take(&mut query),
-                        application_name: std::mem::take(&mut application_name),
-                        changecount: before,
-                        wait_event_info: addr_of!((*proc).wait_event_info).read_volatile(),
-                        role: self.role_of(proc),
-                    });
+                    into.changecount = before;
+                    into.wait_event_info = addr_of!((*proc).wait_event_info).read_volatile();
+                    into.role = self.role_of(proc);
+                    return LiveState::Known;
                 }
             }
             if started.elapsed() > MAX_SPIN {
@@ -305,49 +294,81 @@ impl ProcArrayPin {
         }
     }
 
-    /// Whether `proc`'s live entry, wait event and role are still what `seen` copied: its
-    /// change count has not moved (every write to the entry moves it, an exit too), and the
-    /// wait event, which lives in PGPROC outside that count, is the same.
+    /// Whether `proc`'s live entry, wait event and role are still what `seen` copied: the same
+    /// status slot, still naming the same process, whose change count has not moved (every
+    /// write to the entry moves it, an exit too), and the same wait event, which lives in
+    /// PGPROC outside that count.
     pub fn unchanged_since(&self, proc: *mut pg_sys::PGPROC, seen: &LiveActivity) -> bool {
         let Some(entry) = live_status_entry(proc) else {
             return false;
         };
-        // SAFETY: as in `live_state`: one volatile load of the change count of a status-array
-        // slot, and two of `proc`'s own fields; `proc` is in the proc array and pinned there.
+        if entry != seen.entry {
+            return false;
+        }
+        // SAFETY: as in `live_state`: volatile loads of a status-array slot's fields, and of
+        // two of `proc`'s own; `proc` is in the proc array and pinned there. The count is read
+        // first and last: the identity read between is that of an unchanged entry.
         unsafe {
+            let count = addr_of!((*entry).st_changecount).read_volatile();
             fence(Ordering::Acquire);
-            addr_of!((*entry).st_changecount).read_volatile() == seen.changecount
+            let same_process = addr_of!((*entry).st_procpid).read_volatile() == seen.pid
+                && addr_of!((*entry).st_proc_start_timestamp).read_volatile() == seen.backend_start;
+            fence(Ordering::Acquire);
+            count == seen.changecount
+                && addr_of!((*entry).st_changecount).read_volatile() == count
+                && same_process
                 && addr_of!((*proc).wait_event_info).read_volatile() == seen.wait_event_info
                 && self.role_of(proc) == seen.role
         }
     }
 }
 
-/// Appends the NUL-terminated string at `ptr` (at most `max` bytes) to `out`, cleared first.
+/// Copies the NUL-terminated string at `ptr` (at most `max` bytes) into `out`, cleared first,
+/// eight bytes at a time where aligned. `out` holds at least `max` bytes: nothing is allocated.
 ///
 /// # Safety
 /// `ptr` is NULL or points to at least `max` readable bytes that may be written concurrently
-/// (each byte is read volatile; the caller validates the whole with a change count).
+/// (each is read volatile; the caller validates the whole with a change count).
 // SAFETY: an unsafe fn because of that contract; `live_state` passes the status buffers.
 unsafe fn copy_c_string(ptr: *const std::ffi::c_char, max: usize, out: &mut Vec<u8>) {
     out.clear();
+    debug_assert!(out.capacity() >= max);
     if ptr.is_null() {
         return;
     }
-    for i in 0..max {
-        // SAFETY: within the `max` bytes the caller promises.
-        let byte = unsafe { ptr.add(i).cast::<u8>().read_volatile() };
-        if byte == 0 {
-            break;
+    let bytes = ptr.cast::<u8>();
+    let mut i = 0;
+    while i < max {
+        // SAFETY: within the `max` bytes the caller promises; the word read is aligned.
+        let word = unsafe { bytes.add(i) };
+        if word.align_offset(8) == 0 && i + 8 <= max {
+            // SAFETY: as above.
+            let chunk = unsafe { word.cast::<u64>().read_volatile() }.to_ne_bytes();
+            match chunk.iter().position(|&b| b == 0) {
+                Some(end) => return out.extend_from_slice(&chunk[..end]),
+                None => out.extend_from_slice(&chunk),
+            }
+            i += 8;
+        } else {
+            // SAFETY: as above.
+            let byte = unsafe { word.read_volatile() };
+            if byte == 0 {
+                return;
+            }
+            out.push(byte);
+            i += 1;
         }
-        out.push(byte);
     }
 }
 
+/// The application_name buffer of a status entry (NAMEDATALEN in every supported major).
+const NAME_ROOM: usize = pg_sys::NAMEDATALEN as usize;
+
 /// A live status entry's answer to "who are you, and what are you doing?".
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveState {
-    Known(LiveActivity),
+    /// Copied.
+    Known,
     /// The process has no entry yet: it is still starting.
     Starting,
     /// The entry was being rewritten for as long as we were willing to spin.
@@ -358,6 +379,8 @@ pub enum LiveState {
 /// it and that a filter may match on, the entry's change count, its wait event and its role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveActivity {
+    /// The status slot copied.
+    entry: *const pg_sys::PgBackendStatus,
     /// 0 once the process is on its way out.
     pub pid: i32,
     pub backend_start: i64,
@@ -365,13 +388,40 @@ pub struct LiveActivity {
     pub xact_start: i64,
     pub query_start: i64,
     pub state_change: i64,
-    /// The query text as stored (not yet clipped to a character boundary).
+    /// The query text as stored (not yet clipped to a character boundary), if asked for.
     pub query: Vec<u8>,
+    /// How much of the query text is copied: track_activity_query_size, or 0.
+    query_room: usize,
     pub application_name: Vec<u8>,
     /// The entry's change count when it was copied (even).
     pub changecount: std::ffi::c_int,
     pub wait_event_info: u32,
     pub role: pg_sys::Oid,
+}
+
+impl LiveActivity {
+    /// Room for a copy, allocated before any pin: the query text only if `with_query` (a
+    /// filter that does not read it need not have it copied under the lock).
+    pub fn with_room(with_query: bool) -> LiveActivity {
+        // SAFETY: a setting of this process, read once.
+        let query_size =
+            usize::try_from(unsafe { pg_sys::pgstat_track_activity_query_size }).unwrap_or(0);
+        LiveActivity {
+            entry: std::ptr::null(),
+            pid: 0,
+            backend_start: 0,
+            state: pg_sys::BackendState::STATE_UNDEFINED,
+            xact_start: 0,
+            query_start: 0,
+            state_change: 0,
+            query: Vec::with_capacity(if with_query { query_size } else { 0 }),
+            query_room: if with_query { query_size } else { 0 },
+            application_name: Vec::with_capacity(NAME_ROOM),
+            changecount: 0,
+            wait_event_info: 0,
+            role: pg_sys::InvalidOid,
+        }
+    }
 }
 
 impl Drop for ProcArrayPin {

@@ -22,6 +22,11 @@ mod worker;
 
 pgrx::pg_module_magic!();
 
+pgrx::extension_sql_file!(
+    "../sql/library_guard.sql",
+    name = "library_guard",
+    bootstrap
+);
 pgrx::extension_sql_file!("../sql/log.sql", name = "log");
 pgrx::extension_sql_file!(
     "../sql/policies.sql",

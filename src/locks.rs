@@ -13,9 +13,11 @@ use crate::filter::{ChainNeeds, LockChains, Session, Waiter};
 /// Who blocks whom, and since when each waiter waits: the chains worked out by the filter's
 /// own (pure) code, which `reaper.test_filter` shares. (Shared, not copied, when an escalation's
 /// grace period reuses a recent look.)
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct LockGraph {
     chains: Rc<LockChains>,
+    /// When the lock manager was looked at.
+    pub read_at: std::time::Instant,
 }
 
 impl LockGraph {
@@ -24,8 +26,12 @@ impl LockGraph {
     /// other. No waiter, no question: a snapshot where nobody waits costs one pass over the
     /// PGPROCs and never touches the lock manager.
     pub fn read(procs: &ProcsByPid, needs: ChainNeeds) -> LockGraph {
+        let read_at = std::time::Instant::now();
         if !procs.any_lock_waiter() {
-            return LockGraph::default();
+            return LockGraph {
+                chains: Rc::default(),
+                read_at,
+            };
         }
         let mut waiters = Vec::new();
         {
@@ -55,6 +61,7 @@ impl LockGraph {
         };
         LockGraph {
             chains: Rc::new(LockChains::new(waiters, needs, &mut check)),
+            read_at,
         }
     }
 

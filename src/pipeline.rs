@@ -236,7 +236,10 @@ impl LiveLocks {
     fn new(filter: &Filter, recheck: Option<LockGraph>) -> LiveLocks {
         LiveLocks {
             needs: filter.chain_needs(),
-            look: RefCell::new(recheck.map(|g| (g, Instant::now()))),
+            look: RefCell::new(recheck.map(|g| {
+                let at = g.read_at;
+                (g, at)
+            })),
         }
     }
 
@@ -249,7 +252,8 @@ impl LiveLocks {
             .is_none_or(|(_, at)| at.elapsed() > LOCK_FACTS_MAX_AGE)
         {
             let graph = LockGraph::read(&ProcsByPid::read(), needs);
-            // Its age counts from the end of the look: a slow look still serves a batch.
+            // Its age counts from the end of the look (its chains worked out): a slow look
+            // still serves a batch.
             *look = Some((graph, Instant::now()));
         }
         if let Some((graph, _)) = look.as_ref() {
@@ -286,7 +290,8 @@ fn deliver(
         filter.verdict(&s, &now)
     };
     let vanished = |lost: Lost| Some(format!("{} before it was signalled", lost.describe()));
-    let (outcome, detail) = match signal::send(&target, signal, first, &judge) {
+    let (outcome, detail) =
+        match signal::send(&target, signal, first, filter.reads_query(), &judge) {
         Delivery::Delivered if signal == Signal::Cancel => (Outcome::Cancelled, None),
         Delivery::Delivered => (Outcome::Signalled, None),
         Delivery::Exited => (Outcome::Vanished, vanished(Lost::Exited)),
@@ -365,17 +370,17 @@ fn cancel_then_terminate(
     }
     let started = Instant::now();
     // The lock graph is looked at afresh at most every LOCK_REFRESH meanwhile.
-    let mut graph: Option<(LockGraph, Instant)> = None;
+    let mut graph: Option<LockGraph> = None;
     let still_matching = loop {
         let lock_info = match (&graph, filter.chain_needs()) {
             (_, None) => LockInfo::Skip,
-            (Some((g, at)), Some(_)) if at.elapsed() < LOCK_REFRESH => LockInfo::Reuse(g),
+            (Some(g), Some(_)) if g.read_at.elapsed() < LOCK_REFRESH => LockInfo::Reuse(g),
             (_, Some(needs)) => LockInfo::Read(needs),
         };
         let reread = matches!(lock_info, LockInfo::Read(_));
         let fresh = Snapshot::take(lock_info);
         if reread {
-            graph = fresh.locks.clone().map(|g| (g, Instant::now()));
+            graph = fresh.locks.clone();
         }
         let ctx = rules.context(&fresh);
         let index = index(&fresh);

@@ -97,6 +97,7 @@ pub fn send(
     target: &Target,
     signal: Signal,
     first: bool,
+    reads_query: bool,
     judge: &dyn Fn(Session) -> Verdict,
 ) -> Delivery {
     // A status entry stays odd (being written) for a few instructions; a writer stopped in the
@@ -106,12 +107,14 @@ pub fn send(
     const CHANGED_TRIES: u32 = 20;
     let (mut busy, mut changed) = (0, 0);
     let mut warmed = None;
+    // Room for the copies, made before any pin; the query text only where it is judged.
+    let mut live = LiveActivity::with_room(!target.hidden && reads_query);
     loop {
         let seen = {
             let pin = ProcArrayPin::acquire();
-            look(&pin, target)
+            look(&pin, target, &mut live)
         };
-        let (proc, live) = match seen {
+        let proc = match seen {
             Look::Done(delivery) => return delivery,
             Look::Busy if busy < BUSY_TRIES => {
                 busy += 1;
@@ -123,16 +126,20 @@ pub fn send(
                     "its status entry was being rewritten for 100 ms; not signalled".into(),
                 )
             }
-            Look::Live(proc, live) => (proc, live),
+            Look::Live(proc) => proc,
         };
-        if !target.hidden {
-            let mut now = target.session.clone();
-            update_activity(&mut now, &live);
-            match judge(now) {
-                Verdict::Yes => {}
-                Verdict::No => return Delivery::StoppedMatching,
-                Verdict::Protected => return Delivery::Protected,
-            }
+        // A session the caller may not see is judged on what the caller sees of it: its
+        // application_name, besides its identity (and its lock facts).
+        let mut now = target.session.clone();
+        if target.hidden {
+            now.application_name = Some(String::from_utf8_lossy(&live.application_name).into());
+        } else {
+            update_activity(&mut now, &live, reads_query);
+        }
+        match judge(now) {
+            Verdict::Yes => {}
+            Verdict::No => return Delivery::StoppedMatching,
+            Verdict::Protected => return Delivery::Protected,
         }
         // The role checks under the pin must hit the caches for the victim's live role.
         if warmed != Some(live.role) {
@@ -164,13 +171,13 @@ enum Look {
     Done(Delivery),
     /// Its status entry was being rewritten: let go of the pin, look again shortly.
     Busy,
-    /// The process, and a copy of what it shows now (its identity already checked).
-    Live(*mut pg_sys::PGPROC, LiveActivity),
+    /// The process, whose live values were copied (its identity already checked).
+    Live(*mut pg_sys::PGPROC),
 }
 
-/// Under the pin: find the process, copy its live values, check its identity. Only copies and
-/// comparisons of fixed size.
-fn look(pin: &ProcArrayPin, target: &Target) -> Look {
+/// Under the pin: find the process, copy its live values into `live`, check its identity. Only
+/// copies into room made before, and comparisons.
+fn look(pin: &ProcArrayPin, target: &Target, live: &mut LiveActivity) -> Look {
     let Some(proc) = pin.backend(target.pid) else {
         // SAFETY: AuxiliaryPidGetProc only compares pids in the auxiliary PGPROC array.
         let auxiliary = !unsafe { pg_sys::AuxiliaryPidGetProc(target.pid) }.is_null();
@@ -180,11 +187,11 @@ fn look(pin: &ProcArrayPin, target: &Target) -> Look {
             Delivery::Exited
         });
     };
-    let live = match pin.live_state(proc) {
-        LiveState::Known(live) => live,
+    match pin.live_state(proc, live) {
+        LiveState::Known => {}
         LiveState::Starting => return Look::Done(Delivery::PidReused),
         LiveState::Busy => return Look::Busy,
-    };
+    }
     // A backend on its way out clears its status entry before it leaves the proc array.
     if live.pid == 0 {
         return Look::Done(Delivery::Exited);
@@ -192,7 +199,7 @@ fn look(pin: &ProcArrayPin, target: &Target) -> Look {
     if live.pid != target.pid || Some(live.backend_start) != target.started_at {
         return Look::Done(Delivery::PidReused);
     }
-    Look::Live(proc, live)
+    Look::Live(proc)
 }
 
 /// Pin the victim again and signal it if it still is the process `seen` copied and nothing it
@@ -240,14 +247,16 @@ fn signal_if_unchanged(
 }
 
 /// The session's activity columns and application_name, from a copy of its live status entry
-/// and wait event.
-fn update_activity(s: &mut Session, live: &LiveActivity) {
+/// and wait event (the query text if it was copied).
+fn update_activity(s: &mut Session, live: &LiveActivity, with_query: bool) {
     let ts = |t: i64| (t != 0).then_some(t);
     s.state = compat::state_name(live.state).map(str::to_string);
     s.xact_start = ts(live.xact_start);
     s.query_start = ts(live.query_start);
     s.state_change = ts(live.state_change);
-    s.query = compat::clip_activity(&live.query);
+    if with_query {
+        s.query = compat::clip_activity(&live.query);
+    }
     s.application_name = Some(String::from_utf8_lossy(&live.application_name).into_owned());
     (s.wait_event_type, s.wait_event) = compat::wait_event_names(live.wait_event_info);
 }

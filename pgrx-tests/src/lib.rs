@@ -741,7 +741,33 @@ pub fn call_in_window(
 /// `call_in_window` from the given caller's connection, returning the call's result.
 pub fn call_in_window_as(
     cluster: &Cluster,
+    caller: Client,
+    window: Window,
+    sql: &'static str,
+    filter: &str,
+    during: impl FnOnce(&mut Client),
+) -> Result<Vec<Row>, postgres::Error> {
+    call_in_window_with(cluster, caller, None, window, sql, filter, during)
+}
+
+/// `call_in_window` as `role` (a superuser's session sets the pause, which only a superuser
+/// may, then becomes `role` with SET ROLE), returning the call's result.
+pub fn call_in_window_as_role(
+    cluster: &Cluster,
+    role: &str,
+    window: Window,
+    sql: &'static str,
+    filter: &str,
+    during: impl FnOnce(&mut Client),
+) -> Result<Vec<Row>, postgres::Error> {
+    let caller = cluster.superuser();
+    call_in_window_with(cluster, caller, Some(role), window, sql, filter, during)
+}
+
+fn call_in_window_with(
+    cluster: &Cluster,
     mut caller: Client,
+    role: Option<&str>,
     window: Window,
     sql: &'static str,
     filter: &str,
@@ -758,6 +784,9 @@ pub fn call_in_window_as(
     caller
         .batch_execute(&format!("SET {setting} = {WINDOW_MS}"))
         .unwrap();
+    if let Some(role) = role {
+        caller.batch_execute(&format!("SET ROLE {role}")).unwrap();
+    }
     let handle = std::thread::spawn(move || call(&mut caller, sql, &filter));
     let waiting = "a.wait_event_type = 'Extension' AND a.wait_event = 'Extension'";
     wait_until_with(&mut observer, caller_pid, waiting);

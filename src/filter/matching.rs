@@ -58,7 +58,8 @@ impl Filter {
         if s.pid == ctx.self_pid || (s.superuser && !self.include_superusers) {
             return Verdict::No;
         }
-        let Some(naming) = self.criteria.eval(s, ctx.now) else {
+        let mut memo = Memo::default();
+        let Some(naming) = self.criteria.eval(s, ctx, &mut memo) else {
             return Verdict::No;
         };
         let by_type = match s.backend_type.as_deref() {
@@ -168,6 +169,11 @@ impl Filter {
     pub fn needs_now(&self) -> bool {
         self.criteria.uses_ages()
     }
+
+    /// Whether matching reads the query text (which the final check then copies).
+    pub fn reads_query(&self) -> bool {
+        self.criteria.uses_text(TextField::Query)
+    }
 }
 
 impl Order {
@@ -214,6 +220,12 @@ impl Criteria {
         needs
     }
 
+    fn uses_text(&self, field: TextField) -> bool {
+        self.text.iter().any(|(f, _)| *f == field)
+            || self.any.iter().flatten().any(|c| c.uses_text(field))
+            || self.exclude.as_deref().is_some_and(|c| c.uses_text(field))
+    }
+
     fn uses_ages(&self) -> bool {
         !self.min_age.is_empty()
             || self.any.iter().flatten().any(Criteria::uses_ages)
@@ -221,10 +233,11 @@ impl Criteria {
     }
 
     /// `None` when the node does not match; otherwise how the match named the backend type.
-    fn eval(&self, s: &Session, now: i64) -> Option<TypeNaming> {
+    fn eval(&self, s: &Session, ctx: &MatchContext, memo: &mut Memo) -> Option<TypeNaming> {
+        let now = ctx.now;
         let mut naming = TypeNaming::None;
         for (field, m) in &self.text {
-            if !m.matches(field.value(s)) {
+            if !m.matches(*field, field.value(s), ctx, memo) {
                 return None;
             }
             if *field == TextField::BackendType {
@@ -269,10 +282,10 @@ impl Criteria {
             return None;
         }
         if let Some(branches) = &self.any {
-            naming = naming.max(branches.iter().filter_map(|b| b.eval(s, now)).max()?);
+            naming = naming.max(branches.iter().filter_map(|b| b.eval(s, ctx, memo)).max()?);
         }
         if let Some(exclude) = &self.exclude {
-            if exclude.eval(s, now).is_some() {
+            if exclude.eval(s, ctx, memo).is_some() {
                 return None;
             }
         }
@@ -280,14 +293,38 @@ impl Criteria {
     }
 }
 
+/// The regexes already evaluated for one session: one pattern on one column is evaluated once,
+/// however often the filter names it (copies of a pattern share their compiled regex, and cost
+/// the budget nothing, so their number must cost the matching nothing either).
+#[derive(Default)]
+struct Memo(Vec<(usize, TextField, bool)>);
+
 impl TextMatch {
-    /// A NULL column never matches.
-    fn matches(&self, value: Option<&str>) -> bool {
+    /// A NULL column never matches. Each regex evaluation is a cancel point: a filter's regexes
+    /// are bounded in number and each is linear in the text, but the text may be long.
+    fn matches(
+        &self,
+        field: TextField,
+        value: Option<&str>,
+        ctx: &MatchContext,
+        memo: &mut Memo,
+    ) -> bool {
         let Some(v) = value else { return false };
         match self {
             TextMatch::Exact(s) => s == v,
             TextMatch::OneOf(list) => list.iter().any(|s| s == v),
-            TextMatch::Regex(r) => r.is_match(v),
+            TextMatch::Regex(r) => {
+                let id = r.id();
+                if let Some(&(_, _, known)) =
+                    memo.0.iter().find(|(i, f, _)| *i == id && *f == field)
+                {
+                    return known;
+                }
+                (ctx.interrupt)();
+                let found = r.is_match(v);
+                memo.0.push((id, field, found));
+                found
+            }
         }
     }
 }

@@ -3,13 +3,15 @@
 //! regexes together, counted with the caches they may grow while matching, stay within
 //! [`REGEX_BUDGET_BYTES`]: the number of regexes is the caller's to choose, so their total is
 //! what must be bounded. The same pattern twice in one filter is compiled once and shares its
-//! cache.
+//! cache (and the matcher evaluates it once per session and column).
 //!
-//! What one regex is counted as: its compiled automata (forward and reverse, what
-//! `memory_usage` reports), as much again for the search state that grows with them (the
-//! PikeVM's, at most about their size), and the full capacity of its lazy-DFA cache, which a
-//! regex whose DFA has many states fills while it matches. The engines whose memory is not
-//! counted this way (the bounded backtracker, the one-pass DFA) are turned off.
+//! What one regex is counted as: twice its compiled automata (forward and reverse, what
+//! `memory_usage` reports, and the PikeVM's search state, which is sized by them), and four
+//! times the capacity of its lazy-DFA cache: a regex whose DFA has many states fills it while it
+//! matches, in both directions for some search strategies, and the cache's vectors may hold up
+//! to twice what it counts against its capacity. The capacity is sized to the automata (four
+//! times them, between 32 KiB and 1 MiB), so that the lazy DFA fits. The engines whose memory
+//! is not counted this way (the bounded backtracker, the one-pass DFA, the full DFA) are off.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,11 +26,13 @@ use super::error::FilterError;
 pub const MAX_REGEX_BYTES: usize = 1 << 20;
 /// What all the regexes of one filter may take together, counted as above.
 pub const REGEX_BUDGET_BYTES: usize = 16 << 20;
-/// The lazy-DFA cache of an ordinary regex.
-const SMALL_CACHE_BYTES: usize = 128 << 10;
-/// The cache of a regex whose automata outgrow a small cache (its lazy DFA would not fit in
-/// one, and matching would fall back to the slower PikeVM), when the budget leaves room.
-const LARGE_CACHE_BYTES: usize = 1 << 20;
+/// The lazy-DFA cache of a regex with small automata, and the least any regex gets.
+const MIN_CACHE_BYTES: usize = 32 << 10;
+/// The largest lazy-DFA cache.
+const MAX_CACHE_BYTES: usize = 1 << 20;
+/// Automata up to this size keep the smallest cache; larger ones are compiled again with a
+/// cache four times their size (what their lazy DFA needs to fit), when the budget allows.
+const SMALL_AUTOMATA_BYTES: usize = 8 << 10;
 /// How deep a pattern may nest groups and repetitions.
 const NEST_LIMIT: u32 = 64;
 
@@ -48,6 +52,11 @@ impl Pattern {
     /// Whether the regex finds a match anywhere in `haystack`.
     pub fn is_match(&self, haystack: &str) -> bool {
         self.regex.is_match(haystack)
+    }
+
+    /// The same for every occurrence of one pattern in a filter (they share the compiled regex).
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.regex) as usize
     }
 }
 
@@ -86,13 +95,13 @@ impl<'c> Compiler<'c> {
             budget: REGEX_BUDGET_BYTES,
         };
         // Automata larger than what is left could not be kept: stop compiling there.
-        let limit = MAX_REGEX_BYTES.min(left.saturating_sub(SMALL_CACHE_BYTES) / 2);
+        let limit = MAX_REGEX_BYTES.min(left.saturating_sub(CACHE_FACTOR * MIN_CACHE_BYTES) / 2);
         let invalid = |reason: String| FilterError::InvalidRegex {
             key: key.to_string(),
             pattern: pattern.to_string(),
             reason,
         };
-        let mut regex = match build(pattern, limit, SMALL_CACHE_BYTES) {
+        let mut regex = match build(pattern, limit, MIN_CACHE_BYTES) {
             Ok(r) => r,
             Err(e) => match e.size_limit() {
                 Some(_) if limit < MAX_REGEX_BYTES => return Err(over_budget()),
@@ -104,18 +113,21 @@ impl<'c> Compiler<'c> {
                 None => return Err(invalid(reason(&e))),
             },
         };
-        let mut cost = cost_of(&regex, SMALL_CACHE_BYTES);
+        let mut cost = cost_of(&regex, MIN_CACHE_BYTES);
         if cost > left {
             return Err(over_budget());
         }
-        // The same automata again, with a cache its lazy DFA fits in, if the budget allows.
-        if regex.memory_usage() > SMALL_CACHE_BYTES
-            && cost - SMALL_CACHE_BYTES + LARGE_CACHE_BYTES <= left
-        {
-            (self.check)();
-            if let Ok(r) = build(pattern, MAX_REGEX_BYTES, LARGE_CACHE_BYTES) {
-                if let Some(c) = Some(cost_of(&r, LARGE_CACHE_BYTES)).filter(|c| *c <= left) {
-                    (regex, cost) = (r, c);
+        // Larger automata again, with a cache their lazy DFA fits in, if the budget allows
+        // (else they keep the small one, and match with the slower PikeVM when it does not fit).
+        let automata = regex.memory_usage();
+        if automata > SMALL_AUTOMATA_BYTES {
+            let cache = (4 * automata).clamp(MIN_CACHE_BYTES, MAX_CACHE_BYTES);
+            if 2 * automata + CACHE_FACTOR * cache <= left {
+                (self.check)();
+                if let Ok(r) = build(pattern, MAX_REGEX_BYTES, cache) {
+                    if let Some(c) = Some(cost_of(&r, cache)).filter(|c| *c <= left) {
+                        (regex, cost) = (r, c);
+                    }
                 }
             }
         }
@@ -129,10 +141,13 @@ impl<'c> Compiler<'c> {
     }
 }
 
-/// What a compiled regex counts for: its automata, as much again for the search state sized
-/// by them, and its lazy-DFA cache's full capacity.
+/// How many times its capacity a lazy-DFA cache is counted (both directions, vectors grown
+/// up to twice what they hold).
+const CACHE_FACTOR: usize = 4;
+
+/// What a compiled regex counts for: twice its automata and four times its cache's capacity.
 fn cost_of(regex: &meta::Regex, cache: usize) -> usize {
-    2 * regex.memory_usage() + cache
+    2 * regex.memory_usage() + CACHE_FACTOR * cache
 }
 
 #[allow(clippy::result_large_err)] // built a few times per filter; the error is read at once

@@ -92,23 +92,33 @@ pub const MAX_SESSIONS_FIELDS: usize = MAX_SESSIONS * 64;
 /// The text of `sessions`, at most (4 KiB a row for MAX_SESSIONS rows).
 pub const MAX_SESSIONS_BYTES: usize = 64 * 1024 * 1024;
 
+/// One string of `sessions`, at most, as written in JSON: the longest query text
+/// pg_stat_activity can hold (track_activity_query_size's maximum) with room for its escapes.
+/// A filter's regexes are linear in the text they scan; this bounds the text.
+pub const MAX_SESSIONS_STRING_BYTES: usize = 2 * 1024 * 1024;
+
 /// Refuses a `sessions` text over the bounds above, before it is parsed. The counts are upper
 /// bounds, read without parsing, outside strings: values, one plus one after every comma and
 /// every opening bracket; objects, every `{`; arrays, every `[`; fields, every `:`.
 pub fn check_size(text: &str) -> Result<(), ReplayError> {
     let (mut values, mut objects, mut arrays, mut fields) = (1usize, 0usize, 0usize, 0usize);
     let (mut in_string, mut escaped) = (false, false);
+    let (mut string_bytes, mut longest) = (0usize, 0usize);
     for &b in text.as_bytes() {
         if in_string {
+            string_bytes += 1;
             match b {
                 _ if escaped => escaped = false,
                 b'\\' => escaped = true,
-                b'"' => in_string = false,
+                b'"' => {
+                    in_string = false;
+                    longest = longest.max(string_bytes);
+                }
                 _ => {}
             }
         } else {
             match b {
-                b'"' => in_string = true,
+                b'"' => (in_string, string_bytes) = (true, 0),
                 b',' => values += 1,
                 b'[' => (values, arrays) = (values + 1, arrays + 1),
                 b'{' => (values, objects) = (values + 1, objects + 1),
@@ -122,6 +132,11 @@ pub fn check_size(text: &str) -> Result<(), ReplayError> {
         ("objects", objects, MAX_SESSIONS_OBJECTS),
         ("arrays", arrays, MAX_SESSIONS_ARRAYS),
         ("object fields", fields, MAX_SESSIONS_FIELDS),
+        (
+            "bytes in one string",
+            longest.max(string_bytes),
+            MAX_SESSIONS_STRING_BYTES,
+        ),
     ] {
         if count > max {
             return Err(ReplayError::TooLarge { what, count, max });

@@ -115,7 +115,8 @@ pub extern "C-unwind" fn pg_reaper_worker_main(_arg: pg_sys::Datum) {
     }
     STATUS.exclusive().connecting = false;
     set_application_name();
-    if let Err(e) = in_transaction("pinning the settings", pin_settings) {
+    // Every transaction pins the settings first; this first one also says what they are.
+    if let Err(e) = in_transaction("pinning the settings", test_hooks::log_settings) {
         // Nothing runs with settings the worker did not choose: exit, and let the postmaster
         // start it again.
         log!("pg_reaper worker: could not pin its settings ({e}); restarting");
@@ -266,44 +267,44 @@ fn sleep(duration: Duration) {
 
 /// Pins the settings that could change what a run does or how long it may take, whatever
 /// postgresql.conf, `ALTER DATABASE` or `ALTER ROLE` say (the worker connects as the bootstrap
-/// superuser, and InitPostgres applies the database's and that role's defaults to it). Set at
-/// the highest source, so a reload cannot undo them either. The README lists them, with why.
+/// superuser, and InitPostgres applies the database's and that role's defaults to it). Set as
+/// the session's own settings, which those sources and a reload cannot override, and again at
+/// the start of every transaction, so that nothing a run calls (a trigger on reaper.log that
+/// runs SET) changes the next one; a function's own SET clause still applies inside it, as in
+/// any session. The README lists them, with why.
 fn pin_settings() {
-    // The identity first: `session_authorization` back to the role the worker connected as
-    // (the bootstrap superuser), then `role` to none, so that every setting after, and every
-    // run, is that superuser's.
-    let me = std::ffi::CString::new(crate::role::name(pg_sys::Oid::from(
-        pg_sys::BOOTSTRAP_SUPERUSERID,
-    )))
-    .unwrap_or_default();
-    let identity = [
-        (c"session_authorization", me.as_c_str()),
-        (c"role", c"none"),
-    ];
-    for (name, value) in identity.into_iter().chain(PINNED_SETTINGS.iter().copied()) {
-        // SAFETY: sets a setting for this process, at the highest source, in a transaction
-        // (the identity settings' checks read the catalogs).
-        unsafe {
-            pg_sys::SetConfigOption(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_SUSET,
-                pg_sys::GucSource::PGC_S_OVERRIDE,
-            );
-        }
+    thread_local! {
+        /// The bootstrap superuser's name, looked up once.
+        static ME: std::ffi::CString = std::ffi::CString::new(crate::role::name(
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+        ))
+        .unwrap_or_default();
     }
-    for (name, value) in crate::compat::worker_settings() {
-        // SAFETY: as above.
-        unsafe {
-            pg_sys::SetConfigOption(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_SUSET,
-                pg_sys::GucSource::PGC_S_OVERRIDE,
-            );
+    ME.with(|me| {
+        // The identity first: `session_authorization` back to the role the worker connected
+        // as, then `role` to none, so that every setting after, and every run, is that
+        // superuser's.
+        let identity = [
+            (c"session_authorization", me.as_c_str()),
+            (c"role", c"none"),
+        ];
+        let all = identity
+            .into_iter()
+            .chain(PINNED_SETTINGS.iter().copied())
+            .chain(crate::compat::worker_settings().iter().copied());
+        for (name, value) in all {
+            // SAFETY: sets a setting of this session, in a transaction (the identity
+            // settings' checks read the catalogs).
+            unsafe {
+                pg_sys::SetConfigOption(
+                    name.as_ptr(),
+                    value.as_ptr(),
+                    pg_sys::GucContext::PGC_SUSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                );
+            }
         }
-    }
-    test_hooks::log_settings();
+    });
 }
 
 /// The settings every major has, and the value the worker runs with (README: "Its settings are
@@ -366,6 +367,7 @@ fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
         }
+        pin_settings();
         let result = f();
         // SAFETY: as above.
         unsafe { pg_sys::CommitTransactionCommand() };

@@ -138,32 +138,50 @@ fn cancel_and_measure_the_pin(
     (rows, figures)
 }
 
+/// `len` bytes of "a" and "b" in no pattern: text on which the fixture's regexes fill their
+/// lazy-DFA caches without matching.
+fn a_and_b(len: usize, seed: u64) -> String {
+    let mut x = seed.max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x % 2 == 0 {
+                'a'
+            } else {
+                'b'
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn the_costliest_filter_is_matched_outside_proc_array_lock() {
-    // Seventy sessions with 1 kB queries: ten end in "az8", ten in "az9", fifty in "ay9", which
-    // no branch of the fixture matches, so every branch is tried on them. A trivial filter
-    // cancels the first ten; the fixture, scoped to these sessions, is previewed, then cancels
-    // the next ten. The pin is held only to copy and to check, whatever the filter.
+    // Seventy sessions with 1 kB queries of "a" and "b": ten begin with "w8", which a trivial
+    // filter cancels first; ten with "x7", which one branch of the fixture matches; fifty with
+    // nothing, which no branch matches, so every regex is tried on them, and thrashes. The
+    // fixture, scoped to these sessions, is previewed, then cancels its ten. The pin is held only
+    // to copy and to check, whatever the filter.
     let cluster = Cluster::start();
     cluster.create_role("app", "");
     let tag = tag("costliest");
-    let text = |ending: &str| {
-        let mut t = String::new();
-        // Within track_activity_query_size (1 kB), so that the ending is seen.
-        while t.len() < 940 {
-            t.push_str("data gamma beta area ");
-        }
-        format!("SELECT '{t}{ending}' AS q, pg_sleep(600)")
+    let text = |start: &str, seed: u64| {
+        // Within track_activity_query_size (1 kB).
+        format!(
+            "SELECT '{start} {}' AS q, pg_sleep(600)",
+            a_and_b(940, seed)
+        )
     };
     let mut groups: Vec<Vec<(Session, Pending)>> = vec![Vec::new(), Vec::new(), Vec::new()];
     for i in 0..70 {
         let s = cluster.session("app", &tag);
-        let (group, ending) = match i {
-            0..10 => (0, "az8"),
-            10..20 => (1, "az9"),
-            _ => (2, "ay9"),
+        let (group, start) = match i {
+            0..10 => (0, "w8"),
+            10..20 => (1, "x7"),
+            _ => (2, "ab"),
         };
-        let pending = s.start(&text(ending));
+        let pending = s.start(&text(start, i as u64 + 1));
         cluster.wait_until(s.pid, "a.wait_event = 'PgSleep'");
         groups[group].push((s, pending));
     }
@@ -171,7 +189,7 @@ fn the_costliest_filter_is_matched_outside_proc_array_lock() {
     let mut su = cluster.superuser();
     let pid = backend_pid(&mut su);
 
-    let trivial = format!(r#"{{"application_name": "{tag}", "query": {{"regex": "az8'"}}}}"#);
+    let trivial = format!(r#"{{"application_name": "{tag}", "query": {{"regex": "'w8 "}}}}"#);
     let (rows, trivial_pin) = cancel_and_measure_the_pin(&cluster, &mut su, &trivial);
     assert_eq!(pids(&rows), pids_of(&groups[0]));
     for (_, pending) in &groups[0] {
@@ -198,8 +216,10 @@ fn the_costliest_filter_is_matched_outside_proc_array_lock() {
     for (_, pending) in &groups[1] {
         assert_eq!(pending.wait(), Ended::Error("57014".into()));
     }
-    for (_, pending) in &groups[2] {
-        assert!(pending.still_running_after(std::time::Duration::from_millis(10)));
+    // The bystanders were not signalled: no LOG line names them (the lines are written before
+    // the call returns).
+    for (s, _) in &groups[2] {
+        assert!(cluster.reaper_lines(s.pid).is_empty());
     }
     // Two holds per victim at the least (the copy, then the check and the signal).
     assert!(
@@ -211,9 +231,10 @@ fn the_costliest_filter_is_matched_outside_proc_array_lock() {
         "34-costliest-filter",
         &format!(
             "## The costliest filter, and ProcArrayLock\n\n`filter_budget.rs`: the budget fixture (the most expensive filter the regex \
-             budget allows: {} bytes of JSON, 3 regexes with large automata and 48 that are slow to match) against 70 sessions with \
-             1 kB queries, 50 of which match no branch. Compiling it took {:.1} ms; a preview of the 70 sessions {:.1} ms; the backend's \
-             peak memory rose {:.1} MB over compiling, previewing and cancelling.\n\n\
+             budget allows: {} bytes of JSON, 118 different regexes whose lazy DFAs fill their caches on text of \"a\" and \"b\" they \
+             do not match) against 70 sessions with 1 kB queries of \"a\" and \"b\", 50 of which match no branch. Compiling it took \
+             {:.1} ms; a preview of the 70 sessions {:.1} ms; the backend's peak memory rose {:.1} MB over compiling, previewing and \
+             cancelling.\n\n\
              ProcArrayLock while cancelling 10 sessions: with a one-regex filter, {} holds, at most {} µs, {} µs on average; with the \
              fixture, {} holds, at most {} µs, {} µs on average. Under it there are only copies and comparisons of fixed size, and the \
              signal; the filter is matched outside it (test builds check that no filter is matched with the lock held).\n",
@@ -279,6 +300,64 @@ fn the_worker_keeps_its_policies_regexes_within_its_own_budget() {
              compiled and kept 16 (their regexes count 256 MiB together by the budget's reckoning) and refused the 17th with a clear \
              `last_error`; its private memory (RssAnon) was then {:.0} MB.\n",
             worker_kb as f64 / 1024.0
+        ),
+    );
+}
+
+#[test]
+fn a_cancel_stops_the_costliest_matching_within_one_regex_scan() {
+    // Three sessions whose 1 MB queries of "a" and "b" match none of the fixture's 118 regexes,
+    // each of which thrashes on them: matching all of it would take about a minute. A
+    // statement_timeout of a second stops the preview at the next regex, and the backend's memory
+    // stays within the bound.
+    let cluster = Cluster::start_with(Options {
+        settings: vec!["track_activity_query_size = 1048576".into()],
+        ..Options::default()
+    });
+    cluster.create_role("app", "");
+    let tag = tag("thrash_mib");
+    let sessions: Vec<(Session, Pending)> = (0..3)
+        .map(|i| {
+            let s = cluster.session("app", &tag);
+            let p = s.start(&format!(
+                "SELECT '{}' AS q, pg_sleep(600)",
+                a_and_b((1 << 20) - 100, i + 1)
+            ));
+            cluster.wait_until(s.pid, "a.wait_event = 'PgSleep'");
+            (s, p)
+        })
+        .collect();
+    let mut filter: serde_json::Value = serde_json::from_str(FIXTURE).unwrap();
+    filter["application_name"] = serde_json::Value::String(tag.clone());
+    let mut su = cluster.superuser();
+    let pid = backend_pid(&mut su);
+    su.batch_execute("SET statement_timeout = '1s'").unwrap();
+    let before = peak_memory_kb(pid);
+    let started = std::time::Instant::now();
+    let err = call(
+        &mut su,
+        "reaper.preview_matching($1::text::jsonb)",
+        &filter.to_string(),
+    )
+    .unwrap_err();
+    let took = started.elapsed();
+    let peak_kb = peak_memory_kb(pid) - before;
+    assert_eq!(sqlstate(&err), Some("57014"), "{err}");
+    // A bound that only matching without cancel points could break (the whole would take a
+    // minute); the figure itself is reported.
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    assert!(peak_kb < PEAK_BOUND_KB, "peak rose {peak_kb} kB");
+    for (s, _) in &sessions {
+        assert!(cluster.alive(s.pid));
+    }
+    record_figures(
+        "36-cancel-in-matching",
+        &format!(
+            "## A cancel inside the costliest matching\n\n`filter_budget.rs`: the budget fixture against three sessions with 1 MB \
+             queries of \"a\" and \"b\" (every one of its 118 regexes thrashes on them: about a minute in all), with \
+             `statement_timeout = '1s'`: cancelled after {:.2} s; the backend's peak memory rose {:.1} MB.\n",
+            took.as_secs_f64(),
+            peak_kb as f64 / 1024.0
         ),
     );
 }

@@ -212,3 +212,32 @@ fn a_blocker_that_stops_blocking_after_the_recheck_is_judged_on_a_fresh_look() {
     );
     assert!(cluster.reaper_lines(holder.pid).is_empty());
 }
+
+#[test]
+fn a_session_the_caller_may_not_see_is_judged_on_its_live_application_name() {
+    // The caller (pg_signal_backend, without pg_read_all_stats) sees only the victim's pid,
+    // role, database and application_name: its final check judges the live application_name
+    // too, so a victim that became pg_dump after the re-check is spared.
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    cluster.create_role("signaller", "IN ROLE pg_signal_backend");
+    let victim = cluster.session("app", &tag("hidden_rename"));
+    let rows = call_in_window_as_role(
+        &cluster,
+        "signaller",
+        Window::BeforeCheck,
+        "reaper.terminate_matching($1::text::jsonb, 2000)",
+        r#"{"usename": "app"}"#,
+        |observer| {
+            assert_eq!(victim.run("SET application_name = 'pg_dump'"), Ended::Ok);
+            wait_until_with(observer, victim.pid, "a.application_name = 'pg_dump'");
+        },
+    )
+    .unwrap();
+    assert_one_vanished(
+        &rows,
+        victim.pid,
+        "had become a protected session (pg_reaper.protected_applications, pg_reaper.protected_roles)",
+    );
+    assert_eq!(victim.run("SELECT 1"), Ended::Ok, "not signalled");
+}

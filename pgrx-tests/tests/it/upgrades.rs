@@ -575,7 +575,9 @@ fn every_release_with_the_worker_upgrades_with_the_library_preloaded() {
         } else {
             assert_eq!(sqlstate(&err), Some("55000"), "{err}");
             assert!(
-                refused.contains(&format!("runs the pg_reaper library {version}")),
+                refused.contains(&format!(
+                    "runs the pg_reaper library {version} or older, not the installed {target}"
+                )),
                 "{refused}"
             );
             let hint = err.as_db_error().and_then(|e| e.hint()).unwrap_or_default();
@@ -586,6 +588,13 @@ fn every_release_with_the_worker_upgrades_with_the_library_preloaded() {
             version,
             "the refused update changed nothing"
         );
+        // Nor may the new version be created anywhere while the old library runs.
+        su.batch_execute("CREATE DATABASE other").unwrap();
+        let err = cluster
+            .connect_to("postgres", "other")
+            .batch_execute("CREATE EXTENSION pg_reaper")
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), Some("55000"), "{err}");
         enforced(&cluster);
         drop(su);
 

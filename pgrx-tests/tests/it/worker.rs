@@ -1038,6 +1038,9 @@ fn a_run_holds_no_snapshot_while_it_waits_on_a_primary_and_on_a_standby() {
         let victim = cluster.session("app", tag).idle_in_transaction();
         let running = format!("pg_reaper worker: running policy {policy}");
         wait_until_with(&mut su, worker, &format!("a.query = '{running}'"));
+        // Its grace period has begun once the cancel is logged (what the run read before it,
+        // with a catalog snapshot, is behind it).
+        cluster.wait_for_log(&format!("pg_reaper: cancel pid={} ", victim.pid), 1);
         let mut samples = 0;
         loop {
             su.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();

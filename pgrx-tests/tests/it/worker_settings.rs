@@ -74,15 +74,16 @@ fn immune(c: &mut Client) {
     c.batch_execute(&sql).unwrap();
 }
 
-/// Roles, a table the trigger copies audit rows into, the trigger, and the policies: one that
-/// gives its victim a grace period longer than every timeout, one whose owner is gone.
+/// Roles, a table the trigger copies audit rows into, the trigger (whose own `SET search_path`
+/// clause must apply inside it, as in any session), and the policies: one that gives its victim
+/// a grace period longer than every timeout, one whose owner is gone.
 fn prepare(cluster: &Cluster, su: &mut Client, tag: &str) {
     cluster.create_role("app", "");
     cluster.create_role("gone", "");
     su.batch_execute(&format!(
         "CREATE TABLE public.audit_copy (pid int, outcome text);
-         CREATE FUNCTION public.copy_audit() RETURNS trigger LANGUAGE plpgsql AS
-           $$ BEGIN INSERT INTO public.audit_copy VALUES (NEW.pid, NEW.outcome); RETURN NEW; END $$;
+         CREATE FUNCTION public.copy_audit() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS
+           $$ BEGIN INSERT INTO audit_copy VALUES (NEW.pid, NEW.outcome); RETURN NEW; END $$;
          CREATE TRIGGER copy_audit AFTER INSERT ON reaper.log
            FOR EACH ROW EXECUTE FUNCTION public.copy_audit();
          INSERT INTO reaper.policies (name, filter, action, grace_ms, timeout_ms, run_every) VALUES
