@@ -147,7 +147,7 @@ fn a_and_b(len: usize, seed: u64) -> String {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 2 == 0 {
+            if x.is_multiple_of(2) {
                 'a'
             } else {
                 'b'
