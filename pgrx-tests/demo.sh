@@ -36,7 +36,9 @@ as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
 export PGHOST=$DIR PGPORT=$PORT PGDATABASE=postgres
 PSQL=("$BIN/psql" -X -q -v ON_ERROR_STOP=1)
 sql() { "${PSQL[@]}" -U postgres "$@"; }
-show() { echo; echo "-- $1"; shift; echo "$*" | sed 's/^/   /'; sql -c "$*"; }
+# The SQL goes in on stdin: every statement's result is shown (psql before 15 shows only the
+# last one of a -c).
+show() { echo; echo "-- $1"; shift; echo "$*" | sed 's/^/   /'; sql <<<"$*"; }
 
 sql <<'EOF'
 CREATE EXTENSION pg_reaper;

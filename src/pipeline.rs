@@ -252,9 +252,8 @@ impl LiveLocks {
             .is_none_or(|(_, at)| at.elapsed() > LOCK_FACTS_MAX_AGE)
         {
             let graph = LockGraph::read(&ProcsByPid::read(), needs);
-            // Its age counts from the end of the look (its chains worked out): a slow look
-            // still serves a batch.
-            *look = Some((graph, Instant::now()));
+            let at = graph.read_at;
+            *look = Some((graph, at));
         }
         if let Some((graph, _)) = look.as_ref() {
             graph.describe(s);

@@ -268,43 +268,54 @@ fn sleep(duration: Duration) {
 /// Pins the settings that could change what a run does or how long it may take, whatever
 /// postgresql.conf, `ALTER DATABASE` or `ALTER ROLE` say (the worker connects as the bootstrap
 /// superuser, and InitPostgres applies the database's and that role's defaults to it). Set as
-/// the session's own settings, which those sources and a reload cannot override, and again at
-/// the start of every transaction, so that nothing a run calls (a trigger on reaper.log that
-/// runs SET) changes the next one; a function's own SET clause still applies inside it, as in
-/// any session. The README lists them, with why.
+/// the session's own settings, which those sources and a reload cannot override, before every
+/// transaction (a transaction takes its isolation and read-only state from them as it starts),
+/// so that nothing a run calls (a trigger on reaper.log that runs SET) changes the next one; a
+/// function's own SET clause still applies inside it, as in any session. The README lists
+/// them, with why.
 fn pin_settings() {
-    thread_local! {
-        /// The bootstrap superuser's name, looked up once.
-        static ME: std::ffi::CString = std::ffi::CString::new(crate::role::name(
-            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
-        ))
-        .unwrap_or_default();
-    }
-    ME.with(|me| {
-        // The identity first: `session_authorization` back to the role the worker connected
-        // as, then `role` to none, so that every setting after, and every run, is that
-        // superuser's.
-        let identity = [
-            (c"session_authorization", me.as_c_str()),
-            (c"role", c"none"),
-        ];
-        let all = identity
-            .into_iter()
-            .chain(PINNED_SETTINGS.iter().copied())
-            .chain(crate::compat::worker_settings().iter().copied());
-        for (name, value) in all {
-            // SAFETY: sets a setting of this session, in a transaction (the identity
-            // settings' checks read the catalogs).
-            unsafe {
-                pg_sys::SetConfigOption(
-                    name.as_ptr(),
-                    value.as_ptr(),
-                    pg_sys::GucContext::PGC_SUSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
-                );
-            }
+    for (name, value) in PINNED_SETTINGS
+        .iter()
+        .chain(crate::compat::worker_settings())
+    {
+        // SAFETY: sets a setting of this session, outside a transaction (none of these reads
+        // the catalogs).
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+            );
         }
-    });
+    }
+}
+
+/// Back to the role the worker connected as (the bootstrap superuser), if something made it
+/// another: `session_authorization`, then `role` to none. In a transaction (the checks read the
+/// catalogs); the name is looked up each time, since a superuser may rename that role.
+fn pin_identity() {
+    let me = pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID);
+    // SAFETY: reads this session's user ids.
+    let (session, current) = unsafe { (pg_sys::GetSessionUserId(), pg_sys::GetUserId()) };
+    if session == me && current == me {
+        return;
+    }
+    let name = std::ffi::CString::new(crate::role::name(me)).unwrap_or_default();
+    for (setting, value) in [
+        (c"session_authorization", name.as_c_str()),
+        (c"role", c"none"),
+    ] {
+        // SAFETY: sets a setting of this session, in a transaction.
+        unsafe {
+            pg_sys::SetConfigOption(
+                setting.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+            );
+        }
+    }
 }
 
 /// The settings every major has, and the value the worker runs with (README: "Its settings are
@@ -361,13 +372,15 @@ fn in_transaction<R>(what: &str, f: impl FnOnce() -> R) -> Result<R, String> {
     // SAFETY: the worker's memory context outlives every transaction; restored after an abort.
     let context = unsafe { pg_sys::CurrentMemoryContext };
     PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        // The settings first, outside the transaction, which takes its state from them.
+        pin_settings();
         // SAFETY: starts and commits a transaction, as PostgreSQL's own workers do; an error
         // inside is caught below and aborts it.
         unsafe {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
         }
-        pin_settings();
+        pin_identity();
         let result = f();
         // SAFETY: as above.
         unsafe { pg_sys::CommitTransactionCommand() };

@@ -640,3 +640,45 @@ fn every_release_with_the_worker_upgrades_with_the_library_preloaded() {
         ),
     );
 }
+
+#[test]
+fn another_packages_broken_control_file_does_not_stop_create_extension() {
+    // The library check reads pg_available_extensions, which reads every control file: one
+    // that another package left broken must not stop pg_reaper's install.
+    let test = "upgrades::another_packages_broken_control_file_does_not_stop_create_extension";
+    let Some((_, current)) = current_tree(test) else {
+        return;
+    };
+    let dir = PathBuf::from(format!(
+        "/tmp/pg_reaper_broken_control_{}",
+        std::process::id()
+    ));
+    let bin = private_postgres_15(&dir);
+    install_from(&current, &dir);
+    std::fs::write(
+        dir.join("usr/share/postgresql/15/extension/broken.control"),
+        "default_version = '1.0\ncomment = \n",
+    )
+    .unwrap();
+    let cluster = Cluster::start_with(Options {
+        bin_dir: Some(bin),
+        create_extension: false,
+        ..Options::default()
+    });
+    let mut su = cluster.superuser();
+    assert!(su
+        .batch_execute("SELECT * FROM pg_available_extensions")
+        .is_err());
+    su.batch_execute("CREATE EXTENSION pg_reaper").unwrap();
+    let version: String = su
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_reaper'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, pg_reaper_version());
+    drop(su);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

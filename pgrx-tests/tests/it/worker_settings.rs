@@ -22,7 +22,6 @@ fn pinned() -> Vec<&'static str> {
         "synchronous_commit=local",
         "session_replication_role=origin",
         "exit_on_error=off",
-        "session_authorization=postgres",
         "role=none",
         "current_user=postgres",
         "session_user=postgres",
@@ -213,4 +212,64 @@ fn the_worker_runs_with_its_own_settings_whatever_alter_database_and_alter_role_
     immune(&mut su);
     let worker = restarted_worker_pins_everything(&cluster, &mut su);
     a_run_does_what_its_policy_says(&cluster, &mut su, worker, &tag);
+}
+
+#[test]
+fn what_a_run_calls_does_not_change_the_next_run_nor_does_renaming_the_superuser() {
+    // A trigger on reaper.log sets default_transaction_read_only for the session (as a careless
+    // audit forwarder might): the next run still starts read-write. The bootstrap superuser,
+    // which the worker connects as, is renamed, with a database default role the worker must
+    // leave: it goes on enforcing.
+    let cluster = worker_cluster(&[], true);
+    cluster.create_role("app", "");
+    cluster.create_role("admin", "SUPERUSER");
+    let mut su = cluster.connect("admin");
+    let tag = tag("next_run");
+    su.batch_execute(&format!(
+        "CREATE FUNCTION public.make_read_only() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_catalog.set_config('default_transaction_read_only', 'on', false); RETURN NEW; END $$;
+         CREATE TRIGGER make_read_only AFTER INSERT ON reaper.log
+           FOR EACH ROW EXECUTE FUNCTION public.make_read_only();
+         INSERT INTO reaper.policies (name, filter, run_every) VALUES
+           ('idle-tx', '{{\"application_name\": \"{tag}\", \"state\": \"idle in transaction\"}}', '200 ms')"
+    ))
+    .unwrap();
+    let worker = running_worker(&mut su);
+    // (Waited for on the admin's connection: once the bootstrap superuser is renamed, the
+    // harness's own connections as postgres are refused.)
+    let terminated = |su: &mut Client| {
+        let victim = cluster.session("app", &tag).idle_in_transaction();
+        wait_for(
+            su,
+            &format!(
+                "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = {}",
+                victim.pid
+            ),
+        );
+        wait_for(
+            su,
+            &format!(
+                "SELECT count(*) = 1 FROM reaper.log WHERE pid = {} AND outcome = 'signalled'",
+                victim.pid
+            ),
+        );
+    };
+    terminated(&mut su);
+    terminated(&mut su);
+    su.batch_execute(
+        "ALTER ROLE postgres RENAME TO bootstrap; ALTER DATABASE postgres SET role = app",
+    )
+    .unwrap();
+    su.query_one("SELECT pg_terminate_backend($1)", &[&worker])
+        .unwrap();
+    let restarted = running_worker(&mut su);
+    assert_ne!(restarted, worker);
+    terminated(&mut su);
+    wait_cycles(&mut su, restarted, 2);
+    assert_eq!(worker_pid(&mut su), Some(restarted));
+    let failures = count(
+        &mut su,
+        "SELECT count(*) FROM reaper.log WHERE outcome = 'failed'",
+    );
+    assert_eq!(failures, 0);
 }
