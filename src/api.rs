@@ -11,7 +11,7 @@ use crate::jsonb_arg::JsonbText;
 use crate::pipeline::{self, Action};
 use crate::policy;
 use crate::report::{Actor, Columns, PolicyColumns, ResultRow};
-use crate::{compat, worker};
+use crate::worker;
 
 /// The result columns every signalling function returns, in the contract's order.
 /// `$prefix` names columns that come before them (`policy` for the policy functions); the
@@ -142,9 +142,14 @@ fn test_filter(
     let sessions: serde_json::Value = serde_json::from_str(&sessions)
         .unwrap_or_else(|e| refuse(&format!("sessions is not valid JSON: {e}")));
     let now = now.map(pg_sys::TimestampTz::from);
-    let rows =
-        crate::filter::replay::replay(&filter, &sessions, now, &crate::guc::protected(), interrupt)
-            .unwrap_or_else(|e| refuse(&e.to_string()));
+    let rows = crate::filter::replay::replay(
+        &filter,
+        &sessions,
+        now,
+        &crate::guc::protected(),
+        pipeline::interrupt,
+    )
+    .unwrap_or_else(|e| refuse(&e.to_string()));
     TableIterator::new(
         rows.into_iter()
             .enumerate()
@@ -155,24 +160,9 @@ fn test_filter(
 fn parse(filter: Option<JsonbText>) -> Filter {
     let parsed = match filter {
         None => Err(FilterError::Null),
-        Some(JsonbText(text)) => parse_filter(&text),
+        Some(JsonbText(text)) => pipeline::parse_filter(&text),
     };
     parsed.unwrap_or_else(|e| refuse(&e.to_string()))
-}
-
-/// A filter, validated against the running server's vocabulary. The types of the background
-/// workers running now are only read when the filter names a type the static lists lack.
-pub fn parse_filter(text: &str) -> Result<Filter, FilterError> {
-    let parse = |vocabulary| Filter::parse_str_checked(text, &vocabulary, &mut interrupt);
-    match parse(compat::server_vocabulary(false)) {
-        Err(FilterError::UnknownBackendType { .. }) => parse(compat::server_vocabulary(true)),
-        parsed => parsed,
-    }
-}
-
-/// A cancel point for the filter's loops: a cancel or statement_timeout stops them.
-pub fn interrupt() {
-    pgrx::check_for_interrupts!();
 }
 
 fn duration(name: &str, ms: Option<i64>) -> Duration {

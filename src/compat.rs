@@ -121,32 +121,6 @@ impl ProcsByPid {
         Some(unsafe { addr_of!((*proc).wait_event_info).read_volatile() })
     }
 
-    /// Since when the process waits for a heavyweight lock (pg_locks.waitstart): None if it
-    /// does not, or in the moment between the start of its wait and the timestamp's write.
-    /// (PGPROC.waitStart came with 14.) A wait that ended in an error (a lock timeout, a
-    /// cancel, a deadlock) leaves its waitStart behind, and the next wait writes a new one only
-    /// once it sleeps: the start is trusted only while the process reports a Lock wait event,
-    /// which it sets after writing waitStart.
-    pub fn lock_wait_start(&self, pid: i32) -> Option<i64> {
-        let proc = *self.procs.get(&pid)?;
-        // SAFETY: `proc` points into the PGPROC array; waitLock is compared with NULL,
-        // wait_event_info read with one volatile load, and the 64-bit atomic waitStart read
-        // atomically (as pg_lock_status reads it), after an acquire fence.
-        unsafe {
-            if addr_of!((*proc).waitLock).read_volatile().is_null() {
-                return None;
-            }
-            let event = addr_of!((*proc).wait_event_info).read_volatile();
-            if event & 0xFF00_0000 != pg_sys::PG_WAIT_LOCK {
-                return None;
-            }
-            fence(Ordering::Acquire);
-            let cell = addr_of_mut!((*proc).waitStart.value);
-            let start = std::sync::atomic::AtomicU64::from_ptr(cell).load(Ordering::Relaxed) as i64;
-            (start != 0).then_some(start)
-        }
-    }
-
     /// Whether any process waits for a heavyweight lock right now (read without locks: a cheap
     /// first look, so that a snapshot in which nobody waits never touches the lock manager).
     pub fn any_lock_waiter(&self) -> bool {
@@ -156,51 +130,187 @@ impl ProcsByPid {
             unsafe { !addr_of!((*proc).waitLock).read_volatile().is_null() }
         })
     }
+}
 
-    /// The lock groups with a member that waits for a heavyweight lock right now, as (the pid
-    /// to ask the lock manager about, every member's pid): pg_blocking_pids of any member of a
-    /// lock group (a parallel query's leader and workers) describes the whole group. These are
-    /// the only processes the lock manager need be asked about. Call with the lock-manager
-    /// partition locks held, which protect the lock-group fields.
-    pub fn lock_waiting_groups(&self) -> Vec<(i32, Vec<i32>)> {
+/// Since when a process waits for a heavyweight lock (pg_locks.waitstart): None if it does not,
+/// or in the moment between the start of its wait and the timestamp's write. (PGPROC.waitStart
+/// came with 14.) A wait that ended in an error (a lock timeout, a cancel, a deadlock) leaves
+/// its waitStart behind, and the next wait writes a new one only once it sleeps: the start is
+/// trusted only while the process reports a Lock wait event, which it sets after writing
+/// waitStart.
+fn lock_wait_start(proc: *mut pg_sys::PGPROC) -> Option<i64> {
+    // SAFETY: `proc` points into the PGPROC array; waitLock is compared with NULL,
+    // wait_event_info read with one volatile load, and the 64-bit atomic waitStart read
+    // atomically (as pg_lock_status reads it), after an acquire fence.
+    unsafe {
+        if addr_of!((*proc).waitLock).read_volatile().is_null() {
+            return None;
+        }
+        let event = addr_of!((*proc).wait_event_info).read_volatile();
+        if event & 0xFF00_0000 != pg_sys::PG_WAIT_LOCK {
+            return None;
+        }
+        fence(Ordering::Acquire);
+        let cell = addr_of_mut!((*proc).waitStart.value);
+        let start = std::sync::atomic::AtomicU64::from_ptr(cell).load(Ordering::Relaxed) as i64;
+        (start != 0).then_some(start)
+    }
+}
+
+/// What the look at the lock manager copies, with every lock-manager partition lock held
+/// (shared): the processes that wait for a heavyweight lock and the members of their lock
+/// groups, into `into.waiting`; then each awaited lock's holders and wait queue, in order, once
+/// however many wait for it, into `into.queues`; and the transaction ids of the prepared
+/// transactions among the holders, with where they hold (queue, holder), into `prepared`. Only
+/// copies: what they mean is worked out after the locks are released.
+///
+/// # Safety
+/// Every lock-manager partition lock is held by the caller: it protects each PGPROC's
+/// `waitLock` and lock-group fields and every LOCK and PROCLOCK read here.
+// SAFETY: an unsafe fn because of that contract; `locks::LockManagerLook` holds the locks.
+pub unsafe fn copy_lock_waits(
+    into: &mut crate::filter::Waits,
+    prepared: &mut Vec<(usize, usize, u32)>,
+) {
+    use crate::filter::{Holder, LockQueue, Queued, WaitingProcess, MAX_LOCK_MODE};
+    // SAFETY: ProcGlobal and its allProcs array are set up at server start and never move;
+    // every field read is protected by the partition locks the caller holds (or, for pid,
+    // cannot change while the process waits for or holds a lock).
+    unsafe {
+        let global = pg_sys::ProcGlobal;
+        let all = (*global).allProcs;
+        let n = (*global).allProcCount as usize;
         let leader_of = |proc: *mut pg_sys::PGPROC| {
-            // SAFETY: `proc` points into the PGPROC array; one volatile load of a pointer that
-            // is NULL or points into the same array.
-            let leader = unsafe { addr_of!((*proc).lockGroupLeader).read_volatile() };
+            let leader = addr_of!((*proc).lockGroupLeader).read_volatile();
             if leader.is_null() {
                 proc
             } else {
                 leader
             }
         };
-        let mut members: HashMap<*mut pg_sys::PGPROC, Vec<i32>> = HashMap::new();
-        for (&pid, &proc) in &self.procs {
-            members.entry(leader_of(proc)).or_default().push(pid);
-        }
-        let mut groups = Vec::new();
-        for (leader, pids) in members {
-            let waiting = pids.iter().any(|pid| {
-                let proc = self.procs[pid];
-                // SAFETY: as above; the pointer is only compared with NULL.
-                unsafe { !addr_of!((*proc).waitLock).read_volatile().is_null() }
-            });
-            if waiting {
-                // SAFETY: as above; one volatile load of the leader's pid.
-                let ask = unsafe { addr_of!((*leader).pid).read_volatile() };
-                // The map was read before the locks were taken: a slot reused since holds
-                // another process now, which is not the one the pid names.
-                let slot_holds = |pid: i32| {
-                    // SAFETY: as above; one volatile load of the slot's pid.
-                    unsafe { addr_of!((*self.procs[&pid]).pid).read_volatile() == pid }
-                };
-                let live: Vec<i32> = pids.into_iter().filter(|&pid| slot_holds(pid)).collect();
-                if let Some(&first) = live.first() {
-                    groups.push((if ask != 0 { ask } else { first }, live));
+        let mut waiting_groups = HashSet::new();
+        let mut locks: Vec<*mut pg_sys::LOCK> = Vec::new();
+        let mut seen_locks = HashSet::new();
+        for i in 0..n {
+            let proc = all.add(i);
+            let lock = addr_of!((*proc).waitLock).read_volatile();
+            if !lock.is_null() {
+                waiting_groups.insert(leader_of(proc));
+                if seen_locks.insert(lock) {
+                    locks.push(lock);
                 }
             }
         }
-        groups
+        if locks.is_empty() {
+            return;
+        }
+        for i in 0..n {
+            let proc = all.add(i);
+            let pid = addr_of!((*proc).pid).read_volatile();
+            let leader = leader_of(proc);
+            if pid != 0 && waiting_groups.contains(&leader) {
+                into.waiting.push(WaitingProcess {
+                    pid,
+                    group: addr_of!((*leader).pid).read_volatile(),
+                    wait_start: lock_wait_start(proc),
+                });
+            }
+        }
+        for lock in locks {
+            let mut queue = LockQueue::default();
+            let method = pg_sys::GetLockTagsMethodTable(addr_of!((*lock).tag));
+            let modes = usize::try_from((*method).numLockModes)
+                .unwrap_or(0)
+                .min(MAX_LOCK_MODE);
+            for m in 1..=modes {
+                queue.conflicts[m] = *(*method).conflictTab.add(m) as u32;
+            }
+            for proclock in lock_holders(lock) {
+                let hold = addr_of!((*proclock).holdMask).read_volatile();
+                if hold == 0 {
+                    continue;
+                }
+                let me = addr_of!((*proclock).tag.myProc).read_volatile();
+                let leader = addr_of!((*proclock).groupLeader).read_volatile();
+                let group = addr_of!((*leader).pid).read_volatile();
+                if addr_of!((*me).pid).read_volatile() == 0 {
+                    prepared.push((
+                        into.queues.len(),
+                        queue.holders.len(),
+                        addr_of!((*me).xid).read_volatile().into(),
+                    ));
+                }
+                queue.holders.push(Holder {
+                    group,
+                    modes: hold as u32,
+                });
+            }
+            for proc in lock_waiters(lock) {
+                queue.waiters.push(Queued {
+                    group: addr_of!((*leader_of(proc)).pid).read_volatile(),
+                    mode: u8::try_from(addr_of!((*proc).waitLockMode).read_volatile()).unwrap_or(0),
+                });
+            }
+            into.queues.push(queue);
+        }
     }
+}
+
+/// The PROCLOCKs of a lock (holders and waiters alike), in list order. 16 made the lists
+/// dlists; 14 and 15 have SHM_QUEUEs.
+///
+/// # Safety
+/// The lock's partition lock is held.
+// SAFETY: an unsafe fn because of that contract.
+unsafe fn lock_holders(lock: *mut pg_sys::LOCK) -> Vec<*mut pg_sys::PROCLOCK> {
+    let offset = std::mem::offset_of!(pg_sys::PROCLOCK, lockLink);
+    // SAFETY: the list head is in the LOCK; every element is a PROCLOCK's lockLink.
+    unsafe {
+        #[cfg(any(feature = "pg14", feature = "pg15"))]
+        let head = addr_of_mut!((*lock).procLocks).cast::<pg_sys::SHM_QUEUE>();
+        #[cfg(not(any(feature = "pg14", feature = "pg15")))]
+        let head = addr_of_mut!((*lock).procLocks.head);
+        list(head.cast(), offset)
+    }
+}
+
+/// The PGPROCs waiting for a lock, in queue order.
+///
+/// # Safety
+/// The lock's partition lock is held.
+// SAFETY: an unsafe fn because of that contract.
+unsafe fn lock_waiters(lock: *mut pg_sys::LOCK) -> Vec<*mut pg_sys::PGPROC> {
+    let offset = std::mem::offset_of!(pg_sys::PGPROC, links);
+    // SAFETY: the queue head is in the LOCK; every element is a PGPROC's links.
+    unsafe {
+        #[cfg(any(feature = "pg14", feature = "pg15"))]
+        let head = addr_of_mut!((*lock).waitProcs.links);
+        #[cfg(not(any(feature = "pg14", feature = "pg15")))]
+        let head = addr_of_mut!((*lock).waitProcs.dlist.head);
+        list(head.cast(), offset)
+    }
+}
+
+/// The elements of a circular doubly-linked list whose nodes are `{prev, next}` (SHM_QUEUE and
+/// dlist_node alike), each `offset` bytes into its element; an uninitialised head (next NULL)
+/// is an empty list. Bounded by MaxBackends' worth of elements and more, so that a damaged list
+/// cannot keep us here.
+///
+/// # Safety
+/// `head` is a list head whose nodes the caller's locks protect.
+// SAFETY: an unsafe fn because of that contract.
+unsafe fn list<T>(head: *mut [*mut std::ffi::c_void; 2], offset: usize) -> Vec<*mut T> {
+    let mut items = Vec::new();
+    // SAFETY: as the caller promises; nodes are {prev, next}.
+    unsafe {
+        let bound = 4 * usize::try_from(pg_sys::MaxBackends).unwrap_or(0) + 1024;
+        let mut node = (*head)[1].cast::<[*mut std::ffi::c_void; 2]>();
+        while !node.is_null() && node != head && items.len() < bound {
+            items.push(node.cast::<u8>().sub(offset).cast::<T>());
+            node = (*node)[1].cast();
+        }
+    }
+    items
 }
 
 /// ProcArrayLock, held in shared mode: while it is held no process can leave the proc array,
@@ -425,11 +535,31 @@ impl LiveActivity {
     }
 }
 
+// How long the pin was held since the last look: the longest hold, the total, and how many
+// holds, for the test that measures it (`pg_reaper.log_pin_hold`).
+#[cfg(feature = "test-hooks")]
+thread_local! {
+    static PIN_HOLDS: std::cell::Cell<(std::time::Duration, std::time::Duration, u64)> =
+        const { std::cell::Cell::new((std::time::Duration::ZERO, std::time::Duration::ZERO, 0)) };
+}
+
+/// The pin's holds since the last call: (longest, total, how many), for the test builds'
+/// measurement.
+#[cfg(feature = "test-hooks")]
+pub fn take_pin_holds() -> (std::time::Duration, std::time::Duration, u64) {
+    let zero = std::time::Duration::ZERO;
+    PIN_HOLDS.with(|l| l.replace((zero, zero, 0)))
+}
+
 impl Drop for ProcArrayPin {
     fn drop(&mut self) {
         release_unless_error_unwinding(proc_array_lock());
         #[cfg(feature = "test-hooks")]
-        crate::signal::test_hooks::pinned_for(self.since.elapsed());
+        PIN_HOLDS.with(|l| {
+            let (longest, total, n) = l.get();
+            let held = self.since.elapsed();
+            l.set((longest.max(held), total + held, n + 1));
+        });
     }
 }
 

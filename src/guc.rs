@@ -45,6 +45,18 @@ pub static PROTECTED_APPLICATIONS: GucSetting<Option<CString>> =
 /// Roles whose sessions are never victims unless a filter says `include_protected`.
 pub static PROTECTED_ROLES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Whether this server loaded pg_reaper at start (shared_preload_libraries), and so has a
+/// worker and its status; set by _PG_init in the postmaster, inherited by every backend.
+static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_preloaded() {
+    PRELOADED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn preloaded() -> bool {
+    PRELOADED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The protected tools and roles, as set now.
 pub fn protected() -> Protected {
     let list = |setting: &GucSetting<Option<CString>>, parse: fn(&str) -> Vec<String>| {

@@ -55,6 +55,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::register();
     // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        guc::set_preloaded();
         worker::register();
     }
 }

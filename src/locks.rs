@@ -1,68 +1,92 @@
-//! The lock graph: who waits for whom, with `pg_blocking_pids`' own rules, from one consistent
-//! look at the lock manager per snapshot, and only about the processes that wait for a lock.
-//! Read only when a filter asks for lock keys.
+//! The lock graph: who waits for whom, with `pg_blocking_pids`' own rules, from one look at the
+//! lock manager per snapshot. Read only when a filter asks for lock keys.
+//!
+//! The look holds every lock-manager partition lock (shared) only to copy, as PostgreSQL's own
+//! GetLockStatusData does: the processes that wait, and each awaited lock's holders and wait
+//! queue, once per lock however many wait for it. What that means (who blocks whom, the chains,
+//! their counts and ages) is worked out after the locks are released, by the filter's own pure
+//! code ([`LockChains`]), which the replay shares.
 
 use pgrx::pg_sys;
 
-use std::collections::HashSet;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use crate::compat::ProcsByPid;
-use crate::filter::{ChainNeeds, LockChains, Session, Waiter};
+use crate::filter::{ChainNeeds, LockChains, Session, Waits, MAX_LOCK_MODE};
 
 /// Who blocks whom, and since when each waiter waits: the chains worked out by the filter's
-/// own (pure) code, which `reaper.test_filter` shares. (Shared, not copied, when an escalation's
-/// grace period reuses a recent look.)
+/// own (pure) code. (Shared, not copied, when an escalation's grace period reuses a recent
+/// look.)
 #[derive(Debug, Clone)]
 pub struct LockGraph {
     chains: Rc<LockChains>,
     /// When the lock manager was looked at.
-    pub read_at: std::time::Instant,
+    pub read_at: Instant,
+    /// The prepared transactions that hold a lock someone waits for in a conflicting mode:
+    /// sessions may wait behind them, which no filter can select (they have no backend).
+    prepared: Vec<u32>,
 }
 
 impl LockGraph {
-    /// Asks the lock manager about every lock group (or lone process) that waits for a lock,
-    /// all under one hold of its partition locks, so that the answers are consistent with each
-    /// other. No waiter, no question: a snapshot where nobody waits costs one pass over the
-    /// PGPROCs and never touches the lock manager.
+    /// Looks at the lock manager, if anyone waits: a snapshot where nobody waits costs one
+    /// pass over the PGPROCs and never touches it.
     pub fn read(procs: &ProcsByPid, needs: ChainNeeds) -> LockGraph {
-        let read_at = std::time::Instant::now();
-        if !procs.any_lock_waiter() {
-            return LockGraph {
-                chains: Rc::default(),
-                read_at,
-            };
+        let read_at = Instant::now();
+        let mut waits = Waits::default();
+        let mut prepared = Vec::new();
+        if procs.any_lock_waiter() {
+            let look = LockManagerLook::hold();
+            // SAFETY: every partition lock is held, as copy_lock_waits requires.
+            unsafe { crate::compat::copy_lock_waits(&mut waits, &mut prepared) };
+            let held = look.release();
+            pgrx::debug1!(
+                "pg_reaper: the look at the lock manager held its partition locks {} us ({} waiting, {} locks)",
+                held.as_micros(),
+                waits.waiting.len(),
+                waits.queues.len()
+            );
         }
-        let mut waiters = Vec::new();
-        {
-            let _look = LockManagerLook::hold();
-            for (ask, members) in procs.lock_waiting_groups() {
-                let blockers = blocking_pids(ask);
-                if blockers.is_empty() {
-                    continue;
-                }
-                // A lock group (a parallel query) waits since its first member began to wait.
-                let wait_start = members
+        // A prepared transaction blocks if it holds a mode someone in its queue asks against.
+        let blocking: Vec<u32> = prepared
+            .iter()
+            .filter(|(q, h, _)| {
+                let queue = &waits.queues[*q];
+                let modes = queue.holders[*h].modes;
+                queue
+                    .waiters
                     .iter()
-                    .filter_map(|&m| procs.lock_wait_start(m))
-                    .min();
-                for member in members {
-                    waiters.push(Waiter {
-                        pid: member,
-                        blocked_by: blockers.clone(),
-                        wait_start,
-                    });
-                }
-            }
-        }
+                    .any(|w| queue.conflicts[usize::from(w.mode).min(MAX_LOCK_MODE)] & modes != 0)
+            })
+            .map(|(_, _, xid)| *xid)
+            .collect();
         // Worked out after the locks are released; a cancel can stop a long walk.
         let mut check = || {
             pgrx::check_for_interrupts!();
         };
         LockGraph {
-            chains: Rc::new(LockChains::new(waiters, needs, &mut check)),
+            chains: Rc::new(LockChains::new(waits, needs, &mut check)),
             read_at,
+            prepared: blocking,
         }
+    }
+
+    /// The global transaction ids of the prepared transactions sessions wait behind, quoted,
+    /// in order (read from pg_prepared_xacts; empty when none).
+    pub fn prepared_gids(&self) -> Vec<String> {
+        if self.prepared.is_empty() {
+            return Vec::new();
+        }
+        let xids: Vec<String> = self.prepared.iter().map(u32::to_string).collect();
+        let read = crate::compat::with_snapshot(|| {
+            pgrx::Spi::get_one_with_args::<Vec<String>>(
+                "SELECT pg_catalog.array_agg(pg_catalog.quote_literal(p.gid) ORDER BY p.gid) \
+                   FROM pg_catalog.pg_prepared_xacts p \
+                  WHERE p.transaction::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)",
+                &[xids.into()],
+            )
+        });
+        read.ok().flatten().unwrap_or_default()
     }
 
     /// Sets the session's lock facts.
@@ -71,25 +95,32 @@ impl LockGraph {
     }
 }
 
-/// ProcArrayLock and every lock-manager partition lock, held in shared mode, in the order
-/// GetBlockerStatusData takes them: nobody can join or leave a lock queue while it is held, so
-/// the answers about several waiters describe one moment.
-struct LockManagerLook(());
+/// Every lock-manager partition lock, held in shared mode, in index order (as
+/// GetLockStatusData takes them): nobody can join or leave a lock queue while it is held, so
+/// what is copied describes one moment.
+struct LockManagerLook {
+    since: Instant,
+}
 
 impl LockManagerLook {
     fn hold() -> LockManagerLook {
-        // SAFETY: the locks are set up at server start; released on drop, or by
+        // SAFETY: the locks are set up at server start; released by `release`, on drop, or by
         // LWLockReleaseAll at (sub)transaction abort.
         unsafe {
-            pg_sys::LWLockAcquire(
-                crate::compat::proc_array_lock(),
-                pg_sys::LWLockMode::LW_SHARED,
-            );
             for i in 0..pg_sys::NUM_LOCK_PARTITIONS as usize {
                 pg_sys::LWLockAcquire(partition_lock(i), pg_sys::LWLockMode::LW_SHARED);
             }
         }
-        LockManagerLook(())
+        LockManagerLook {
+            since: Instant::now(),
+        }
+    }
+
+    /// Lets go, and says for how long it held the locks.
+    fn release(self) -> Duration {
+        let held = self.since.elapsed();
+        drop(self);
+        held
     }
 }
 
@@ -99,7 +130,6 @@ impl Drop for LockManagerLook {
         for i in (0..pg_sys::NUM_LOCK_PARTITIONS as usize).rev() {
             crate::compat::release_unless_error_unwinding(partition_lock(i));
         }
-        crate::compat::release_unless_error_unwinding(crate::compat::proc_array_lock());
     }
 }
 
@@ -111,77 +141,4 @@ fn partition_lock(i: usize) -> *mut pg_sys::LWLock {
         let padded = pg_sys::MainLWLockArray.add(pg_sys::LOCK_MANAGER_LWLOCK_OFFSET as usize + i);
         std::ptr::addr_of_mut!((*padded).lock)
     }
-}
-
-/// pg_blocking_pids(pid), computed as lockfuncs.c computes it from GetBlockerStatusData: for
-/// each member of the waiter's lock group, the holders of a conflicting mode (hard blocks) and
-/// the processes ahead of it in the wait queue asking for a conflicting mode (soft blocks);
-/// lock-group members never block each other; each blocker is named by its group leader.
-fn blocking_pids(pid: i32) -> Vec<i32> {
-    let mut blockers = Vec::new();
-    // SAFETY: GetBlockerStatusData returns palloc'd arrays of the sizes it reports; they are
-    // read within those bounds and freed here. The lock tags it copies are plain data.
-    unsafe {
-        let data = pg_sys::GetBlockerStatusData(pid);
-        if data.is_null() {
-            return blockers;
-        }
-        let d = &*data;
-        let procs = slice((*data).procs, d.nprocs);
-        let locks = slice(d.locks, d.nlocks);
-        let waiter_pids = slice(d.waiter_pids, d.npids);
-        for bproc in procs {
-            let instances = sub(locks, bproc.first_lock, bproc.num_locks);
-            // A set: asked once per lock instance, and a hot lock's queue can be long (this
-            // runs with every lock-manager partition held).
-            let ahead: HashSet<i32> = sub(waiter_pids, bproc.first_waiter, bproc.num_waiters)
-                .iter()
-                .copied()
-                .collect();
-            let Some(own) = instances.iter().position(|i| i.pid == bproc.pid) else {
-                continue;
-            };
-            let blocked = &instances[own];
-            let method = pg_sys::GetLockTagsMethodTable(&blocked.locktag);
-            let conflicts = *(*method).conflictTab.add(blocked.waitLockMode as usize);
-            for (j, other) in instances.iter().enumerate() {
-                if j == own || other.leaderPid == blocked.leaderPid {
-                    continue;
-                }
-                let hard = conflicts & other.holdMask != 0;
-                let soft = other.waitLockMode != pg_sys::NoLock as i32
-                    && conflicts & (1 << other.waitLockMode) != 0
-                    && ahead.contains(&other.pid);
-                if hard || soft {
-                    blockers.push(other.leaderPid);
-                }
-            }
-        }
-        pg_sys::pfree(d.procs.cast());
-        pg_sys::pfree(d.locks.cast());
-        pg_sys::pfree(d.waiter_pids.cast());
-        pg_sys::pfree(data.cast());
-    }
-    blockers.sort_unstable();
-    blockers.dedup();
-    blockers
-}
-
-/// # Safety
-/// `ptr` points to at least `len` initialised items (or `len` is 0).
-// SAFETY: an unsafe fn because of that contract; callers pass GetBlockerStatusData's arrays.
-unsafe fn slice<'a, T>(ptr: *const T, len: i32) -> &'a [T] {
-    match usize::try_from(len) {
-        // SAFETY: as the caller promises.
-        Ok(len) if len > 0 && !ptr.is_null() => unsafe { std::slice::from_raw_parts(ptr, len) },
-        _ => &[],
-    }
-}
-
-/// `items[first..first + len]`, empty where that range is not within `items`.
-fn sub<T>(items: &[T], first: i32, len: i32) -> &[T] {
-    let (Ok(first), Ok(len)) = (usize::try_from(first), usize::try_from(len)) else {
-        return &[];
-    };
-    items.get(first..first.saturating_add(len)).unwrap_or(&[])
 }

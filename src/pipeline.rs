@@ -10,8 +10,8 @@ use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
 
 use crate::activity::{Backend, LockInfo, Snapshot};
-use crate::compat::ProcsByPid;
-use crate::filter::{ChainNeeds, Filter, MatchContext, Protected, Session};
+use crate::compat::{self, ProcsByPid};
+use crate::filter::{ChainNeeds, Filter, FilterError, MatchContext, Protected, Session};
 use crate::locks::LockGraph;
 use crate::report::{self, Actor, Audit, Outcome, ResultRow};
 use crate::signal::{self, Delivery, Signal, Target};
@@ -43,6 +43,21 @@ impl Action {
     }
 }
 
+/// A filter, validated against the running server's vocabulary. The types of the background
+/// workers running now are only read when the filter names a type the static lists lack.
+pub fn parse_filter(text: &str) -> Result<Filter, FilterError> {
+    let parse = |vocabulary| Filter::parse_str_checked(text, &vocabulary, &mut interrupt);
+    match parse(compat::server_vocabulary(false)) {
+        Err(FilterError::UnknownBackendType { .. }) => parse(compat::server_vocabulary(true)),
+        parsed => parsed,
+    }
+}
+
+/// A cancel point for the filter's loops: a cancel or statement_timeout stops them.
+pub fn interrupt() {
+    pgrx::check_for_interrupts!();
+}
+
 /// Runs `action` on every backend `filter` selects, with the current role's privileges.
 pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
     // Before anything is signalled: whatever would stop the audit stops the call now.
@@ -64,6 +79,15 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
                 "pg_reaper: {} protected session(s) matched and were left alone (pg_reaper.protected_applications, pg_reaper.protected_roles); \"include_protected\": true selects them",
                 chosen.protected
             );
+        }
+        if let Some(graph) = &snapshot.locks {
+            let gids = graph.prepared_gids();
+            if !gids.is_empty() {
+                notice!(
+                    "pg_reaper: sessions wait for locks held by prepared transaction(s) {}, which no filter can select (they have no backend): COMMIT PREPARED or ROLLBACK PREPARED ends them",
+                    gids.join(", ")
+                );
+            }
         }
         if chosen.hidden_in_quota > 0 {
             notice!(
@@ -108,7 +132,7 @@ impl Rules<'_> {
             self_pid: unsafe { pg_sys::MyProcPid },
             now: snapshot.taken_at,
             protected: self.protected,
-            interrupt: crate::api::interrupt,
+            interrupt,
         }
     }
 }

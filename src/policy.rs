@@ -130,7 +130,7 @@ pub fn run(name: Option<&str>) -> Vec<(String, ResultRow)> {
 /// A NOTICE when enabled policies have a `run_every` but no worker runs them here: they would
 /// otherwise be silently enforced by nobody.
 fn say_if_scheduled_run_nowhere() {
-    let Some(why) = crate::worker::why_not_enforcing_here() else {
+    let Some(why) = why_not_enforcing_here() else {
         return;
     };
     let scheduled = load(Which::Scheduled);
@@ -145,6 +145,33 @@ fn say_if_scheduled_run_nowhere() {
         names.join(", "),
         if names.len() == 1 { "s" } else { "" },
     );
+}
+
+/// Why no worker enforces the scheduled policies of the current database, if none does: the
+/// scheduled ones run nowhere then, and `run_policies()` says so.
+fn why_not_enforcing_here() -> Option<String> {
+    if !crate::guc::preloaded() {
+        return Some("pg_reaper is not in shared_preload_libraries".into());
+    }
+    if !crate::guc::WORKER.get() {
+        return Some("pg_reaper.worker is off".into());
+    }
+    // SAFETY: this session's own database, looked up in the syscache.
+    let here = unsafe {
+        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        (!name.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    let database = crate::guc::database();
+    if here.as_deref() != Some(database.as_str()) {
+        return Some(format!(
+            "the worker runs the policies of database \"{database}\" (pg_reaper.database)"
+        ));
+    }
+    None
 }
 
 /// Runs one policy in a subtransaction of its own. A failure a policy can cause is reported
@@ -295,7 +322,7 @@ fn run_every_from_seconds(seconds: f64) -> Duration {
 /// Validates again what the table's trigger validated (the row may predate this version):
 /// the filter against the running server, and the action.
 pub fn prepare(policy: &Policy) -> Prepared {
-    let filter = crate::api::parse_filter(&policy.filter)
+    let filter = pipeline::parse_filter(&policy.filter)
         .unwrap_or_else(|e| refuse(&format!("its filter is invalid: {e}")));
     let millis = |ms: i64| Duration::from_millis(ms.max(0) as u64);
     let action = match policy.action.as_str() {

@@ -118,7 +118,7 @@ impl Actor {
     /// session), named so in reaper.log and the LOG lines.
     pub fn worker(owner: pg_sys::Oid, policy: &str) -> Actor {
         Actor {
-            caller_name: crate::worker::WORKER_TYPE.to_string(),
+            caller_name: crate::filter::WORKER_TYPE.to_string(),
             ..Actor::new(role::current(), owner, Some(policy.to_string()))
         }
     }

@@ -385,29 +385,12 @@ pub mod test_hooks {
         let _ = policy;
     }
 
-    // How long the pin (ProcArrayLock) was held since the last report: the longest hold, the
-    // total, and how many holds, for the test that measures it (`pg_reaper.log_pin_hold`).
-    #[cfg(feature = "test-hooks")]
-    thread_local! {
-        static PIN_HOLDS: std::cell::Cell<(std::time::Duration, std::time::Duration, u64)> =
-            const { std::cell::Cell::new((std::time::Duration::ZERO, std::time::Duration::ZERO, 0)) };
-    }
-
-    #[cfg(feature = "test-hooks")]
-    pub fn pinned_for(held: std::time::Duration) {
-        PIN_HOLDS.with(|l| {
-            let (longest, total, n) = l.get();
-            l.set((longest.max(held), total + held, n + 1));
-        });
-    }
-
     /// With `pg_reaper.log_pin_hold`, a LOG line with the longest and the mean hold of the pin
     /// since the last one, and how many holds there were.
     pub fn report_pin_holds() {
         #[cfg(feature = "test-hooks")]
         {
-            let zero = std::time::Duration::ZERO;
-            let (longest, total, n) = PIN_HOLDS.with(|l| l.replace((zero, zero, 0)));
+            let (longest, total, n) = crate::compat::take_pin_holds();
             if crate::guc::test_hooks::LOG_PIN_HOLD.get() {
                 pgrx::log!(
                     "pg_reaper test: ProcArrayLock held at most {} us in {n} holds, {} us on average",

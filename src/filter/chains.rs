@@ -1,29 +1,86 @@
-//! Lock chains. From who waits for whom (`pg_blocking_pids`) and since when
-//! (`pg_locks.waitstart`), what each session's lock keys read: whether it blocks or is blocked,
-//! whether it heads a chain, how many sessions wait behind it directly or through a chain, and
-//! since when the longest of them waits. The live path (from the lock manager) and
-//! `reaper.test_filter` (from JSON) both build their facts here, so they cannot disagree.
+//! Lock chains. From who waits for whom and since when, what each session's lock keys read:
+//! whether it blocks or is blocked, whether it heads a chain, how many sessions wait behind it
+//! directly or through a chain, and since when the longest of them waits. The live path (from
+//! the lock manager's own queues) and `reaper.test_filter` (from `pg_blocking_pids` lists) both
+//! build their facts here, so they cannot disagree.
 //!
-//! A cycle (a deadlock the detector has not broken yet, or a wait-queue cycle) has no head:
-//! every member is blocked, so none is a root; each member holds up every other member (and not
-//! itself), so the counting keys and `min_blocking_age` see the cycle like any chain.
+//! "Waits for" means what `pg_blocking_pids` means: a process waits for the holders of a lock
+//! mode that conflicts with the one it asks for, and for the processes ahead of it in the lock's
+//! queue that ask for a conflicting mode; never for a member of its own lock group (a parallel
+//! query's leader and workers, one node here, named by the leader's pid). Prepared transactions
+//! hold locks with no process: they are all node 0, as `pg_blocking_pids` names them.
 //!
-//! Only what a filter asks for is worked out ([`ChainNeeds`]), in time linear in the number of
-//! waits for `min_blocking_age`, and at most `cap` sessions deep per blocker for
-//! `min_blocked_sessions`; `check` is called every few thousand steps, so that a cancel can
-//! stop a large replay.
+//! A queue of K waiters that all conflict with each other has K² such pairs; the chains never
+//! list them. Each queue becomes a compact graph with the same reachability: per lock mode, a
+//! virtual node for "the holders in a mode that conflicts with it", and, along the queue, a
+//! virtual node per waiter for "everyone behind it that conflicts with its mode", chained to the
+//! next waiter's of the same mode. Its size is linear in the queue (at most a few nodes and
+//! edges per mode per waiter).
+//!
+//! Who blocks and who is blocked (and so the roots) are read off the queues directly. The
+//! counts behind each blocker and the earliest wait behind it are worked out on the compact
+//! graph: its strongly connected components (a cycle: a deadlock the detector has not broken
+//! yet), then one pass over them in dependency order: the earliest wait by a minimum, the counts
+//! by unions of bit sets over the real nodes (a blocker whose count reaches the filter's
+//! threshold stops its set there). A cycle has no head: every member is blocked, so none is a
+//! root; each member holds up every other member (and not itself).
+//!
+//! Only what a filter asks for is worked out ([`ChainNeeds`]); `check` is called every few
+//! thousand steps, so that a cancel can stop a large replay.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::rc::Rc;
 
-/// One process that waits for a lock.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Waiter {
+/// The highest lock mode PostgreSQL has (MAX_LOCKMODES - 1 in every supported major).
+pub const MAX_LOCK_MODE: usize = 9;
+
+/// One lock that processes wait for, as the lock manager has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockQueue {
+    /// For each lock mode (index), the modes it conflicts with, a bit each (`1 << mode`): the
+    /// lock method's conflict table.
+    pub conflicts: [u32; MAX_LOCK_MODE + 1],
+    /// Who holds it, and in which modes (a bit each).
+    pub holders: Vec<Holder>,
+    /// Who waits for it, and for which mode, in queue order.
+    pub waiters: Vec<Queued>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// The holder's lock group (its leader's pid, or its own; 0 for a prepared transaction).
+    pub group: i32,
+    pub modes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    /// The waiter's lock group (its leader's pid, or its own).
+    pub group: i32,
+    pub mode: u8,
+}
+
+/// One process that waits for a lock (or belongs to a lock group that does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitingProcess {
     pub pid: i32,
-    /// The processes it waits for (pg_blocking_pids; a prepared transaction is pid 0).
-    pub blocked_by: Vec<i32>,
+    /// Its lock group (its leader's pid, or its own).
+    pub group: i32,
     /// When it began to wait (None for the moment between the start of a wait and its
-    /// timestamp, as pg_locks.waitstart).
+    /// timestamp, as pg_locks.waitstart, or for a member that does not wait itself).
     pub wait_start: Option<i64>,
+}
+
+/// Who waits for whom, in either form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Waits {
+    /// Every process that waits, or belongs to a lock group that waits: each counts as a
+    /// session behind its blockers.
+    pub waiting: Vec<WaitingProcess>,
+    /// The lock manager's queues (the live path).
+    pub queues: Vec<LockQueue>,
+    /// `pg_blocking_pids` lists: a lock group and the groups it waits for (a replay).
+    pub lists: Vec<(i32, Vec<i32>)>,
 }
 
 /// What the chains must tell, beyond who blocks and who is blocked (always known).
@@ -36,11 +93,11 @@ pub struct ChainNeeds {
 }
 
 /// A session's place in the lock graph.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LockFacts {
-    /// The processes it waits for; empty when it waits for none.
-    pub blocked_by: Vec<i32>,
-    /// Since when it waits for a lock.
+    /// It waits for someone.
+    pub blocked: bool,
+    /// Since when it waits for a lock (for a lock group: since its first member began to).
     pub wait_start: Option<i64>,
     /// Somebody waits for it.
     pub blocking: bool,
@@ -52,163 +109,355 @@ pub struct LockFacts {
 }
 
 impl LockFacts {
-    pub fn blocked(&self) -> bool {
-        !self.blocked_by.is_empty()
-    }
-
     /// The head of a chain: it blocks someone and waits for nobody.
     pub fn root(&self) -> bool {
-        self.blocking && !self.blocked()
+        self.blocking && !self.blocked
     }
 }
 
 /// The lock graph of one moment, with what the filter needs worked out.
 #[derive(Debug, Clone, Default)]
 pub struct LockChains {
-    waiters: HashMap<i32, Waiter>,
-    /// Who waits directly for each blocker.
-    waited_for_by: HashMap<i32, Vec<i32>>,
-    counts: HashMap<i32, u32>,
-    longest: HashMap<i32, i64>,
+    /// Each process's lock group.
+    group_of: HashMap<i32, i32>,
+    /// The facts of each lock group that blocks or waits.
+    facts: HashMap<i32, LockFacts>,
 }
 
 /// How many steps between two calls of `check`.
 const CHECK_EVERY: u64 = 4096;
 
+/// Counts steps, calling `check` every [`CHECK_EVERY`].
+struct Steps<'c> {
+    n: u64,
+    check: &'c mut dyn FnMut(),
+}
+
+impl Steps<'_> {
+    fn step(&mut self, by: u64) {
+        let before = self.n / CHECK_EVERY;
+        self.n += by;
+        if self.n / CHECK_EVERY != before {
+            (self.check)();
+        }
+    }
+}
+
 impl LockChains {
-    pub fn new(
-        waiters: impl IntoIterator<Item = Waiter>,
-        needs: ChainNeeds,
-        check: &mut dyn FnMut(),
-    ) -> LockChains {
-        let mut steps = 0u64;
-        let mut step = |check: &mut dyn FnMut()| {
-            steps += 1;
-            if steps.is_multiple_of(CHECK_EVERY) {
-                check();
-            }
-        };
-        let waiters: HashMap<i32, Waiter> = waiters
-            .into_iter()
-            .filter_map(|mut w| {
-                let pid = w.pid;
-                w.blocked_by.retain(|&b| b != pid);
-                w.blocked_by.sort_unstable();
-                w.blocked_by.dedup();
-                (!w.blocked_by.is_empty()).then_some((w.pid, w))
-            })
-            .collect();
-        let mut waited_for_by: HashMap<i32, Vec<i32>> = HashMap::new();
-        for w in waiters.values() {
-            for &b in &w.blocked_by {
-                step(check);
-                waited_for_by.entry(b).or_default().push(w.pid);
+    pub fn new(waits: Waits, needs: ChainNeeds, check: &mut dyn FnMut()) -> LockChains {
+        let mut steps = Steps { n: 0, check };
+        let mut facts: HashMap<i32, LockFacts> = HashMap::new();
+        let mut group_of = HashMap::with_capacity(waits.waiting.len());
+        let mut weight: HashMap<i32, u32> = HashMap::new();
+        for w in &waits.waiting {
+            steps.step(1);
+            group_of.insert(w.pid, w.group);
+            *weight.entry(w.group).or_default() += 1;
+            if let Some(start) = w.wait_start {
+                let f = facts.entry(w.group).or_default();
+                f.wait_start = Some(f.wait_start.map_or(start, |s| s.min(start)));
             }
         }
-        let mut chains = LockChains {
-            waiters,
-            waited_for_by,
-            counts: HashMap::new(),
-            longest: HashMap::new(),
-        };
-        if let Some(cap) = needs.count_up_to {
-            chains.count_behind(cap, &mut step, check);
+        for queue in &waits.queues {
+            direct_facts(queue, &mut facts, &mut steps);
         }
-        if needs.longest_wait_behind {
-            chains.longest_wait_behind(&mut step, check);
+        for (group, blockers) in &waits.lists {
+            for &b in blockers.iter().filter(|&&b| b != *group) {
+                steps.step(1);
+                facts.entry(*group).or_default().blocked = true;
+                facts.entry(b).or_default().blocking = true;
+            }
         }
-        chains
+        // Only waiting groups count as waiting (a list or a queue with no blocker left after
+        // its own group is taken out does not).
+        for f in facts.values_mut() {
+            if !f.blocked {
+                f.wait_start = None;
+            }
+        }
+        if needs.count_up_to.is_some() || needs.longest_wait_behind {
+            let graph = Graph::build(&waits, &weight, &mut steps);
+            graph.work_out(needs, &mut facts, &mut steps);
+        }
+        LockChains { group_of, facts }
     }
 
-    /// For each blocker, the sessions behind it, counted up to `cap`: a walk along the waits
-    /// that stops at `cap` (each process once, so a cycle ends it). The blockers are walked
-    /// those behind first, so that a walk that reaches one already at `cap` stops there (all
-    /// that is behind it is behind the walker too, and it is one more).
-    fn count_behind(
-        &mut self,
-        cap: u32,
-        step: &mut dyn FnMut(&mut dyn FnMut()),
-        check: &mut dyn FnMut(),
-    ) {
-        let (nodes, edges) = self.graph();
-        let component = tarjan(&edges, step, check);
-        let mut blockers: Vec<(usize, i32)> = nodes
+    /// `pid`'s place in the graph.
+    pub fn facts(&self, pid: i32) -> LockFacts {
+        let group = self.group_of.get(&pid).copied().unwrap_or(pid);
+        self.facts.get(&group).copied().unwrap_or_default()
+    }
+
+    /// Whether a prepared transaction (node 0) holds up anyone.
+    pub fn a_prepared_transaction_blocks(&self) -> bool {
+        self.facts.get(&0).is_some_and(|f| f.blocking)
+    }
+}
+
+/// Who blocks and who is blocked in one queue, straight from it, in time linear in it: per
+/// lock mode, the first two distinct groups that hold (or wait for) it are enough to tell
+/// whether some group other than a given one does.
+fn direct_facts(queue: &LockQueue, facts: &mut HashMap<i32, LockFacts>, steps: &mut Steps) {
+    /// Up to two distinct groups.
+    #[derive(Clone, Copy, Default)]
+    struct Two(Option<i32>, Option<i32>);
+    impl Two {
+        fn add(&mut self, g: i32) {
+            match *self {
+                Two(None, _) => self.0 = Some(g),
+                Two(Some(a), None) if a != g => self.1 = Some(g),
+                _ => {}
+            }
+        }
+        /// Some group other than `g`.
+        fn other_than(&self, g: i32) -> bool {
+            self.0.is_some_and(|a| a != g) || self.1.is_some_and(|b| b != g)
+        }
+    }
+    let modes = 0..=MAX_LOCK_MODE;
+    let conflicts = |a: usize, b: usize| queue.conflicts[a] & (1 << b) != 0;
+    // Holders by mode held.
+    let mut holding = [Two::default(); MAX_LOCK_MODE + 1];
+    for h in &queue.holders {
+        steps.step(1);
+        for m in modes.clone().filter(|m| h.modes & (1 << m) != 0) {
+            holding[m].add(h.group);
+        }
+    }
+    // Waiters by mode, anywhere in the queue (for the holders they hold up), and ahead of each
+    // waiter as the queue is walked.
+    let mut waiting = [Two::default(); MAX_LOCK_MODE + 1];
+    for w in &queue.waiters {
+        waiting[usize::from(w.mode).min(MAX_LOCK_MODE)].add(w.group);
+    }
+    let mut ahead = [Two::default(); MAX_LOCK_MODE + 1];
+    for w in &queue.waiters {
+        steps.step(1);
+        let m = usize::from(w.mode).min(MAX_LOCK_MODE);
+        let blocked = modes
+            .clone()
+            .filter(|&other| conflicts(m, other))
+            .any(|other| holding[other].other_than(w.group) || ahead[other].other_than(w.group));
+        if blocked {
+            facts.entry(w.group).or_default().blocked = true;
+        }
+        ahead[m].add(w.group);
+    }
+    for h in &queue.holders {
+        steps.step(1);
+        let blocks = modes
+            .clone()
+            .filter(|&m| waiting[m].other_than(h.group))
+            .any(|m| {
+                modes
+                    .clone()
+                    .any(|held| h.modes & (1 << held) != 0 && conflicts(m, held))
+            });
+        if blocks {
+            facts.entry(h.group).or_default().blocking = true;
+        }
+    }
+    // A waiter holds up those behind it that ask for a mode conflicting with its own: walked
+    // from the back, with the groups seen behind by mode.
+    let mut behind = [Two::default(); MAX_LOCK_MODE + 1];
+    for w in queue.waiters.iter().rev() {
+        steps.step(1);
+        let m = usize::from(w.mode).min(MAX_LOCK_MODE);
+        let blocks = modes
+            .clone()
+            .filter(|&other| conflicts(other, m))
+            .any(|other| behind[other].other_than(w.group));
+        if blocks {
+            facts.entry(w.group).or_default().blocking = true;
+        }
+        behind[m].add(w.group);
+    }
+}
+
+/// The compact waits-for graph: real nodes (lock groups, weighted by their processes) and
+/// virtual ones (sets of them), edges from blocker to blocked.
+struct Graph {
+    /// The group of each real node; real nodes come first.
+    groups: Vec<i32>,
+    /// The weight of each real node: how many processes it counts for.
+    weights: Vec<u32>,
+    /// Edges out of each node (real and virtual).
+    edges: Vec<Vec<usize>>,
+}
+
+impl Graph {
+    fn build(waits: &Waits, weight: &HashMap<i32, u32>, steps: &mut Steps) -> Graph {
+        // Real nodes: every group that holds, waits or blocks, in a stable order.
+        let mut groups: Vec<i32> = waits
+            .queues
             .iter()
-            .enumerate()
-            .filter(|(_, p)| self.waited_for_by.contains_key(p))
-            .map(|(i, &p)| (component[i], p))
+            .flat_map(|q| {
+                q.holders
+                    .iter()
+                    .map(|h| h.group)
+                    .chain(q.waiters.iter().map(|w| w.group))
+            })
+            .chain(
+                waits
+                    .lists
+                    .iter()
+                    .flat_map(|(g, bs)| std::iter::once(*g).chain(bs.iter().copied())),
+            )
             .collect();
-        blockers.sort_unstable();
-        let mut counts: HashMap<i32, u32> = HashMap::with_capacity(blockers.len());
-        for (_, blocker) in blockers {
-            let mut seen: HashSet<i32> = HashSet::from([blocker]);
-            let mut stack: Vec<i32> = self.waited_for_by[&blocker].clone();
-            let mut count = 0u32;
-            while let Some(pid) = stack.pop() {
-                step(check);
-                if !seen.insert(pid) {
-                    continue;
-                }
-                count += 1;
-                if count >= cap || counts.get(&pid).is_some_and(|&c| c >= cap) {
-                    count = cap.max(count);
-                    break;
-                }
-                if let Some(next) = self.waited_for_by.get(&pid) {
-                    stack.extend(next.iter().copied().filter(|p| !seen.contains(p)));
+        steps.step(groups.len() as u64);
+        groups.sort_unstable();
+        groups.dedup();
+        let index: HashMap<i32, usize> = groups.iter().enumerate().map(|(i, &g)| (g, i)).collect();
+        let weights = groups
+            .iter()
+            .map(|g| weight.get(g).copied().unwrap_or(1))
+            .collect();
+        let mut edges: Vec<Vec<usize>> = vec![Vec::new(); groups.len()];
+        let node = |edges: &mut Vec<Vec<usize>>| {
+            edges.push(Vec::new());
+            edges.len() - 1
+        };
+        for (group, blockers) in &waits.lists {
+            let w = index[group];
+            for b in blockers.iter().filter(|&&b| b != *group) {
+                steps.step(1);
+                edges[index[b]].push(w);
+            }
+        }
+        let modes = 0..=MAX_LOCK_MODE;
+        for queue in &waits.queues {
+            let conflicts = |a: usize, b: usize| queue.conflicts[a] & (1 << b) != 0;
+            let mode_of = |w: &Queued| usize::from(w.mode).min(MAX_LOCK_MODE);
+            // The holders in a mode that conflicts with m, for each mode m waited for.
+            let mut held_against: [Option<usize>; MAX_LOCK_MODE + 1] = [None; MAX_LOCK_MODE + 1];
+            let mut waited = [false; MAX_LOCK_MODE + 1];
+            for w in &queue.waiters {
+                waited[mode_of(w)] = true;
+            }
+            for m in modes.clone().filter(|&m| waited[m]) {
+                let blockers: Vec<usize> = queue
+                    .holders
+                    .iter()
+                    .filter(|h| {
+                        modes
+                            .clone()
+                            .any(|held| h.modes & (1 << held) != 0 && conflicts(m, held))
+                    })
+                    .map(|h| index[&h.group])
+                    .collect();
+                steps.step(queue.holders.len() as u64);
+                if !blockers.is_empty() {
+                    let v = node(&mut edges);
+                    for b in blockers {
+                        edges[b].push(v);
+                    }
+                    held_against[m] = Some(v);
                 }
             }
-            counts.insert(blocker, count);
+            // Behind each waiter, the queue: `behind[m]` is the virtual node of the last waiter
+            // so far that asked for mode m ("everyone behind it that conflicts with m"). A
+            // mode nobody in the queue conflicts with needs none.
+            let wanted: [bool; MAX_LOCK_MODE + 1] =
+                std::array::from_fn(|m| queue.waiters.iter().any(|w| conflicts(mode_of(w), m)));
+            let mut behind: [Option<usize>; MAX_LOCK_MODE + 1] = [None; MAX_LOCK_MODE + 1];
+            for w in &queue.waiters {
+                steps.step(1);
+                let m = mode_of(w);
+                let me = index[&w.group];
+                if let Some(v) = held_against[m] {
+                    edges[v].push(me);
+                }
+                for other in modes.clone().filter(|&other| conflicts(m, other)) {
+                    if let Some(v) = behind[other] {
+                        edges[v].push(me);
+                    }
+                }
+                if wanted[m] {
+                    let v = node(&mut edges);
+                    edges[me].push(v);
+                    if let Some(previous) = behind[m] {
+                        edges[previous].push(v);
+                    }
+                    behind[m] = Some(v);
+                }
+            }
         }
-        self.counts = counts;
+        Graph {
+            groups,
+            weights,
+            edges,
+        }
     }
 
-    /// For each blocker, the earliest wait start behind it, in time linear in the waits: the
-    /// strongly connected components of the waits-for graph (Tarjan's algorithm, iteratively),
-    /// then one pass over them in dependency order. Within a cycle every member is behind
-    /// every other, but not behind itself.
-    fn longest_wait_behind(
-        &mut self,
-        step: &mut dyn FnMut(&mut dyn FnMut()),
-        check: &mut dyn FnMut(),
-    ) {
-        let (nodes, edges) = self.graph();
-        let start = |i: usize| self.waiters.get(&nodes[i]).and_then(|w| w.wait_start);
-        let component = tarjan(&edges, step, check);
-        // Components come out of Tarjan's algorithm in reverse topological order (a component
-        // after every component it reaches), so each is done after all it leads to.
+    /// The counts and the earliest waits behind every blocker, into `facts`.
+    fn work_out(&self, needs: ChainNeeds, facts: &mut HashMap<i32, LockFacts>, steps: &mut Steps) {
+        let real = self.groups.len();
+        let component = tarjan(&self.edges, steps);
         let count = component.iter().copied().max().map_or(0, |c| c + 1);
         let mut members: Vec<Vec<usize>> = vec![Vec::new(); count];
         for (i, &c) in component.iter().enumerate() {
             members[c].push(i);
         }
-        // Per component: the earliest start behind it from outside it, and its members' two
-        // earliest starts (a member of a cycle is behind the others, not itself).
-        let mut outside: Vec<Option<i64>> = vec![None; count];
-        let mut earliest_in: Vec<Option<i64>> = vec![None; count];
+        let starts: Vec<Option<i64>> = self
+            .groups
+            .iter()
+            .map(|g| facts.get(g).and_then(|f| f.wait_start))
+            .collect();
+        let start = |i: usize| starts.get(i).copied().flatten();
         let min = |a: Option<i64>, b: Option<i64>| match (a, b) {
             (Some(x), Some(y)) => Some(x.min(y)),
             (x, None) => x,
             (None, y) => y,
         };
-        for c in 0..count {
-            let mut from_outside = None;
-            for &i in &members[c] {
-                for &w in &edges[i] {
-                    step(check);
-                    let d = component[w];
-                    if d != c {
-                        from_outside =
-                            min(from_outside, min(start(w), min(outside[d], earliest_in[d])));
-                    }
-                }
+        // Per component: what is behind it from outside it (the earliest wait; the real nodes,
+        // as a set, or "at the cap" once there are that many).
+        let mut earliest_outside: Vec<Option<i64>> = vec![None; count];
+        let mut earliest_in: Vec<Option<i64>> = vec![None; count];
+        let mut reach: Vec<Option<Reach>> = vec![None; count];
+        // How many components still need each one's set: it is dropped after its last user.
+        let mut users = vec![0u32; count];
+        let successors: Vec<Vec<usize>> = (0..count)
+            .map(|c| {
+                let mut s: Vec<usize> = members[c]
+                    .iter()
+                    .flat_map(|&i| self.edges[i].iter().map(|&j| component[j]))
+                    .filter(|&d| d != c)
+                    .collect();
+                s.sort_unstable();
+                s.dedup();
+                s
+            })
+            .collect();
+        for s in &successors {
+            for &d in s {
+                users[d] += 1;
             }
-            outside[c] = from_outside;
-            // The two earliest starts of the members, and whose the earliest is: the earliest
-            // start among a member's others is the first, or the second for its owner.
+        }
+        let own_weight = |c: usize| -> u64 {
+            members[c]
+                .iter()
+                .filter(|&&i| i < real)
+                .map(|&i| u64::from(self.weights[i]))
+                .sum()
+        };
+        let cap = needs.count_up_to.map(u64::from);
+        let words = real.div_ceil(64);
+        // Components come out of Tarjan's algorithm in reverse topological order (a component
+        // after every component it reaches), so each is done after all it leads to.
+        for c in 0..count {
+            steps.step(successors[c].len() as u64 + 1);
+            let mut from_outside = None;
+            for &d in &successors[c] {
+                from_outside = min(from_outside, min(earliest_in[d], earliest_outside[d]));
+            }
+            earliest_outside[c] = from_outside;
+            if let Some(cap) = cap {
+                reach[c] = Some(self.union(&successors[c], &members, &reach, cap, words, steps));
+            }
+            // The two earliest starts of the real members, and whose the earliest is: the
+            // earliest among a member's others is the first, or the second for its owner.
             let (mut first, mut first_of, mut second) = (None::<i64>, usize::MAX, None::<i64>);
-            for &i in &members[c] {
-                step(check);
+            for &i in members[c].iter().filter(|&&i| i < real) {
                 if let Some(t) = start(i) {
                     if first.is_none_or(|f| t < f) {
                         second = first;
@@ -219,55 +468,111 @@ impl LockChains {
                 }
             }
             earliest_in[c] = first;
-            let cyclic = members[c].len() > 1;
-            for &i in &members[c] {
-                step(check);
-                let mut behind = from_outside;
-                if cyclic {
-                    behind = min(behind, if i == first_of { second } else { first });
+            let real_members: Vec<usize> =
+                members[c].iter().copied().filter(|&i| i < real).collect();
+            let cyclic = real_members.len() > 1;
+            for &i in &real_members {
+                let f = facts.entry(self.groups[i]).or_default();
+                if !f.blocking {
+                    continue;
                 }
-                if let Some(t) = behind {
-                    if self.waited_for_by.contains_key(&nodes[i]) {
-                        self.longest.insert(nodes[i], t);
+                if needs.longest_wait_behind {
+                    let mut behind = from_outside;
+                    if cyclic {
+                        behind = min(behind, if i == first_of { second } else { first });
                     }
+                    f.longest_wait_behind = behind;
+                }
+                if let (Some(cap), Some(r)) = (cap, &reach[c]) {
+                    let others = own_weight(c) - u64::from(self.weights[i]);
+                    let n = r.weight(&self.weights, cap) + others;
+                    f.blocked_sessions = u32::try_from(n.min(cap)).unwrap_or(u32::MAX);
+                }
+            }
+            for &d in &successors[c] {
+                users[d] -= 1;
+                if users[d] == 0 {
+                    reach[d] = None;
                 }
             }
         }
     }
 
-    /// The waits-for graph by index. Nodes: every pid that blocks or waits, in pid order.
-    /// Edges: blocker -> each direct waiter.
-    fn graph(&self) -> (Vec<i32>, Vec<Vec<usize>>) {
-        let mut nodes: Vec<i32> = self
-            .waited_for_by
-            .keys()
-            .chain(self.waiters.keys())
-            .copied()
-            .collect();
-        nodes.sort_unstable();
-        nodes.dedup();
-        let index: HashMap<i32, usize> = nodes.iter().enumerate().map(|(i, &p)| (p, i)).collect();
-        let edges = nodes
-            .iter()
-            .map(|p| {
-                self.waited_for_by
-                    .get(p)
-                    .map(|ws| ws.iter().map(|w| index[w]).collect())
-                    .unwrap_or_default()
-            })
-            .collect();
-        (nodes, edges)
+    /// What is behind a component from outside it: the union, over its successors, of their
+    /// real members and what is behind them; "at the cap" as soon as that weighs `cap`.
+    fn union(
+        &self,
+        successors: &[usize],
+        members: &[Vec<usize>],
+        reach: &[Option<Reach>],
+        cap: u64,
+        words: usize,
+        steps: &mut Steps,
+    ) -> Reach {
+        let real = self.groups.len();
+        let has_real = |d: usize| members[d].iter().any(|&i| i < real);
+        // One successor that adds no real node of its own: its set is this one's.
+        if let [d] = successors {
+            if !has_real(*d) {
+                if let Some(r) = &reach[*d] {
+                    return r.clone();
+                }
+            }
+        }
+        if successors.is_empty() {
+            return Reach::Set(Rc::new(vec![0; 0]), 0);
+        }
+        let mut bits = vec![0u64; words];
+        for &d in successors {
+            match &reach[d] {
+                Some(Reach::Full) => return Reach::Full,
+                Some(Reach::Set(other, _)) => {
+                    steps.step(other.len() as u64);
+                    for (b, o) in bits.iter_mut().zip(other.iter()) {
+                        *b |= o;
+                    }
+                }
+                None => {}
+            }
+            for &i in members[d].iter().filter(|&&i| i < real) {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+        }
+        let set = Reach::Set(Rc::new(bits), 0);
+        let weight = set.weight(&self.weights, cap);
+        match set {
+            _ if weight >= cap => Reach::Full,
+            Reach::Set(bits, _) => Reach::Set(bits, weight),
+            full => full,
+        }
     }
+}
 
-    /// `pid`'s place in the graph.
-    pub fn facts(&self, pid: i32) -> LockFacts {
-        let waiter = self.waiters.get(&pid);
-        LockFacts {
-            blocked_by: waiter.map(|w| w.blocked_by.clone()).unwrap_or_default(),
-            wait_start: waiter.and_then(|w| w.wait_start),
-            blocking: self.waited_for_by.contains_key(&pid),
-            blocked_sessions: self.counts.get(&pid).copied().unwrap_or(0),
-            longest_wait_behind: self.longest.get(&pid).copied(),
+/// The real nodes behind a component: a set of them with its weight, or "at least the cap".
+#[derive(Debug, Clone)]
+enum Reach {
+    Set(Rc<Vec<u64>>, u64),
+    Full,
+}
+
+impl Reach {
+    /// The weight of the set (up to `cap`; its own once worked out).
+    fn weight(&self, weights: &[u32], cap: u64) -> u64 {
+        match self {
+            Reach::Full => cap,
+            Reach::Set(_, w) if *w > 0 => *w,
+            Reach::Set(bits, _) => {
+                let mut total = 0u64;
+                for (word_index, &word) in bits.iter().enumerate() {
+                    let mut word = word;
+                    while word != 0 {
+                        let bit = word.trailing_zeros() as usize;
+                        total += u64::from(weights[word_index * 64 + bit]);
+                        word &= word - 1;
+                    }
+                }
+                total
+            }
         }
     }
 }
@@ -275,11 +580,7 @@ impl LockChains {
 /// The strongly connected component of each node, numbered in the order Tarjan's algorithm
 /// finishes them (reverse topological order); iterative, so a long chain cannot overflow the
 /// stack.
-fn tarjan(
-    edges: &[Vec<usize>],
-    step: &mut dyn FnMut(&mut dyn FnMut()),
-    check: &mut dyn FnMut(),
-) -> Vec<usize> {
+fn tarjan(edges: &[Vec<usize>], steps: &mut Steps) -> Vec<usize> {
     const UNSEEN: usize = usize::MAX;
     let n = edges.len();
     let (mut order, mut low, mut component) = (vec![UNSEEN; n], vec![0; n], vec![UNSEEN; n]);
@@ -292,7 +593,7 @@ fn tarjan(
         // (node, index of the next edge to follow)
         let mut work: Vec<(usize, usize)> = vec![(root, 0)];
         while let Some(&mut (v, ref mut e)) = work.last_mut() {
-            step(check);
+            steps.step(1);
             if *e == 0 && order[v] == UNSEEN {
                 order[v] = next_order;
                 low[v] = next_order;

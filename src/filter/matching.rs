@@ -274,7 +274,7 @@ impl Criteria {
             Some(Blocking::Root) => s.locks.root(),
         };
         if !blocking
-            || self.blocked.is_some_and(|want| want != s.locks.blocked())
+            || self.blocked.is_some_and(|want| want != s.locks.blocked)
             || self
                 .min_blocked_sessions
                 .is_some_and(|n| s.locks.blocked_sessions < n)

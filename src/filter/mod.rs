@@ -19,7 +19,10 @@ mod tests;
 
 use std::net::IpAddr;
 
-pub use chains::{ChainNeeds, LockChains, LockFacts, Waiter};
+pub use chains::{
+    ChainNeeds, Holder, LockChains, LockFacts, LockQueue, Queued, WaitingProcess, Waits,
+    MAX_LOCK_MODE,
+};
 pub use error::FilterError;
 pub use interval::parse_interval;
 pub use matching::{Selection, Verdict};
@@ -37,7 +40,11 @@ pub const MAX_ARRAY_ITEMS: usize = 10_000;
 /// Backend types that only an exact `backend_type` string or array naming them can select, never
 /// a regex: the pg_cron scheduler and pg_reaper's own worker would otherwise die to
 /// `{"backend_type": {"regex": "."}}`.
-pub const NAMED_ONLY_BACKEND_TYPES: &[&str] = &["pg_cron launcher", "pg_reaper worker"];
+pub const NAMED_ONLY_BACKEND_TYPES: &[&str] = &["pg_cron launcher", WORKER_TYPE];
+
+/// pg_reaper's own background worker's type: its `backend_type` in pg_stat_activity, its
+/// application_name, and the caller its runs are recorded as.
+pub const WORKER_TYPE: &str = "pg_reaper worker";
 
 /// One backend as the matcher sees it. Timestamps are microseconds on any common epoch.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -499,7 +506,7 @@ pub const KNOWN_WORKER_TYPES: &[&str] = &[
     "logical replication parallel worker",
     "logical replication tablesync worker",
     "pg_cron launcher",
-    "pg_reaper worker",
+    WORKER_TYPE,
 ];
 
 impl Default for Vocabulary {

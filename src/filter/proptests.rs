@@ -159,11 +159,59 @@ fn opt_name() -> impl Strategy<Value = Option<String>> {
     )
 }
 
+/// PostgreSQL's conflict table for the default lock method (lock.c's LockConflicts): for each
+/// mode, the modes it conflicts with.
+const LOCK_CONFLICTS: [u32; MAX_LOCK_MODE + 1] = {
+    const fn bits(modes: &[u32]) -> u32 {
+        let mut m = 0;
+        let mut i = 0;
+        while i < modes.len() {
+            m |= 1 << modes[i];
+            i += 1;
+        }
+        m
+    }
+    [
+        0,
+        bits(&[8]),
+        bits(&[7, 8]),
+        bits(&[5, 6, 7, 8]),
+        bits(&[4, 5, 6, 7, 8]),
+        bits(&[3, 4, 6, 7, 8]),
+        bits(&[3, 4, 5, 6, 7, 8]),
+        bits(&[2, 3, 4, 5, 6, 7, 8]),
+        bits(&[1, 2, 3, 4, 5, 6, 7, 8]),
+        0,
+    ]
+};
+
 fn opt_time() -> impl Strategy<Value = Option<i64>> {
     proptest::option::weighted(0.85, (0i64..6_000_000).prop_map(|age| NOW - age))
 }
 
-fn arb_session() -> impl Strategy<Value = Session> {
+/// A generated session, and the pids it waits for (its `pg_blocking_pids`) with the start of
+/// its wait: the capture the chains work its lock facts out from.
+#[derive(Debug, Clone)]
+struct Gen {
+    s: Session,
+    by: Vec<i32>,
+    wait_start: Option<i64>,
+}
+
+impl AsRef<Session> for Gen {
+    fn as_ref(&self) -> &Session {
+        &self.s
+    }
+}
+
+/// The pids `pid` waits for.
+fn by_of(all: &[Gen], pid: i32) -> &[i32] {
+    all.iter()
+        .find(|g| g.s.pid == pid)
+        .map_or(&[], |g| g.by.as_slice())
+}
+
+fn arb_session() -> impl Strategy<Value = Gen> {
     let names = (
         opt_name(),
         opt_name(),
@@ -197,7 +245,7 @@ fn arb_session() -> impl Strategy<Value = Session> {
             let mut blocked_by: Vec<i32> = by.into_iter().filter(|b| *b != pid).collect();
             blocked_by.sort_unstable();
             blocked_by.dedup();
-            Session {
+            let s = Session {
                 pid,
                 backend_type: Some(bt.to_string()),
                 client_backend: bt == "client backend",
@@ -217,11 +265,12 @@ fn arb_session() -> impl Strategy<Value = Session> {
                 state_change: sc,
                 superuser: su,
                 hidden: hid,
-                locks: LockFacts {
-                    wait_start: if blocked_by.is_empty() { None } else { ws },
-                    blocked_by,
-                    ..LockFacts::default()
-                },
+                locks: LockFacts::default(),
+            };
+            Gen {
+                s,
+                wait_start: if blocked_by.is_empty() { None } else { ws },
+                by: blocked_by,
             }
         },
     )
@@ -229,13 +278,14 @@ fn arb_session() -> impl Strategy<Value = Session> {
 
 /// Sessions with distinct pids (1, 2, ...; the caller is 7) whose lock facts are worked out
 /// from their `blocked_by` and `wait_start` by the module's own chains.
-fn arb_sessions() -> impl Strategy<Value = Vec<Session>> {
+fn arb_sessions() -> impl Strategy<Value = Vec<Gen>> {
     proptest::collection::vec(arb_session(), 1..9).prop_map(|mut sessions| {
-        for (i, s) in sessions.iter_mut().enumerate() {
-            s.pid = i as i32 + 1;
-            s.locks.blocked_by.retain(|&b| b != s.pid);
-            if s.locks.blocked_by.is_empty() {
-                s.locks.wait_start = None;
+        for (i, g) in sessions.iter_mut().enumerate() {
+            g.s.pid = i as i32 + 1;
+            let pid = g.s.pid;
+            g.by.retain(|&b| b != pid);
+            if g.by.is_empty() {
+                g.wait_start = None;
             }
         }
         let everything = ChainNeeds {
@@ -248,20 +298,29 @@ fn arb_sessions() -> impl Strategy<Value = Vec<Session>> {
 
 /// The sessions with their lock facts worked out again for `needs` (as the live path and the
 /// replay work them out for a filter: counts capped at what it asks).
-fn rechained(mut sessions: Vec<Session>, needs: ChainNeeds) -> Vec<Session> {
-    let chains = LockChains::new(
-        sessions.iter().map(|s| Waiter {
-            pid: s.pid,
-            blocked_by: s.locks.blocked_by.clone(),
-            wait_start: s.locks.wait_start,
-        }),
-        needs,
-        &mut || {},
-    );
-    for s in &mut sessions {
-        s.locks = chains.facts(s.pid);
+fn rechained(mut sessions: Vec<Gen>, needs: ChainNeeds) -> Vec<Gen> {
+    let chains = LockChains::new(as_lists(&sessions), needs, &mut || {});
+    for g in &mut sessions {
+        g.s.locks = chains.facts(g.s.pid);
     }
     sessions
+}
+
+/// The capture as the replay gives it to the chains: each waiting pid its own lock group.
+fn as_lists(sessions: &[Gen]) -> Waits {
+    Waits {
+        waiting: sessions
+            .iter()
+            .filter(|g| !g.by.is_empty())
+            .map(|g| WaitingProcess {
+                pid: g.s.pid,
+                group: g.s.pid,
+                wait_start: g.wait_start,
+            })
+            .collect(),
+        lists: sessions.iter().map(|g| (g.s.pid, g.by.clone())).collect(),
+        queues: Vec::new(),
+    }
 }
 
 // ---- The reference matcher: reads the JSON directly, shares no code with the module. ----
@@ -302,18 +361,13 @@ fn ref_addr(s: &Session, want: &str) -> bool {
 
 /// The pids waiting behind `pid`, directly or through others: grown until nothing changes
 /// (the module walks the graph instead).
-fn behind(all: &[Session], pid: i32) -> std::collections::BTreeSet<i32> {
+fn behind(all: &[Gen], pid: i32) -> std::collections::BTreeSet<i32> {
     let mut set = std::collections::BTreeSet::new();
     loop {
         let before = set.len();
-        for s in all {
-            if s.pid != pid
-                && s.locks
-                    .blocked_by
-                    .iter()
-                    .any(|b| *b == pid || set.contains(b))
-            {
-                set.insert(s.pid);
+        for g in all {
+            if g.s.pid != pid && g.by.iter().any(|b| *b == pid || set.contains(b)) {
+                set.insert(g.s.pid);
             }
         }
         if set.len() == before {
@@ -323,7 +377,8 @@ fn behind(all: &[Session], pid: i32) -> std::collections::BTreeSet<i32> {
 }
 
 /// (matched, strongest backend_type naming: 0 none, 1 regex, 2 exact)
-fn ref_node(f: &Map<String, Value>, s: &Session, all: &[Session]) -> (bool, u8) {
+fn ref_node(f: &Map<String, Value>, s: &Session, all: &[Gen]) -> (bool, u8) {
+    let wait_start = |pid: i32| all.iter().find(|g| g.s.pid == pid)?.wait_start;
     let mut naming = 0;
     for (k, v) in f {
         let ok = match k.as_str() {
@@ -353,10 +408,10 @@ fn ref_node(f: &Map<String, Value>, s: &Session, all: &[Session]) -> (bool, u8) 
                     "min_state_age" => s.state_change,
                     "min_query_age" => s.query_start,
                     "min_xact_age" => s.xact_start,
-                    "min_blocked_age" => s.locks.wait_start,
+                    "min_blocked_age" => wait_start(s.pid),
                     "min_blocking_age" => behind(all, s.pid)
                         .iter()
-                        .filter_map(|p| all.iter().find(|x| x.pid == *p)?.locks.wait_start)
+                        .filter_map(|p| wait_start(*p))
                         .min(),
                     _ => s.backend_start,
                 };
@@ -364,13 +419,13 @@ fn ref_node(f: &Map<String, Value>, s: &Session, all: &[Session]) -> (bool, u8) 
             }
             "blocking" => {
                 let blocks = !behind(all, s.pid).is_empty();
-                let waits = !s.locks.blocked_by.is_empty();
+                let waits = !by_of(all, s.pid).is_empty();
                 match v {
                     Value::Bool(b) => *b == blocks,
                     _ => blocks && !waits,
                 }
             }
-            "blocked" => v.as_bool() == Some(!s.locks.blocked_by.is_empty()),
+            "blocked" => v.as_bool() == Some(!by_of(all, s.pid).is_empty()),
             "min_blocked_sessions" => behind(all, s.pid).len() as u64 >= v.as_u64().unwrap(),
             "all" => true,
             "any" => {
@@ -397,7 +452,7 @@ fn ref_node(f: &Map<String, Value>, s: &Session, all: &[Session]) -> (bool, u8) 
 }
 
 /// Matches, protection aside.
-fn ref_hit(f: &Value, s: &Session, all: &[Session]) -> bool {
+fn ref_hit(f: &Value, s: &Session, all: &[Gen]) -> bool {
     let o = f.as_object().unwrap();
     if s.pid == 7 {
         return false;
@@ -418,12 +473,12 @@ fn ref_protected(f: &Value, s: &Session) -> bool {
         && (s.application_name.as_deref() == Some("web") || s.usename.as_deref() == Some("batch"))
 }
 
-fn ref_matches(f: &Value, s: &Session, all: &[Session]) -> bool {
+fn ref_matches(f: &Value, s: &Session, all: &[Gen]) -> bool {
     ref_hit(f, s, all) && !ref_protected(f, s)
 }
 
 /// The victims' pids in order: sorted, less the first `keep` of each group, `limit` of them.
-fn ref_select(f: &Value, all: &[Session]) -> Vec<i32> {
+fn ref_select(f: &Value, all: &[Gen]) -> Vec<i32> {
     let order = f["order"].as_str().unwrap();
     let (which, column) = order.split_once('_').unwrap();
     let time = |s: &Session| match column {
@@ -432,7 +487,11 @@ fn ref_select(f: &Value, all: &[Session]) -> Vec<i32> {
         "query" => s.query_start,
         _ => s.state_change,
     };
-    let mut hits: Vec<&Session> = all.iter().filter(|s| ref_matches(f, s, all)).collect();
+    let mut hits: Vec<&Session> = all
+        .iter()
+        .map(|g| &g.s)
+        .filter(|s| ref_matches(f, s, all))
+        .collect();
     if f.get("keep").is_some() {
         hits.retain(|s| !s.hidden);
     }
@@ -502,19 +561,20 @@ proptest! {
     fn matcher_agrees_with_reference(f in top_filter(), sessions in arb_sessions()) {
         let filter = Filter::from_value(&f, &Vocabulary::default()).unwrap();
         let sessions = rechained(sessions, filter.chain_needs().unwrap_or_default());
-        for s in &sessions {
-            prop_assert_eq!(filter.matches(s, &ctx()), ref_matches(&f, s, &sessions), "filter {} session {:?}", f, s);
+        for g in &sessions {
+            let s = &g.s;
+            prop_assert_eq!(filter.matches(s, &ctx()), ref_matches(&f, s, &sessions), "filter {} session {:?}", f, g);
         }
         let picked = filter.select(&sessions, &ctx());
-        let pids: Vec<i32> = picked.victims.iter().map(|&i| sessions[i].pid).collect();
+        let pids: Vec<i32> = picked.victims.iter().map(|&i| sessions[i].s.pid).collect();
         prop_assert_eq!(pids, ref_select(&f, &sessions), "filter {}", f);
         let protected = sessions
             .iter()
-            .filter(|s| ref_hit(&f, s, &sessions) && ref_protected(&f, s))
+            .filter(|g| ref_hit(&f, &g.s, &sessions) && ref_protected(&f, &g.s))
             .count();
         prop_assert_eq!(picked.protected, protected);
         let hidden = if f.get("keep").is_some() {
-            sessions.iter().filter(|s| ref_matches(&f, s, &sessions) && s.hidden).count()
+            sessions.iter().filter(|g| ref_matches(&f, &g.s, &sessions) && g.s.hidden).count()
         } else {
             0
         };
@@ -528,7 +588,7 @@ proptest! {
         cap in 1u32..50,
     ) {
         // pid i+1 waits for the pids in edges[i] (0 is a prepared transaction).
-        let sessions: Vec<Session> = edges
+        let sessions: Vec<Gen> = edges
             .iter()
             .enumerate()
             .map(|(i, by)| {
@@ -536,23 +596,15 @@ proptest! {
                 let mut blocked_by: Vec<i32> = by.iter().copied().filter(|&b| b != pid).collect();
                 blocked_by.sort_unstable();
                 blocked_by.dedup();
-                Session {
-                    pid,
-                    locks: LockFacts {
-                        wait_start: if blocked_by.is_empty() { None } else { starts[i] },
-                        blocked_by,
-                        ..LockFacts::default()
-                    },
-                    ..Session::default()
+                Gen {
+                    s: Session { pid, ..Session::default() },
+                    wait_start: if blocked_by.is_empty() { None } else { starts[i] },
+                    by: blocked_by,
                 }
             })
             .collect();
         let chains = LockChains::new(
-            sessions.iter().map(|s| Waiter {
-                pid: s.pid,
-                blocked_by: s.locks.blocked_by.clone(),
-                wait_start: s.locks.wait_start,
-            }),
+            as_lists(&sessions),
             ChainNeeds { count_up_to: Some(cap), longest_wait_behind: true },
             &mut || {},
         );
@@ -562,11 +614,78 @@ proptest! {
             prop_assert_eq!(facts.blocked_sessions, (behind.len() as u32).min(cap), "pid {}", pid);
             let longest = behind
                 .iter()
-                .filter_map(|p| sessions.iter().find(|x| x.pid == *p)?.locks.wait_start)
+                .filter_map(|p| sessions.iter().find(|x| x.s.pid == *p)?.wait_start)
                 .min();
             prop_assert_eq!(facts.longest_wait_behind, longest, "pid {}", pid);
             prop_assert_eq!(facts.blocking, !behind.is_empty(), "pid {}", pid);
         }
+    }
+
+    #[test]
+    fn lock_queues_give_the_facts_their_pg_blocking_pids_lists_give(
+        queues in proptest::collection::vec(
+            (
+                proptest::collection::vec((0i32..8, 1u32..512), 0..4),
+                proptest::collection::vec((1i32..8, 1u8..9), 0..8),
+            ),
+            1..4,
+        ),
+        starts in proptest::collection::vec(proptest::option::of(0i64..1000), 40),
+        cap in 1u32..20,
+    ) {
+        // Holders (group, modes held: a bit per mode 1..=8; group 0 is a prepared transaction)
+        // and waiters (group, mode) of each lock, with PostgreSQL's conflict table; a group may
+        // wait more than once (a parallel query's members). The lists are what
+        // pg_blocking_pids gives, worked out naively, pair by pair.
+        let queues: Vec<LockQueue> = queues
+            .into_iter()
+            .map(|(holders, waiters)| LockQueue {
+                conflicts: LOCK_CONFLICTS,
+                holders: holders
+                    .into_iter()
+                    .map(|(group, modes)| Holder { group, modes: modes << 1 })
+                    .collect(),
+                waiters: waiters.into_iter().map(|(group, mode)| Queued { group, mode }).collect(),
+            })
+            .collect();
+        let mut waiting = Vec::new();
+        let mut lists = Vec::new();
+        for q in &queues {
+            for (i, w) in q.waiters.iter().enumerate() {
+                let against = LOCK_CONFLICTS[usize::from(w.mode)];
+                let mut blockers: Vec<i32> = q
+                    .holders
+                    .iter()
+                    .filter(|h| h.group != w.group && against & h.modes != 0)
+                    .map(|h| h.group)
+                    .chain(
+                        q.waiters[..i]
+                            .iter()
+                            .filter(|a| a.group != w.group && against & (1 << a.mode) != 0)
+                            .map(|a| a.group),
+                    )
+                    .collect();
+                blockers.sort_unstable();
+                blockers.dedup();
+                let pid = 1000 + waiting.len() as i32;
+                waiting.push(WaitingProcess { pid, group: w.group, wait_start: starts[waiting.len()] });
+                lists.push((w.group, blockers));
+            }
+        }
+        let needs = ChainNeeds { count_up_to: Some(cap), longest_wait_behind: true };
+        let from_queues = LockChains::new(
+            Waits { waiting: waiting.clone(), queues, lists: Vec::new() },
+            needs,
+            &mut || {},
+        );
+        let from_lists = LockChains::new(Waits { waiting, queues: Vec::new(), lists }, needs, &mut || {});
+        for group in 0..8 {
+            prop_assert_eq!(from_queues.facts(group), from_lists.facts(group), "group {}", group);
+        }
+        prop_assert_eq!(
+            from_queues.a_prepared_transaction_blocks(),
+            from_lists.a_prepared_transaction_blocks()
+        );
     }
 
     #[test]

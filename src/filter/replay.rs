@@ -21,7 +21,7 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
-use super::{Filter, LockChains, MatchContext, Protected, Session, Waiter};
+use super::{Filter, LockChains, MatchContext, Protected, Session, WaitingProcess, Waits};
 
 /// What pg_stat_activity shows in `query` for a session the caller may not see.
 pub const HIDDEN_QUERY: &str = "<insufficient privilege>";
@@ -182,7 +182,8 @@ pub fn replay(
     }
     let needs_locks = filter.needs_lock_info();
     let mut replayed = Vec::with_capacity(items.len());
-    let mut waiters = Vec::new();
+    // Each row's pg_blocking_pids and waitstart, for the lock keys.
+    let mut lock_rows: Vec<(usize, Vec<i32>, Option<i64>)> = Vec::new();
     let mut waits = 0usize;
     // Lock groups (a parallel query's leader and workers, by leader_pid): a group waits since
     // its first member began to, as the live path counts it.
@@ -217,11 +218,7 @@ pub fn replay(
                         max: MAX_WAITS,
                     });
                 }
-                waiters.push(Waiter {
-                    pid: r.session.pid,
-                    blocked_by,
-                    wait_start,
-                })
+                lock_rows.push((replayed.len(), blocked_by, wait_start))
             }
             None if needs_locks => return Err(ReplayError::NoLockInfo { index }),
             None => {}
@@ -229,32 +226,25 @@ pub fn replay(
         replayed.push(r);
     }
     if needs_locks {
-        let group_of = |pid: i32, leader: Option<i32>| leader.unwrap_or(pid);
-        let starts: std::collections::HashMap<i32, i64> = waiters
-            .iter()
-            .filter_map(|w| Some((w.pid, w.wait_start?)))
-            .collect();
-        let mut group_start: std::collections::HashMap<i32, i64> = Default::default();
-        for (r, leader) in replayed.iter().zip(&leaders) {
-            if let Some(&start) = starts.get(&r.session.pid) {
-                let g = group_start
-                    .entry(group_of(r.session.pid, *leader))
-                    .or_insert(start);
-                *g = (*g).min(start);
+        // The waits in the chains' own form: each waiting row (its own group's pids taken
+        // out of its list) counts as a session behind its blockers, in its lock group.
+        let group_of = |i: usize| leaders[i].unwrap_or(replayed[i].session.pid);
+        let mut input = Waits::default();
+        for (i, blocked_by, wait_start) in lock_rows {
+            let group = group_of(i);
+            let blockers: Vec<i32> = blocked_by.into_iter().filter(|&b| b != group).collect();
+            if blockers.is_empty() {
+                continue;
             }
-        }
-        let leader_of: std::collections::HashMap<i32, i32> = replayed
-            .iter()
-            .zip(&leaders)
-            .map(|(r, l)| (r.session.pid, group_of(r.session.pid, *l)))
-            .collect();
-        for w in &mut waiters {
-            if let Some(start) = leader_of.get(&w.pid).and_then(|g| group_start.get(g)) {
-                w.wait_start = Some(*start);
-            }
+            input.waiting.push(WaitingProcess {
+                pid: replayed[i].session.pid,
+                group,
+                wait_start,
+            });
+            input.lists.push((group, blockers));
         }
         let needs = filter.chain_needs().unwrap_or_default();
-        let chains = LockChains::new(waiters, needs, &mut || interrupt());
+        let chains = LockChains::new(input, needs, &mut || interrupt());
         for r in &mut replayed {
             r.session.locks = chains.facts(r.session.pid);
         }

@@ -18,12 +18,10 @@ use pgrx::bgworkers::{
 use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
 
+use crate::filter::WORKER_TYPE;
 use crate::guc;
 use schedule::Schedule;
 use status::{State, STATUS};
-
-/// The worker's bgw_type: its `backend_type` in pg_stat_activity, and its application_name.
-pub const WORKER_TYPE: &str = "pg_reaper worker";
 
 /// How long the worker sleeps at most: table changes are followed within this.
 const CYCLE: Duration = Duration::from_secs(1);
@@ -42,41 +40,6 @@ pub fn register() {
         .set_start_time(BgWorkerStartTime::ConsistentState)
         .set_restart_time(Some(Duration::from_secs(1)))
         .load();
-    LOADED.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Whether this server loaded pg_reaper at start (and so has a worker and its status).
-static LOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn loaded() -> bool {
-    LOADED.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Why no worker enforces the scheduled policies of the current database, if none does: the
-/// scheduled ones run nowhere then, and `run_policies()` says so.
-pub fn why_not_enforcing_here() -> Option<String> {
-    if !loaded() {
-        return Some("pg_reaper is not in shared_preload_libraries".into());
-    }
-    if !guc::WORKER.get() {
-        return Some("pg_reaper.worker is off".into());
-    }
-    // SAFETY: this session's own database, looked up in the syscache.
-    let here = unsafe {
-        let name = pg_sys::get_database_name(pg_sys::MyDatabaseId);
-        (!name.is_null()).then(|| {
-            std::ffi::CStr::from_ptr(name)
-                .to_string_lossy()
-                .into_owned()
-        })
-    };
-    let database = guc::database();
-    if here.as_deref() != Some(database.as_str()) {
-        return Some(format!(
-            "the worker runs the policies of database \"{database}\" (pg_reaper.database)"
-        ));
-    }
-    None
 }
 
 /// The worker process's entry point.

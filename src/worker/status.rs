@@ -164,7 +164,7 @@ pub fn policy_rows() -> Vec<(
     Option<String>,
     Option<pgrx::datum::TimestampWithTimeZone>,
 )> {
-    if !super::loaded() {
+    if !crate::guc::preloaded() {
         return Vec::new();
     }
     let s = STATUS.share();
@@ -206,7 +206,7 @@ pub fn worker_row() -> (
     i64,
     Option<String>,
 ) {
-    if !super::loaded() {
+    if !crate::guc::preloaded() {
         return (
             None,
             "not loaded".into(),
