@@ -12,6 +12,7 @@ mod faults;
 mod filter_budget;
 mod filter_keys;
 mod hidden_sessions;
+mod incidents;
 mod lock_chains;
 mod packaging;
 mod permission_matrix;
