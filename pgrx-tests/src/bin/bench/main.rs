@@ -5,6 +5,8 @@
 //! PostgreSQL 15, the reference major, gets the full set of measurements; the others the ones
 //! the per-major table compares.
 
+mod incidents;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -50,6 +52,10 @@ fn main() {
     drop(cluster);
     if full {
         results["worker"] = worker_figures();
+    }
+    // The incidents: on every major measured (BENCHMARKS.md shows them on 15 and one other).
+    if std::env::var_os("BENCH_SKIP_INCIDENTS").is_none() {
+        results["incidents"] = incidents::incidents();
     }
     let dir = bench_dir();
     std::fs::create_dir_all(&dir).unwrap();
@@ -655,6 +661,122 @@ fn render(all: &[Value]) -> String {
                 per(c)
             );
         }
+    }
+    md += &render_incidents(all);
+    md
+}
+
+/// The "Incidents" section, one table per goal, a column per major measured.
+fn render_incidents(all: &[Value]) -> String {
+    let measured: Vec<&Value> = all.iter().filter(|v| v["incidents"].is_object()).collect();
+    if measured.is_empty() {
+        return String::new();
+    }
+    let majors: Vec<String> = measured
+        .iter()
+        .map(|v| format!("PostgreSQL {}", minor_version(v["server"].as_str().unwrap_or(""))))
+        .collect();
+    let head = |first: &str| {
+        let mut h = format!("| {first} |");
+        let mut line = String::from("| --- |");
+        for m in &majors {
+            h += &format!(" {m} |");
+            line += " ---: |";
+        }
+        format!("{h}\n{line}\n")
+    };
+    let f = |v: &Value| match v.as_f64() {
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.2}"),
+        None => "-".into(),
+    };
+    let row = |label: String, get: &dyn Fn(&Value) -> String| {
+        let mut r = format!("| {label} |");
+        for v in &measured {
+            r += &format!(" {} |", get(&v["incidents"]));
+        }
+        r + "\n"
+    };
+    let mut md = String::from(
+        "\n## Incidents\n\nWhere pg_reaper is reached for (`pgrx-tests/src/bin/bench/incidents.rs`), on one cluster \
+         with room for 5,000 sessions and the worker loaded, durable commits on; each figure beside what it is compared \
+         with, in the same run. Medians.\n\n",
+    );
+    md += "### 1. A migration pileup: the look at the lock manager\n\nA report holds AccessShareLock, `ALTER TABLE` \
+           waits for AccessExclusiveLock, K readers queue behind it. `preview_matching('{\"blocking\": \"root\"}')` \
+           against the plain `pg_blocking_pids` of every waiter (ms); its cost per waiter (µs); how long the look held \
+           the lock-manager partition locks (µs, median and worst of 10 looks; goal: under 1 ms at K = 2,000).\n\n";
+    md += &head("K");
+    for k in [250u64, 500, 1000, 2000] {
+        let pick = |v: &Value, field: &str| {
+            v["pileup"]["rows"]
+                .as_array()
+                .and_then(|rows| rows.iter().find(|r| r["k"] == k))
+                .map(|r| f(&r[field]))
+                .unwrap_or("-".into())
+        };
+        md += &row(format!("{k}: root preview ms"), &|v| pick(v, "pg_reaper_root_ms"));
+        md += &row(format!("{k}: per waiter µs"), &|v| pick(v, "per_waiter_us"));
+        md += &row(format!("{k}: pg_blocking_pids ms"), &|v| pick(v, "pg_blocking_pids_ms"));
+        md += &row(format!("{k}: look holds the locks µs (worst)"), &|v| {
+            format!("{} ({})", pick(v, "look_hold_us"), pick(v, "look_hold_max_us"))
+        });
+    }
+    md += "\n### 2. Never worse for others than PostgreSQL's own function\n\nAt K = 2,000, a writer's autocommit \
+           INSERTs (each takes a transaction-id lock) for 5 s: alone, while the root preview loops back to back, and \
+           while the `pg_blocking_pids` query loops back to back; alternated three times.\n\n";
+    md += &head("writer");
+    for (i, name) in ["alone", "during the preview loop", "during the pg_blocking_pids loop"].iter().enumerate() {
+        md += &row(format!("{name}: inserts in 5 s"), &|v| f(&v["pileup"]["stall"][i]["inserts"]));
+        md += &row(format!("{name}: p99 ms"), &|v| f(&v["pileup"]["stall"][i]["p99_ms"]));
+        md += &row(format!("{name}: worst ms"), &|v| f(&v["pileup"]["stall"][i]["worst_ms"]));
+    }
+    md += "\n### 3. `min_blocked_sessions` without the quadratic walk\n\n`{\"min_blocked_sessions\": N - 1}` \
+           against `{\"blocking\": \"root\"}` on the same sessions (ms; goal: at most 2x in the replay, no more than root \
+           live; the 2,000 pileup is in table 1's rows and here).\n\n";
+    md += &head("sessions");
+    for i in 0..3 {
+        let what = measured[0]["incidents"]["chains"][i]["what"].as_str().unwrap_or("").to_string();
+        md += &row(format!("{what}: root"), &|v| f(&v["chains"][i]["root_ms"]));
+        md += &row(format!("{what}: min_blocked_sessions"), &|v| f(&v["chains"][i]["count_ms"]));
+    }
+    md += &row("live: 2,000-waiter pileup: root".into(), &|v| {
+        f(&v["pileup"]["rows"][3]["pg_reaper_root_ms"])
+    });
+    md += &row("live: 2,000-waiter pileup: min_blocked_sessions".into(), &|v| {
+        f(&v["pileup"]["rows"][3]["pg_reaper_count_ms"])
+    });
+    md += "\n### 4. 1,000 victims among 5,000 sessions\n\nTerminated and confirmed gone: pg_reaper as shipped \
+           (`terminate_matching(filter, 5000)`, audit rows and LOG lines on) against a client that signals all of \
+           them with `pg_terminate_backend(pid)` in one statement and polls `pg_stat_activity` every 2 ms until they \
+           are gone; alternated three times (ms). Then where pg_reaper's time goes.\n\n";
+    md += &head("ms");
+    for (label, field) in [
+        ("client: signal all, poll every 2 ms", "client_ms"),
+        ("pg_reaper as shipped", "pg_reaper_ms"),
+        ("pg_reaper, signals only (timeout 0)", "signals_only_ms"),
+        ("pg_reaper without audit rows or LOG lines", "no_audit_no_log_ms"),
+        ("the same, signals only", "no_audit_no_log_signals_only_ms"),
+    ] {
+        md += &row(label.into(), &|v| f(&v["victims"][field]));
+    }
+    md += "\n### 5. A preview over 5,000 sessions\n\nAgainst the plain `SELECT` of the same columns from \
+           `pg_stat_activity` (ms), and pg_reaper's cost per session (µs).\n\n";
+    md += &head("sessions");
+    for i in 0..2 {
+        let n = measured[0]["incidents"]["preview"][i]["n"].as_u64().unwrap_or(0);
+        md += &row(format!("{n}: plain SELECT"), &|v| f(&v["preview"][i]["plain_ms"]));
+        md += &row(format!("{n}: preview"), &|v| f(&v["preview"][i]["pg_reaper_ms"]));
+        md += &row(format!("{n}: per session µs"), &|v| f(&v["preview"][i]["per_session_us"]));
+    }
+    md += "\n### 6. The worker under load\n\npgbench TPC-B (scale 20, 20 clients, durable commits), three alternating \
+           60 s runs per configuration: transactions per second and latency p99 (ms).\n\n";
+    md += &head("configuration");
+    for i in 0..4 {
+        let name = measured[0]["incidents"]["pgbench"][i]["config"].as_str().unwrap_or("").to_string();
+        md += &row(format!("{name}: tps"), &|v| f(&v["pgbench"][i]["tps"]));
+        md += &row(format!("{name}: p99 ms"), &|v| f(&v["pgbench"][i]["p99_ms"]));
     }
     md
 }
