@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub backends: Vec<Backend>,
     pub taken_at: i64,
     pub locks: Option<LockGraph>,
+    /// Each process's PGPROC slot as the snapshot found it.
+    pub procs: compat::ProcsByPid,
 }
 
 /// Whether a snapshot reads the lock graph.
@@ -96,6 +98,7 @@ impl Snapshot {
             backends,
             taken_at,
             locks,
+            procs,
         }
     }
 }

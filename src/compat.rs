@@ -81,6 +81,12 @@ pub struct ProcsByPid {
 }
 
 impl ProcsByPid {
+    /// The PGPROC slot that held `pid` when the map was read (a hint: the slot may have been
+    /// left, or taken by another process, since).
+    pub fn slot(&self, pid: i32) -> Option<*mut pg_sys::PGPROC> {
+        self.procs.get(&pid).copied()
+    }
+
     pub fn read() -> ProcsByPid {
         let mut procs = HashMap::new();
         let mut ambiguous = HashSet::new();
@@ -334,6 +340,13 @@ impl ProcArrayPin {
             #[cfg(feature = "test-hooks")]
             since: std::time::Instant::now(),
         }
+    }
+
+    /// The process in `slot` if it still has this pid (one load instead of a search of the
+    /// proc array; whether it is still a backend in the array is for a check that needs it).
+    pub fn still_in_slot(&self, slot: *mut pg_sys::PGPROC, pid: i32) -> bool {
+        // SAFETY: `slot` points into the PGPROC array, which never moves; one volatile load.
+        unsafe { addr_of!((*slot).pid).read_volatile() == pid }
     }
 
     /// The backend with this pid, if it is in the proc array.
@@ -695,6 +708,12 @@ pub fn with_snapshot<R>(f: impl FnOnce() -> R) -> R {
 pub fn release_catalog_snapshot() {
     // SAFETY: drops a backend-local cached snapshot only when nothing else is registered.
     unsafe { pg_sys::InvalidateCatalogSnapshotConditionally() };
+}
+
+/// Whether the current role is a superuser (cached by PostgreSQL).
+pub fn is_superuser() -> bool {
+    // SAFETY: a catalog check on this session's own role.
+    unsafe { pg_sys::superuser() }
 }
 
 /// Whether `member` may act as `role`, as SET ROLE would allow it.

@@ -219,7 +219,15 @@ fn signal_all(
     PgTryBuilder::new(AssertUnwindSafe(|| {
         for (n, victim) in victims.into_iter().enumerate() {
             let row = match recheck(filter, &ctx, &victim, &index, &still_victims) {
-                Ok(b) => deliver(filter, &ctx, &live_locks, b.clone(), signal, n == 0),
+                Ok(b) => deliver(
+                    filter,
+                    &ctx,
+                    &live_locks,
+                    &fresh.procs,
+                    b.clone(),
+                    signal,
+                    n == 0,
+                ),
                 Err(lost) => {
                     let why = format!("{} before it was signalled", lost.describe());
                     ResultRow::new(victim, Outcome::Vanished, Some(why))
@@ -291,6 +299,7 @@ fn deliver(
     filter: &Filter,
     ctx: &MatchContext,
     live_locks: &LiveLocks,
+    procs: &ProcsByPid,
     backend: Backend,
     signal: Signal,
     first: bool,
@@ -298,6 +307,7 @@ fn deliver(
     let target = Target {
         pid: backend.session.pid,
         started_at: backend.started_at,
+        slot: procs.slot(backend.session.pid),
         session: backend.session.clone(),
         hidden: backend.hidden,
     };

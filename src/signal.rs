@@ -45,6 +45,9 @@ impl Signal {
 pub struct Target {
     pub pid: i32,
     pub started_at: Option<i64>,
+    /// Its PGPROC slot as the re-check found it (the copy looks there first, rather than
+    /// searching the proc array with the lock held).
+    pub slot: Option<*mut pg_sys::PGPROC>,
     pub session: Session,
     /// The caller may not see the session's activity: nothing of it is re-read.
     pub hidden: bool,
@@ -107,6 +110,7 @@ pub fn send(
     const CHANGED_TRIES: u32 = 20;
     let (mut busy, mut changed) = (0, 0);
     let mut warmed = None;
+    let superuser = compat::is_superuser();
     // Room for the copies, made before any pin; the query text only where it is judged.
     let mut live = LiveActivity::with_room(!target.hidden && reads_query);
     loop {
@@ -146,7 +150,13 @@ pub fn send(
             compat::prewarm_signal_permissions(live.role);
             warmed = Some(live.role);
         }
-        match in_subtransaction(|| signal_if_unchanged(target, proc, &live, signal, first)) {
+        // A superuser's signal is never denied: no subtransaction to catch a denial.
+        let sent = if superuser {
+            Ok(signal_if_unchanged(target, proc, &live, signal, first))
+        } else {
+            in_subtransaction(|| signal_if_unchanged(target, proc, &live, signal, first))
+        };
+        match sent {
             Ok(Some(delivery)) => return delivery,
             Ok(None) if changed < CHANGED_TRIES => changed += 1,
             Ok(None) => {
@@ -178,7 +188,10 @@ enum Look {
 /// Under the pin: find the process, copy its live values into `live`, check its identity. Only
 /// copies into room made before, and comparisons.
 fn look(pin: &ProcArrayPin, target: &Target, live: &mut LiveActivity) -> Look {
-    let Some(proc) = pin.backend(target.pid) else {
+    let hinted = target
+        .slot
+        .filter(|&slot| pin.still_in_slot(slot, target.pid));
+    let Some(proc) = hinted.or_else(|| pin.backend(target.pid)) else {
         // SAFETY: AuxiliaryPidGetProc only compares pids in the auxiliary PGPROC array.
         let auxiliary = !unsafe { pg_sys::AuxiliaryPidGetProc(target.pid) }.is_null();
         return Look::Done(if auxiliary {

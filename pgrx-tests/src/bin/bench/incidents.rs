@@ -121,7 +121,8 @@ impl Pileup {
         );
         for mut c in connect(cluster, k, "bench_reader") {
             waiting.push(std::thread::spawn(move || {
-                c.batch_execute("SELECT count(*) FROM bench_pileup").unwrap();
+                c.batch_execute("SELECT count(*) FROM bench_pileup")
+                    .unwrap();
             }));
         }
         wait_for_within(
@@ -185,7 +186,10 @@ fn pileup_scaling(cluster: &Cluster, me: &mut Client) -> Value {
             let n: i64 = me
                 .query_one(
                     PREVIEW,
-                    &[&format!(r#"{{"min_blocked_sessions": {}, "application_name": "bench_report"}}"#, k + 1)],
+                    &[&format!(
+                        r#"{{"min_blocked_sessions": {}, "application_name": "bench_report"}}"#,
+                        k + 1
+                    )],
                 )
                 .unwrap()
                 .get(0);
@@ -216,7 +220,8 @@ fn writer(cluster: &Cluster, seconds: u64) -> (usize, f64, f64) {
     let mut lat = Vec::new();
     while Instant::now() < until {
         let t = Instant::now();
-        c.batch_execute("INSERT INTO bench_writes VALUES (1)").unwrap();
+        c.batch_execute("INSERT INTO bench_writes VALUES (1)")
+            .unwrap();
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     lat.sort_by(|a, b| a.total_cmp(b));
@@ -300,7 +305,10 @@ fn capture(n: usize, dense: bool) -> String {
 fn chains(cluster: &Cluster, me: &mut Client) -> Value {
     let mut rows = Vec::new();
     let replay = "SELECT count(*) FILTER (WHERE matched) FROM reaper.test_filter($1::text::jsonb, $2::text::jsonb)";
-    for (what, n, dense) in [("16,384-session chain", 16_384usize, false), ("4,000-waiter dense queue", 4_001, true)] {
+    for (what, n, dense) in [
+        ("16,384-session chain", 16_384usize, false),
+        ("4,000-waiter dense queue", 4_001, true),
+    ] {
         let sessions = capture(n, dense);
         let count = format!(r#"{{"min_blocked_sessions": {}}}"#, n - 1);
         let root = r#"{"blocking": "root"}"#;
@@ -319,7 +327,9 @@ fn chains(cluster: &Cluster, me: &mut Client) -> Value {
     let length = 500;
     let mut ddl = String::new();
     for i in 0..length {
-        ddl += &format!("CREATE TABLE bench_chain_{i} (id int); ALTER TABLE bench_chain_{i} OWNER TO bench; ");
+        ddl += &format!(
+            "CREATE TABLE bench_chain_{i} (id int); ALTER TABLE bench_chain_{i} OWNER TO bench; "
+        );
     }
     me.batch_execute(&ddl).unwrap();
     let mut head = cluster.connect_as("bench", "bench_chain");
@@ -328,10 +338,15 @@ fn chains(cluster: &Cluster, me: &mut Client) -> Value {
     let mut waiting = Vec::new();
     for i in 1..length {
         let mut c = cluster.connect_as("bench", "bench_chain");
-        c.batch_execute(&format!("BEGIN; LOCK TABLE bench_chain_{i} IN ACCESS EXCLUSIVE MODE"))
-            .unwrap();
+        c.batch_execute(&format!(
+            "BEGIN; LOCK TABLE bench_chain_{i} IN ACCESS EXCLUSIVE MODE"
+        ))
+        .unwrap();
         waiting.push(std::thread::spawn(move || {
-            let _ = c.batch_execute(&format!("LOCK TABLE bench_chain_{} IN ACCESS EXCLUSIVE MODE; COMMIT", i - 1));
+            let _ = c.batch_execute(&format!(
+                "LOCK TABLE bench_chain_{} IN ACCESS EXCLUSIVE MODE; COMMIT",
+                i - 1
+            ));
         }));
         wait_for_within(
             me,
@@ -340,7 +355,10 @@ fn chains(cluster: &Cluster, me: &mut Client) -> Value {
         );
     }
     let root = r#"{"blocking": "root", "application_name": "bench_chain"}"#;
-    let count = format!(r#"{{"min_blocked_sessions": {}, "application_name": "bench_chain"}}"#, length - 1);
+    let count = format!(
+        r#"{{"min_blocked_sessions": {}, "application_name": "bench_chain"}}"#,
+        length - 1
+    );
     let t_root = median(15, || {
         let k: i64 = me.query_one(PREVIEW, &[&root]).unwrap().get(0);
         assert_eq!(k, 1);
@@ -365,9 +383,7 @@ fn chains(cluster: &Cluster, me: &mut Client) -> Value {
 /// every 2 ms; alternated three times, medians; then where pg_reaper's time goes.
 fn victims_among_many(cluster: &Cluster, me: &mut Client) -> Value {
     let _bystanders = connect(cluster, 4000, "bench_bystander");
-    let ours = || -> String {
-        r#"{"application_name": "bench_victim"}"#.to_string()
-    };
+    let ours = || -> String { r#"{"application_name": "bench_victim"}"#.to_string() };
     let pg_reaper = |me: &mut Client, timeout: i64| -> Duration {
         let _victims = connect(cluster, 1000, "bench_victim");
         let t = time(|| {
@@ -417,10 +433,12 @@ fn victims_among_many(cluster: &Cluster, me: &mut Client) -> Value {
     // Where the time goes: the signals alone (no wait), then without the audit rows and LOG
     // lines.
     let signals_only = pg_reaper(me, 0).as_secs_f64() * 1000.0;
-    me.batch_execute("SET pg_reaper.audit = off; SET pg_reaper.log_actions = off").unwrap();
+    me.batch_execute("SET pg_reaper.audit = off; SET pg_reaper.log_actions = off")
+        .unwrap();
     let bare = pg_reaper(me, 5000).as_secs_f64() * 1000.0;
     let bare_signals = pg_reaper(me, 0).as_secs_f64() * 1000.0;
-    me.batch_execute("RESET pg_reaper.audit; RESET pg_reaper.log_actions").unwrap();
+    me.batch_execute("RESET pg_reaper.audit; RESET pg_reaper.log_actions")
+        .unwrap();
     println!(
         "1000 victims among 5000: pg_reaper {ours_ms:.0} ms, client {client_ms:.0} ms; signals only {signals_only:.0} ms; \
          no audit/log {bare:.0} ms, signals only {bare_signals:.0} ms"
@@ -444,7 +462,9 @@ fn preview_many(cluster: &Cluster, me: &mut Client) -> Value {
         sessions.extend(connect(cluster, n - sessions.len(), "bench_idle"));
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for _ in 0..17 {
-            a.push(time(|| assert_eq!(me.query(plain, &[]).unwrap().len(), n)).as_secs_f64() * 1000.0);
+            a.push(
+                time(|| assert_eq!(me.query(plain, &[]).unwrap().len(), n)).as_secs_f64() * 1000.0,
+            );
             b.push(
                 time(|| {
                     let k: i64 = me.query_one(PREVIEW, &[&filter]).unwrap().get(0);
@@ -470,14 +490,26 @@ fn pgbench(cluster: &Cluster, seconds: u64) -> (f64, f64) {
     std::fs::create_dir_all(&dir).unwrap();
     let prefix = dir.join("tx");
     let out = std::process::Command::new(cluster.bin.join("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "postgres", "-n"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "-n",
+        ])
         .args(["-c", "20", "-j", "2", "-T", &seconds.to_string(), "-l"])
         .arg(format!("--log-prefix={}", prefix.display()))
         .arg("postgres")
         .output()
         .expect("pgbench");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "pgbench: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pgbench: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tps: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix("tps = "))
@@ -501,11 +533,26 @@ fn pgbench(cluster: &Cluster, seconds: u64) -> (f64, f64) {
 /// ten times a second. Each configuration three alternating 60 s runs, medians.
 fn worker_under_load(cluster: &Cluster, me: &mut Client) -> Value {
     let out = std::process::Command::new(cluster.bin.join("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "postgres", "-i", "-s", "20", "-q"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "-i",
+            "-s",
+            "20",
+            "-q",
+        ])
         .arg("postgres")
         .output()
         .expect("pgbench -i");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     const SECONDS: u64 = 60;
     let idle = connect(cluster, 1000, "bench_idle");
     let policies: String = (0..20)
@@ -572,7 +619,13 @@ fn worker_under_load(cluster: &Cluster, me: &mut Client) -> Value {
     json!([
         summary("no policies", &plain),
         summary("20 policies each second over 1,000 idle sessions", &with),
-        summary("a lock-key policy every 100 ms, 1,000-waiter pileup", &policy),
-        summary("pg_blocking_pids query 10 times a second, 1,000-waiter pileup", &query),
+        summary(
+            "a lock-key policy every 100 ms, 1,000-waiter pileup",
+            &policy
+        ),
+        summary(
+            "pg_blocking_pids query 10 times a second, 1,000-waiter pileup",
+            &query
+        ),
     ])
 }

@@ -674,7 +674,12 @@ fn render_incidents(all: &[Value]) -> String {
     }
     let majors: Vec<String> = measured
         .iter()
-        .map(|v| format!("PostgreSQL {}", minor_version(v["server"].as_str().unwrap_or(""))))
+        .map(|v| {
+            format!(
+                "PostgreSQL {}",
+                minor_version(v["server"].as_str().unwrap_or(""))
+            )
+        })
         .collect();
     let head = |first: &str| {
         let mut h = format!("| {first} |");
@@ -716,37 +721,66 @@ fn render_incidents(all: &[Value]) -> String {
                 .map(|r| f(&r[field]))
                 .unwrap_or("-".into())
         };
-        md += &row(format!("{k}: root preview ms"), &|v| pick(v, "pg_reaper_root_ms"));
-        md += &row(format!("{k}: per waiter µs"), &|v| pick(v, "per_waiter_us"));
-        md += &row(format!("{k}: pg_blocking_pids ms"), &|v| pick(v, "pg_blocking_pids_ms"));
+        md += &row(format!("{k}: root preview ms"), &|v| {
+            pick(v, "pg_reaper_root_ms")
+        });
+        md += &row(format!("{k}: per waiter µs"), &|v| {
+            pick(v, "per_waiter_us")
+        });
+        md += &row(format!("{k}: pg_blocking_pids ms"), &|v| {
+            pick(v, "pg_blocking_pids_ms")
+        });
         md += &row(format!("{k}: look holds the locks µs (worst)"), &|v| {
-            format!("{} ({})", pick(v, "look_hold_us"), pick(v, "look_hold_max_us"))
+            format!(
+                "{} ({})",
+                pick(v, "look_hold_us"),
+                pick(v, "look_hold_max_us")
+            )
         });
     }
     md += "\n### 2. Never worse for others than PostgreSQL's own function\n\nAt K = 2,000, a writer's autocommit \
            INSERTs (each takes a transaction-id lock) for 5 s: alone, while the root preview loops back to back, and \
            while the `pg_blocking_pids` query loops back to back; alternated three times.\n\n";
     md += &head("writer");
-    for (i, name) in ["alone", "during the preview loop", "during the pg_blocking_pids loop"].iter().enumerate() {
-        md += &row(format!("{name}: inserts in 5 s"), &|v| f(&v["pileup"]["stall"][i]["inserts"]));
-        md += &row(format!("{name}: p99 ms"), &|v| f(&v["pileup"]["stall"][i]["p99_ms"]));
-        md += &row(format!("{name}: worst ms"), &|v| f(&v["pileup"]["stall"][i]["worst_ms"]));
+    for (i, name) in [
+        "alone",
+        "during the preview loop",
+        "during the pg_blocking_pids loop",
+    ]
+    .iter()
+    .enumerate()
+    {
+        md += &row(format!("{name}: inserts in 5 s"), &|v| {
+            f(&v["pileup"]["stall"][i]["inserts"])
+        });
+        md += &row(format!("{name}: p99 ms"), &|v| {
+            f(&v["pileup"]["stall"][i]["p99_ms"])
+        });
+        md += &row(format!("{name}: worst ms"), &|v| {
+            f(&v["pileup"]["stall"][i]["worst_ms"])
+        });
     }
     md += "\n### 3. `min_blocked_sessions` without the quadratic walk\n\n`{\"min_blocked_sessions\": N - 1}` \
            against `{\"blocking\": \"root\"}` on the same sessions (ms; goal: at most 2x in the replay, no more than root \
            live; the 2,000 pileup is in table 1's rows and here).\n\n";
     md += &head("sessions");
     for i in 0..3 {
-        let what = measured[0]["incidents"]["chains"][i]["what"].as_str().unwrap_or("").to_string();
+        let what = measured[0]["incidents"]["chains"][i]["what"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         md += &row(format!("{what}: root"), &|v| f(&v["chains"][i]["root_ms"]));
-        md += &row(format!("{what}: min_blocked_sessions"), &|v| f(&v["chains"][i]["count_ms"]));
+        md += &row(format!("{what}: min_blocked_sessions"), &|v| {
+            f(&v["chains"][i]["count_ms"])
+        });
     }
     md += &row("live: 2,000-waiter pileup: root".into(), &|v| {
         f(&v["pileup"]["rows"][3]["pg_reaper_root_ms"])
     });
-    md += &row("live: 2,000-waiter pileup: min_blocked_sessions".into(), &|v| {
-        f(&v["pileup"]["rows"][3]["pg_reaper_count_ms"])
-    });
+    md += &row(
+        "live: 2,000-waiter pileup: min_blocked_sessions".into(),
+        &|v| f(&v["pileup"]["rows"][3]["pg_reaper_count_ms"]),
+    );
     md += "\n### 4. 1,000 victims among 5,000 sessions\n\nTerminated and confirmed gone: pg_reaper as shipped \
            (`terminate_matching(filter, 5000)`, audit rows and LOG lines on) against a client that signals all of \
            them with `pg_terminate_backend(pid)` in one statement and polls `pg_stat_activity` every 2 ms until they \
@@ -756,7 +790,10 @@ fn render_incidents(all: &[Value]) -> String {
         ("client: signal all, poll every 2 ms", "client_ms"),
         ("pg_reaper as shipped", "pg_reaper_ms"),
         ("pg_reaper, signals only (timeout 0)", "signals_only_ms"),
-        ("pg_reaper without audit rows or LOG lines", "no_audit_no_log_ms"),
+        (
+            "pg_reaper without audit rows or LOG lines",
+            "no_audit_no_log_ms",
+        ),
         ("the same, signals only", "no_audit_no_log_signals_only_ms"),
     ] {
         md += &row(label.into(), &|v| f(&v["victims"][field]));
@@ -765,18 +802,32 @@ fn render_incidents(all: &[Value]) -> String {
            `pg_stat_activity` (ms), and pg_reaper's cost per session (µs).\n\n";
     md += &head("sessions");
     for i in 0..2 {
-        let n = measured[0]["incidents"]["preview"][i]["n"].as_u64().unwrap_or(0);
-        md += &row(format!("{n}: plain SELECT"), &|v| f(&v["preview"][i]["plain_ms"]));
-        md += &row(format!("{n}: preview"), &|v| f(&v["preview"][i]["pg_reaper_ms"]));
-        md += &row(format!("{n}: per session µs"), &|v| f(&v["preview"][i]["per_session_us"]));
+        let n = measured[0]["incidents"]["preview"][i]["n"]
+            .as_u64()
+            .unwrap_or(0);
+        md += &row(format!("{n}: plain SELECT"), &|v| {
+            f(&v["preview"][i]["plain_ms"])
+        });
+        md += &row(format!("{n}: preview"), &|v| {
+            f(&v["preview"][i]["pg_reaper_ms"])
+        });
+        md += &row(format!("{n}: per session µs"), &|v| {
+            f(&v["preview"][i]["per_session_us"])
+        });
     }
     md += "\n### 6. The worker under load\n\npgbench TPC-B (scale 20, 20 clients, durable commits), three alternating \
            60 s runs per configuration: transactions per second and latency p99 (ms).\n\n";
     md += &head("configuration");
     for i in 0..4 {
-        let name = measured[0]["incidents"]["pgbench"][i]["config"].as_str().unwrap_or("").to_string();
+        let name = measured[0]["incidents"]["pgbench"][i]["config"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         md += &row(format!("{name}: tps"), &|v| f(&v["pgbench"][i]["tps"]));
-        md += &row(format!("{name}: p99 ms"), &|v| f(&v["pgbench"][i]["p99_ms"]));
+        md += &row(
+            format!("{name}: p99 ms"),
+            &|v| f(&v["pgbench"][i]["p99_ms"]),
+        );
     }
     md
 }
