@@ -13,10 +13,17 @@ LOAD 'MODULE_PATHNAME';
 DO $$
 DECLARE
     loaded text := pg_catalog.current_setting('pg_reaper.library_version', true);
-    installed text := (SELECT e.default_version FROM pg_catalog.pg_available_extensions e
-                        WHERE e.name OPERATOR(pg_catalog.=) 'pg_reaper');
+    installed text;
 BEGIN
-    IF loaded IS DISTINCT FROM installed THEN
+    -- pg_available_extensions reads every control file: one broken by another package must
+    -- not stop this one, which then only refuses a library older than 0.4.1.
+    BEGIN
+        installed := (SELECT e.default_version FROM pg_catalog.pg_available_extensions e
+                       WHERE e.name OPERATOR(pg_catalog.=) 'pg_reaper');
+    EXCEPTION WHEN OTHERS THEN
+        installed := loaded;
+    END;
+    IF loaded IS NULL OR loaded IS DISTINCT FROM installed THEN
         RAISE EXCEPTION 'pg_reaper: this session runs the pg_reaper library %, not the installed %',
                         coalesce(loaded, '0.4.0 or older'), installed
             USING ERRCODE = 'object_not_in_prerequisite_state',
