@@ -342,11 +342,17 @@ impl ProcArrayPin {
         }
     }
 
-    /// The process in `slot` if it still has this pid (one load instead of a search of the
-    /// proc array; whether it is still a backend in the array is for a check that needs it).
-    pub fn still_in_slot(&self, slot: *mut pg_sys::PGPROC, pid: i32) -> bool {
-        // SAFETY: `slot` points into the PGPROC array, which never moves; one volatile load.
-        unsafe { addr_of!((*slot).pid).read_volatile() == pid }
+    /// Whether `slot` is a backend's (the first MaxBackends PGPROCs; auxiliary processes and
+    /// prepared transactions have the ones after) and still has this pid: one load instead of a
+    /// search of the proc array. Whether it is still in the array is for a check that needs it.
+    pub fn backend_still_in_slot(&self, slot: *mut pg_sys::PGPROC, pid: i32) -> bool {
+        // SAFETY: `slot` points into the PGPROC array, which never moves: the offset is from its
+        // start, and the pid is one volatile load.
+        unsafe {
+            let index = slot.offset_from((*pg_sys::ProcGlobal).allProcs);
+            (0..pg_sys::MaxBackends as isize).contains(&index)
+                && addr_of!((*slot).pid).read_volatile() == pid
+        }
     }
 
     /// The backend with this pid, if it is in the proc array.

@@ -190,7 +190,7 @@ enum Look {
 fn look(pin: &ProcArrayPin, target: &Target, live: &mut LiveActivity) -> Look {
     let hinted = target
         .slot
-        .filter(|&slot| pin.still_in_slot(slot, target.pid));
+        .filter(|&slot| pin.backend_still_in_slot(slot, target.pid));
     let Some(proc) = hinted.or_else(|| pin.backend(target.pid)) else {
         // SAFETY: AuxiliaryPidGetProc only compares pids in the auxiliary PGPROC array.
         let auxiliary = !unsafe { pg_sys::AuxiliaryPidGetProc(target.pid) }.is_null();
