@@ -163,6 +163,30 @@ fn lock_wait_start(proc: *mut pg_sys::PGPROC) -> Option<i64> {
     }
 }
 
+/// How many elements a lock's list may have: one PROCLOCK per PGPROC at most, prepared
+/// transactions' included (set by `set_lock_list_bound` before the locks are taken).
+static LIST_BOUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Works out the bound of the lock lists from the PGPROCs and max_prepared_transactions, before
+/// the partition locks are taken.
+pub fn set_lock_list_bound() {
+    // SAFETY: ProcGlobal is set up at server start; GetConfigOption reads a setting.
+    let (procs, prepared) = unsafe {
+        let prepared = pg_sys::GetConfigOption(c"max_prepared_transactions".as_ptr(), true, false);
+        let prepared = if prepared.is_null() {
+            0
+        } else {
+            std::ffi::CStr::from_ptr(prepared)
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        ((*pg_sys::ProcGlobal).allProcCount as usize, prepared)
+    };
+    LIST_BOUND.store(2 * (procs + prepared) + 1024, Ordering::Relaxed);
+}
+
 /// What the look at the lock manager copies, with every lock-manager partition lock held
 /// (shared): the processes that wait for a heavyweight lock and the members of their lock
 /// groups, into `into.waiting`; then each awaited lock's holders and wait queue, in order, once
@@ -194,9 +218,22 @@ pub unsafe fn copy_lock_waits(
                 leader
             }
         };
-        let mut waiting_groups = HashSet::new();
-        let mut locks: Vec<*mut pg_sys::LOCK> = Vec::new();
-        let mut seen_locks = HashSet::new();
+        // A group is named by its leader's pid; a leader without one (a prepared transaction,
+        // or a parallel leader gone before its workers) by a number below 0 of its own, so
+        // that no two such groups merge into one node of the graph.
+        let group_of = |leader: *mut pg_sys::PGPROC| {
+            let pid = addr_of!((*leader).pid).read_volatile();
+            if pid != 0 {
+                pid
+            } else {
+                -1 - i32::try_from(leader.offset_from(all)).unwrap_or(i32::MAX - 1)
+            }
+        };
+        // Room for every PGPROC at once (the caller made room in `into` before the locks):
+        // what grows under the locks is only the holder and waiter lists.
+        let mut waiting_groups = HashSet::with_capacity(n);
+        let mut locks: Vec<*mut pg_sys::LOCK> = Vec::with_capacity(n);
+        let mut seen_locks = HashSet::with_capacity(n);
         for i in 0..n {
             let proc = all.add(i);
             let lock = addr_of!((*proc).waitLock).read_volatile();
@@ -217,7 +254,7 @@ pub unsafe fn copy_lock_waits(
             if pid != 0 && waiting_groups.contains(&leader) {
                 into.waiting.push(WaitingProcess {
                     pid,
-                    group: addr_of!((*leader).pid).read_volatile(),
+                    group: group_of(leader),
                     wait_start: lock_wait_start(proc),
                 });
             }
@@ -237,8 +274,7 @@ pub unsafe fn copy_lock_waits(
                     continue;
                 }
                 let me = addr_of!((*proclock).tag.myProc).read_volatile();
-                let leader = addr_of!((*proclock).groupLeader).read_volatile();
-                let group = addr_of!((*leader).pid).read_volatile();
+                let group = group_of(addr_of!((*proclock).groupLeader).read_volatile());
                 if addr_of!((*me).pid).read_volatile() == 0 {
                     prepared.push((
                         into.queues.len(),
@@ -253,7 +289,7 @@ pub unsafe fn copy_lock_waits(
             }
             for proc in lock_waiters(lock) {
                 queue.waiters.push(Queued {
-                    group: addr_of!((*leader_of(proc)).pid).read_volatile(),
+                    group: group_of(leader_of(proc)),
                     mode: u8::try_from(addr_of!((*proc).waitLockMode).read_volatile()).unwrap_or(0),
                 });
             }
@@ -309,7 +345,7 @@ unsafe fn list<T>(head: *mut [*mut std::ffi::c_void; 2], offset: usize) -> Vec<*
     let mut items = Vec::new();
     // SAFETY: as the caller promises; nodes are {prev, next}.
     unsafe {
-        let bound = 4 * usize::try_from(pg_sys::MaxBackends).unwrap_or(0) + 1024;
+        let bound = LIST_BOUND.load(Ordering::Relaxed);
         let mut node = (*head)[1].cast::<[*mut std::ffi::c_void; 2]>();
         while !node.is_null() && node != head && items.len() < bound {
             items.push(node.cast::<u8>().sub(offset).cast::<T>());

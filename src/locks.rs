@@ -36,6 +36,12 @@ impl LockGraph {
         let mut waits = Waits::default();
         let mut prepared = Vec::new();
         if procs.any_lock_waiter() {
+            // Room made before the locks are taken (at most one entry per PGPROC each).
+            // SAFETY: ProcGlobal is set up at server start; allProcCount never changes.
+            let n = unsafe { (*pg_sys::ProcGlobal).allProcCount } as usize;
+            waits.waiting.reserve(n);
+            waits.queues.reserve(n);
+            crate::compat::set_lock_list_bound();
             let look = LockManagerLook::hold();
             // SAFETY: every partition lock is held, as copy_lock_waits requires.
             unsafe { crate::compat::copy_lock_waits(&mut waits, &mut prepared) };

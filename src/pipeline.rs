@@ -257,6 +257,7 @@ fn signal_all(
 /// signalled meanwhile (a look holds every lock-manager partition for a moment).
 struct LiveLocks {
     needs: Option<ChainNeeds>,
+    /// The last look, and until when it counts as recent.
     look: RefCell<Option<(LockGraph, Instant)>>,
 }
 
@@ -269,23 +270,26 @@ impl LiveLocks {
         LiveLocks {
             needs: filter.chain_needs(),
             look: RefCell::new(recheck.map(|g| {
-                let at = g.read_at;
-                (g, at)
+                let until = g.read_at + LOCK_FACTS_MAX_AGE;
+                (g, until)
             })),
         }
     }
 
     /// Sets `s`'s lock facts from a recent look, taking a new one if the last is too old.
+    /// A look that took long to work out (a graph of thousands with counts to make) stays
+    /// recent for twice what it cost, so that victims are not each charged a new one.
     fn describe(&self, s: &mut Session) {
         let Some(needs) = self.needs else { return };
         let mut look = self.look.borrow_mut();
         if look
             .as_ref()
-            .is_none_or(|(_, at)| at.elapsed() > LOCK_FACTS_MAX_AGE)
+            .is_none_or(|(_, until)| Instant::now() > *until)
         {
             let graph = LockGraph::read(&ProcsByPid::read(), needs);
-            let at = graph.read_at;
-            *look = Some((graph, at));
+            let cost = graph.read_at.elapsed();
+            let until = Instant::now() + LOCK_FACTS_MAX_AGE.max(2 * cost);
+            *look = Some((graph, until));
         }
         if let Some((graph, _)) = look.as_ref() {
             graph.describe(s);

@@ -48,7 +48,8 @@ pub struct LockQueue {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holder {
-    /// The holder's lock group (its leader's pid, or its own; 0 for a prepared transaction).
+    /// The holder's lock group (its leader's pid, or its own; for a process without a pid, a
+    /// prepared transaction, 0 in a capture and a number below 0, its own, live).
     pub group: i32,
     pub modes: u32,
 }
@@ -188,9 +189,10 @@ impl LockChains {
         self.facts.get(&group).copied().unwrap_or_default()
     }
 
-    /// Whether a prepared transaction (node 0) holds up anyone.
+    /// Whether a prepared transaction (a group of 0 in a capture, below 0 live) holds up
+    /// anyone.
     pub fn a_prepared_transaction_blocks(&self) -> bool {
-        self.facts.get(&0).is_some_and(|f| f.blocking)
+        self.facts.iter().any(|(&g, f)| g <= 0 && f.blocking)
     }
 }
 
@@ -441,7 +443,24 @@ impl Graph {
                 .sum()
         };
         let cap = needs.count_up_to.map(u64::from);
-        let words = real.div_ceil(64);
+        // The sets hold only nodes someone can be behind (a real node with an edge into it):
+        // a blocker that waits for nothing is in no set, however many of them a capture names.
+        let mut bit_of = vec![u32::MAX; real];
+        let mut counted: Vec<usize> = Vec::new();
+        for outs in &self.edges {
+            steps.step(outs.len() as u64 + 1);
+            for &j in outs {
+                if j < real && bit_of[j] == u32::MAX {
+                    bit_of[j] = counted.len() as u32;
+                    counted.push(j);
+                }
+            }
+        }
+        let domain = Domain {
+            bit_of: &bit_of,
+            weights: counted.iter().map(|&i| self.weights[i]).collect(),
+        };
+        let words = counted.len().div_ceil(64);
         // Components come out of Tarjan's algorithm in reverse topological order (a component
         // after every component it reaches), so each is done after all it leads to.
         for c in 0..count {
@@ -452,7 +471,13 @@ impl Graph {
             }
             earliest_outside[c] = from_outside;
             if let Some(cap) = cap {
-                reach[c] = Some(self.union(&successors[c], &members, &reach, cap, words, steps));
+                reach[c] = Some(self.union(
+                    &successors[c],
+                    &members,
+                    &reach,
+                    (&domain, cap, words),
+                    steps,
+                ));
             }
             // The two earliest starts of the real members, and whose the earliest is: the
             // earliest among a member's others is the first, or the second for its owner.
@@ -485,15 +510,19 @@ impl Graph {
                 }
                 if let (Some(cap), Some(r)) = (cap, &reach[c]) {
                     let others = own_weight(c) - u64::from(self.weights[i]);
-                    let n = r.weight(&self.weights, cap) + others;
+                    let n = r.weight(&domain.weights, cap, steps) + others;
                     f.blocked_sessions = u32::try_from(n.min(cap)).unwrap_or(u32::MAX);
                 }
             }
+            // A set is kept only while a component still to come needs it.
             for &d in &successors[c] {
                 users[d] -= 1;
                 if users[d] == 0 {
                     reach[d] = None;
                 }
+            }
+            if users[c] == 0 {
+                reach[c] = None;
             }
         }
     }
@@ -505,8 +534,7 @@ impl Graph {
         successors: &[usize],
         members: &[Vec<usize>],
         reach: &[Option<Reach>],
-        cap: u64,
-        words: usize,
+        (domain, cap, words): (&Domain, u64, usize),
         steps: &mut Steps,
     ) -> Reach {
         let real = self.groups.len();
@@ -522,6 +550,7 @@ impl Graph {
         if successors.is_empty() {
             return Reach::Set(Rc::new(vec![0; 0]), 0);
         }
+        steps.step(words as u64);
         let mut bits = vec![0u64; words];
         for &d in successors {
             match &reach[d] {
@@ -535,11 +564,14 @@ impl Graph {
                 None => {}
             }
             for &i in members[d].iter().filter(|&&i| i < real) {
-                bits[i / 64] |= 1 << (i % 64);
+                let bit = domain.bit_of[i] as usize;
+                if bit < words * 64 {
+                    bits[bit / 64] |= 1 << (bit % 64);
+                }
             }
         }
         let set = Reach::Set(Rc::new(bits), 0);
-        let weight = set.weight(&self.weights, cap);
+        let weight = set.weight(&domain.weights, cap, steps);
         match set {
             _ if weight >= cap => Reach::Full,
             Reach::Set(bits, _) => Reach::Set(bits, weight),
@@ -555,19 +587,29 @@ enum Reach {
     Full,
 }
 
+/// The nodes the sets are made of: each counted node's bit, and each bit's weight.
+struct Domain<'a> {
+    bit_of: &'a [u32],
+    weights: Vec<u32>,
+}
+
 impl Reach {
-    /// The weight of the set (up to `cap`; its own once worked out).
-    fn weight(&self, weights: &[u32], cap: u64) -> u64 {
+    /// The weight of the set, up to `cap` (its own once worked out): it stops counting there.
+    fn weight(&self, weights: &[u32], cap: u64, steps: &mut Steps) -> u64 {
         match self {
             Reach::Full => cap,
             Reach::Set(_, w) if *w > 0 => *w,
             Reach::Set(bits, _) => {
                 let mut total = 0u64;
                 for (word_index, &word) in bits.iter().enumerate() {
+                    steps.step(1);
                     let mut word = word;
                     while word != 0 {
                         let bit = word.trailing_zeros() as usize;
                         total += u64::from(weights[word_index * 64 + bit]);
+                        if total >= cap {
+                            return total;
+                        }
                         word &= word - 1;
                     }
                 }

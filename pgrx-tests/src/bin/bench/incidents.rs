@@ -84,6 +84,77 @@ fn connect(cluster: &Cluster, n: usize, application_name: &str) -> Vec<Client> {
     })
 }
 
+/// An idle session held by nothing but its socket: a client library's connection holds its own
+/// runtime's descriptors besides (about four in all), and five thousand of them would pass the
+/// limit of open files. The startup is the protocol's own, with the cluster's trust auth.
+struct IdleSession(std::net::TcpStream);
+
+impl IdleSession {
+    fn connect(cluster: &Cluster, user: &str, application_name: &str) -> IdleSession {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", cluster.port)).unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&196_608u32.to_be_bytes()); // protocol 3.0
+        for (k, v) in [
+            ("user", user),
+            ("database", "postgres"),
+            ("application_name", application_name),
+        ] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut message = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        message.extend_from_slice(&body);
+        stream.write_all(&message).unwrap();
+        // Until ReadyForQuery: AuthenticationOk, parameters, the backend key.
+        loop {
+            let mut head = [0u8; 5];
+            stream.read_exact(&mut head).unwrap();
+            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut payload = vec![0u8; len - 4];
+            stream.read_exact(&mut payload).unwrap();
+            match head[0] {
+                b'Z' => return IdleSession(stream),
+                b'R' => assert_eq!(&payload[..4], &[0, 0, 0, 0], "the bench needs trust auth"),
+                b'E' => panic!("{}", String::from_utf8_lossy(&payload)),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Drop for IdleSession {
+    fn drop(&mut self) {
+        use std::io::Write;
+        // Terminate; the server may have closed the connection already.
+        let _ = self.0.write_all(&[b'X', 0, 0, 0, 4]);
+    }
+}
+
+/// Idle sessions of role bench with `application_name`, connected in parallel.
+fn idle_sessions(cluster: &Cluster, n: usize, application_name: &str) -> Vec<IdleSession> {
+    let threads = 8;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (0..n)
+                        .filter(|i| i % threads == t)
+                        .map(|_| IdleSession::connect(cluster, "bench", application_name))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
 fn wait_gone(me: &mut Client, application_name: &str) {
     wait_for_within(
         me,
@@ -382,10 +453,10 @@ fn chains(cluster: &Cluster, me: &mut Client) -> Value {
 /// shipped against a client that signals them all in one statement and polls pg_stat_activity
 /// every 2 ms; alternated three times, medians; then where pg_reaper's time goes.
 fn victims_among_many(cluster: &Cluster, me: &mut Client) -> Value {
-    let _bystanders = connect(cluster, 4000, "bench_bystander");
+    let _bystanders = idle_sessions(cluster, 4000, "bench_bystander");
     let ours = || -> String { r#"{"application_name": "bench_victim"}"#.to_string() };
     let pg_reaper = |me: &mut Client, timeout: i64| -> Duration {
-        let _victims = connect(cluster, 1000, "bench_victim");
+        let _victims = idle_sessions(cluster, 1000, "bench_victim");
         let t = time(|| {
             let n: i64 = me
                 .query_one(
@@ -400,7 +471,7 @@ fn victims_among_many(cluster: &Cluster, me: &mut Client) -> Value {
         t
     };
     let client = |me: &mut Client| -> Duration {
-        let _victims = connect(cluster, 1000, "bench_victim");
+        let _victims = idle_sessions(cluster, 1000, "bench_victim");
         let t = time(|| {
             me.query_one(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'bench_victim'",
@@ -459,7 +530,7 @@ fn preview_many(cluster: &Cluster, me: &mut Client) -> Value {
     let mut rows = Vec::new();
     let mut sessions = Vec::new();
     for n in [1000usize, 5000] {
-        sessions.extend(connect(cluster, n - sessions.len(), "bench_idle"));
+        sessions.extend(idle_sessions(cluster, n - sessions.len(), "bench_idle"));
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for _ in 0..17 {
             a.push(
@@ -554,7 +625,7 @@ fn worker_under_load(cluster: &Cluster, me: &mut Client) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     const SECONDS: u64 = 60;
-    let idle = connect(cluster, 1000, "bench_idle");
+    let idle = idle_sessions(cluster, 1000, "bench_idle");
     let policies: String = (0..20)
         .map(|i| format!(
             "('idle-{i:02}', '{{\"application_name\": \"bench_idle\", \"min_state_age\": \"1 day\"}}', 'cancel', '1 second')"

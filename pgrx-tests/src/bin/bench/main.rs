@@ -17,7 +17,32 @@ const APP: &str = "bench_idle";
 const FILTER: &str = r#"{"application_name": "bench_idle"}"#;
 const REFERENCE_MAJOR: u32 = 15;
 
+/// Each client holds a socket and its own runtime's descriptors (about four): 5,000 sessions
+/// need more than a default limit of open files. Raised as far as this user may.
+fn raise_open_files_limit() {
+    const WANT: libc::rlim_t = 100_000;
+    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= WANT {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: WANT,
+            rlim_max: limit.rlim_max.max(WANT),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() {
+    raise_open_files_limit();
     let out = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "BENCHMARKS.md".into());
