@@ -300,10 +300,13 @@ fn writer(cluster: &Cluster, seconds: u64) -> (usize, f64, f64) {
     (lat.len(), p99, *lat.last().unwrap())
 }
 
+/// A statement looped beside the writer, with its one text argument if it takes one.
+type Looped<'a> = Option<(&'a str, Option<&'a str>)>;
+
 /// Goal 2: the writer alone, beside a loop of the root preview, beside a loop of the
 /// pg_blocking_pids query: 5 s each, alternated three times, medians.
 fn writer_stall(cluster: &Cluster) -> Value {
-    let configs: [(&str, Option<(&str, Option<&str>)>); 3] = [
+    let configs: [(&str, Looped); 3] = [
         ("alone", None),
         ("preview loop", Some((PREVIEW, Some(ROOT)))),
         ("pg_blocking_pids loop", Some((BLOCKING_PIDS, None))),
