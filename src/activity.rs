@@ -38,6 +38,12 @@ impl AsRef<Session> for Backend {
     }
 }
 
+impl AsMut<Session> for Backend {
+    fn as_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+}
+
 /// A fresh read of every backend, with the time it was taken (PostgreSQL's microseconds), and
 /// the lock graph it was matched with, if any.
 pub struct Snapshot {

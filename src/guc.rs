@@ -30,6 +30,23 @@ static LIBRARY_VERSION_SETTING: GucSetting<Option<CString>> =
         },
     ));
 
+/// What a victim is told of why it was signalled.
+#[derive(pgrx::PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TellVictims {
+    /// Nothing: PostgreSQL's own message only.
+    #[name = c"off"]
+    Off,
+    /// Who signalled it (the policy, or the calling role), the action, and its own facts.
+    #[name = c"on"]
+    On,
+    /// The same, and the filter.
+    #[name = c"verbose"]
+    Verbose,
+}
+
+/// `pg_reaper.tell_victims`: the signaller's value at the signal decides.
+pub static TELL_VICTIMS: GucSetting<TellVictims> = GucSetting::<TellVictims>::new(TellVictims::On);
+
 /// The database the worker connects to, where the extension is installed.
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -103,6 +120,14 @@ pub fn register() {
         &LIBRARY_VERSION_SETTING,
         GucContext::Internal,
         GucFlags::DISALLOW_IN_FILE | GucFlags::DISALLOW_IN_AUTO_FILE,
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_reaper.tell_victims",
+        c"What a session pg_reaper cancels or terminates is told of why, in its error's DETAIL.",
+        c"off, on (who and why, from the victim's own facts) or verbose (and the filter). Needs pg_reaper in shared_preload_libraries. Only a superuser may change it.",
+        &TELL_VICTIMS,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
         c"pg_reaper.worker",

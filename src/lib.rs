@@ -15,6 +15,7 @@ mod jsonb_arg;
 mod locks;
 mod pipeline;
 mod policy;
+mod reasons;
 mod report;
 mod role;
 mod signal;
@@ -56,6 +57,7 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         guc::set_preloaded();
+        reasons::register();
         worker::register();
     }
 }

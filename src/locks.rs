@@ -95,6 +95,11 @@ impl LockGraph {
         read.ok().flatten().unwrap_or_default()
     }
 
+    /// The chains worked out on this look.
+    pub fn chains(&self) -> &LockChains {
+        &self.chains
+    }
+
     /// Sets the session's lock facts.
     pub fn describe(&self, s: &mut Session) {
         s.locks = self.chains.facts(s.pid);

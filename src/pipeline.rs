@@ -71,7 +71,7 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
         filter,
         protected: &protected,
     };
-    let snapshot = Snapshot::take(LockInfo::fresh(filter.chain_needs()));
+    let snapshot = rules.snapshot(LockInfo::fresh(filter.chain_needs()));
     let chosen = filter.select(&snapshot.backends, &rules.context(&snapshot));
     if actor.policy.is_none() {
         if chosen.protected > 0 {
@@ -126,6 +126,19 @@ struct Rules<'a> {
 }
 
 impl Rules<'_> {
+    /// A fresh snapshot, with the filter's `holding_up` keys worked out on its lock graph.
+    fn snapshot(&self, lock_info: LockInfo) -> Snapshot {
+        let mut snapshot = Snapshot::take(lock_info);
+        if self.filter.chain_needs().is_some_and(|n| n.holding_up) {
+            let ctx = self.context(&snapshot);
+            if let Some(graph) = &snapshot.locks {
+                self.filter
+                    .mark_holding_up(&mut snapshot.backends, &ctx, graph.chains());
+            }
+        }
+        snapshot
+    }
+
     fn context(&self, snapshot: &Snapshot) -> MatchContext<'_> {
         MatchContext {
             // SAFETY: this backend's own pid.
@@ -207,11 +220,18 @@ fn signal_all(
     }
     signal::test_hooks::pause_before_recheck();
     let filter = rules.filter;
-    let fresh = Snapshot::take(LockInfo::fresh(filter.chain_needs()));
+    let fresh = rules.snapshot(LockInfo::fresh(filter.chain_needs()));
     let ctx = rules.context(&fresh);
     let index = index(&fresh);
     let still_victims = filter.victim_pids(&fresh.backends, &ctx);
-    let live_locks = LiveLocks::new(filter, fresh.locks.clone());
+    let signalling = Signalling {
+        filter,
+        ctx: &ctx,
+        live_locks: LiveLocks::new(filter, &fresh),
+        procs: &fresh.procs,
+        actor,
+        signal,
+    };
     let rows = RefCell::new(Vec::with_capacity(victims.len()));
     let finished = Cell::new(false);
     let sent_before = signal::delivered_so_far();
@@ -219,15 +239,7 @@ fn signal_all(
     PgTryBuilder::new(AssertUnwindSafe(|| {
         for (n, victim) in victims.into_iter().enumerate() {
             let row = match recheck(filter, &ctx, &victim, &index, &still_victims) {
-                Ok(b) => deliver(
-                    filter,
-                    &ctx,
-                    &live_locks,
-                    &fresh.procs,
-                    b.clone(),
-                    signal,
-                    n == 0,
-                ),
+                Ok(b) => signalling.deliver(b.clone(), n == 0),
                 Err(lost) => {
                     let why = format!("{} before it was signalled", lost.describe());
                     ResultRow::new(victim, Outcome::Vanished, Some(why))
@@ -257,77 +269,125 @@ fn signal_all(
 /// signalled meanwhile (a look holds every lock-manager partition for a moment).
 struct LiveLocks {
     needs: Option<ChainNeeds>,
-    /// The last look, and until when it counts as recent.
-    look: RefCell<Option<(LockGraph, Instant)>>,
+    /// The last look, until when it counts as recent, and who held up whom on it.
+    look: RefCell<Option<(LockGraph, Instant, HoldingUp)>>,
+    /// For `holding_up`: the sessions of the re-check (those held up are judged on them, with
+    /// each new look's facts).
+    sessions: Vec<Backend>,
 }
+
+/// Which of the filter's `holding_up` keys each session satisfied on a look.
+type HoldingUp = HashMap<i32, u16>;
 
 /// How old the look at the lock manager may be that a victim's lock keys are judged on.
 const LOCK_FACTS_MAX_AGE: Duration = Duration::from_millis(10);
 
 impl LiveLocks {
     /// For `filter`'s lock keys, if it has any, starting from the re-check's own look.
-    fn new(filter: &Filter, recheck: Option<LockGraph>) -> LiveLocks {
+    fn new(filter: &Filter, recheck: &Snapshot) -> LiveLocks {
+        let needs = filter.chain_needs();
+        let holding_up = needs.is_some_and(|n| n.holding_up);
+        let marks = |backends: &[Backend]| -> HoldingUp {
+            backends
+                .iter()
+                .map(|b| (b.session.pid, b.session.locks.holding_up))
+                .collect()
+        };
         LiveLocks {
-            needs: filter.chain_needs(),
-            look: RefCell::new(recheck.map(|g| {
+            needs,
+            look: RefCell::new(recheck.locks.clone().map(|g| {
                 let until = g.read_at + LOCK_FACTS_MAX_AGE;
-                (g, until)
+                (g, until, marks(&recheck.backends))
             })),
+            sessions: if holding_up {
+                recheck.backends.clone()
+            } else {
+                Vec::new()
+            },
         }
     }
 
     /// Sets `s`'s lock facts from a recent look, taking a new one if the last is too old.
     /// A look that took long to work out (a graph of thousands with counts to make) stays
     /// recent for twice what it cost, so that victims are not each charged a new one.
-    fn describe(&self, s: &mut Session) {
+    fn describe(&self, s: &mut Session, filter: &Filter, ctx: &MatchContext) {
         let Some(needs) = self.needs else { return };
         let mut look = self.look.borrow_mut();
         if look
             .as_ref()
-            .is_none_or(|(_, until)| Instant::now() > *until)
+            .is_none_or(|(_, until, _)| Instant::now() > *until)
         {
             let graph = LockGraph::read(&ProcsByPid::read(), needs);
+            // Who holds up whom on this look, judged on the re-check's sessions.
+            let mut marks = HoldingUp::new();
+            if needs.holding_up {
+                let mut sessions = self.sessions.clone();
+                for b in &mut sessions {
+                    graph.describe(&mut b.session);
+                }
+                filter.mark_holding_up(&mut sessions, ctx, graph.chains());
+                marks = sessions
+                    .iter()
+                    .map(|b| (b.session.pid, b.session.locks.holding_up))
+                    .collect();
+            }
             let cost = graph.read_at.elapsed();
             let until = Instant::now() + LOCK_FACTS_MAX_AGE.max(2 * cost);
-            *look = Some((graph, until));
+            *look = Some((graph, until, marks));
         }
-        if let Some((graph, _)) = look.as_ref() {
+        if let Some((graph, _, marks)) = look.as_ref() {
             graph.describe(s);
+            s.locks.holding_up = marks.get(&s.pid).copied().unwrap_or(0);
         }
     }
 }
 
-/// Signals one re-checked victim, judged again on its live values (and, for lock keys, a
-/// recent look at the lock manager), and says what became of it.
-fn deliver(
-    filter: &Filter,
-    ctx: &MatchContext,
-    live_locks: &LiveLocks,
-    procs: &ProcsByPid,
-    backend: Backend,
+/// What signalling one victim of a call needs besides the victim.
+struct Signalling<'a> {
+    filter: &'a Filter,
+    ctx: &'a MatchContext<'a>,
+    live_locks: LiveLocks,
+    procs: &'a ProcsByPid,
+    actor: &'a Actor,
     signal: Signal,
-    first: bool,
-) -> ResultRow {
-    let target = Target {
-        pid: backend.session.pid,
-        started_at: backend.started_at,
-        slot: procs.slot(backend.session.pid),
-        session: backend.session.clone(),
-        hidden: backend.hidden,
-    };
-    let judge = |mut s: Session| {
-        signal::test_hooks::assert_unpinned();
-        live_locks.describe(&mut s);
-        // "Now" moves on with the live values: ages are measured at the signal.
-        let now = MatchContext {
-            // SAFETY: reads the clock.
-            now: unsafe { pg_sys::GetCurrentTimestamp() },
-            ..*ctx
+}
+
+impl Signalling<'_> {
+    /// Signals one re-checked victim, judged again on its live values (and, for lock keys, a
+    /// recent look at the lock manager), and says what became of it.
+    fn deliver(&self, backend: Backend, first: bool) -> ResultRow {
+        let Signalling {
+            filter,
+            ctx,
+            live_locks,
+            procs,
+            actor,
+            signal,
+        } = self;
+        let (filter, signal) = (*filter, *signal);
+        // SAFETY: reads the clock.
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
+        let target = Target {
+            pid: backend.session.pid,
+            started_at: backend.started_at,
+            slot: procs.slot(backend.session.pid),
+            reason: report::reason(signal, actor, &backend.session, filter, now),
+            session: backend.session.clone(),
+            hidden: backend.hidden,
         };
-        filter.verdict(&s, &now)
-    };
-    let vanished = |lost: Lost| Some(format!("{} before it was signalled", lost.describe()));
-    let (outcome, detail) =
+        let judge = |mut s: Session| {
+            signal::test_hooks::assert_unpinned();
+            live_locks.describe(&mut s, filter, ctx);
+            // "Now" moves on with the live values: ages are measured at the signal.
+            let now = MatchContext {
+                // SAFETY: reads the clock.
+                now: unsafe { pg_sys::GetCurrentTimestamp() },
+                ..**ctx
+            };
+            filter.verdict(&s, &now)
+        };
+        let vanished = |lost: Lost| Some(format!("{} before it was signalled", lost.describe()));
+        let (outcome, detail) =
         match signal::send(&target, signal, first, filter.reads_query(), &judge) {
         Delivery::Delivered if signal == Signal::Cancel => (Outcome::Cancelled, None),
         Delivery::Delivered => (Outcome::Signalled, None),
@@ -346,7 +406,8 @@ fn deliver(
         ),
         Delivery::Failed(why) => (Outcome::Failed, Some(why)),
     };
-    ResultRow::new(backend, outcome, detail)
+        ResultRow::new(backend, outcome, detail)
+    }
 }
 
 /// Signals all victims, then confirms their exit against one deadline.
@@ -415,7 +476,7 @@ fn cancel_then_terminate(
             (_, Some(needs)) => LockInfo::Read(needs),
         };
         let reread = matches!(lock_info, LockInfo::Read(_));
-        let fresh = Snapshot::take(lock_info);
+        let fresh = rules.snapshot(lock_info);
         if reread {
             graph = fresh.locks.clone();
         }

@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 use crate::activity::{Backend, HIDDEN_QUERY};
 use crate::error::{raise, raise_with_hint};
+use crate::filter::Session;
 use crate::guc;
 use crate::role;
 use crate::signal::{in_subtransaction, Signal};
@@ -122,6 +123,79 @@ impl Actor {
             ..Actor::new(role::current(), owner, Some(policy.to_string()))
         }
     }
+}
+
+/// What a victim is told of why it is signalled (`pg_reaper.tell_victims`): by whom (the policy,
+/// or the calling role), the action, and its own facts as the filter saw them, e.g.
+/// `pg_reaper: terminated by policy "idle-tx": idle in transaction for 00:12:03`; with
+/// `verbose`, the filter too. None when victims are told nothing, or cannot be (the library is
+/// not preloaded). At most MAX_REASON_BYTES.
+pub fn reason(
+    signal: Signal,
+    actor: &Actor,
+    s: &Session,
+    filter: &crate::filter::Filter,
+    now: i64,
+) -> Option<Vec<u8>> {
+    let tell = guc::TELL_VICTIMS.get();
+    if tell == guc::TellVictims::Off || !crate::reasons::available() {
+        return None;
+    }
+    let who = match &actor.policy {
+        Some(p) => format!("policy {p:?}"),
+        None => format!("role {:?}", actor.caller_name),
+    };
+    let verb = match signal {
+        Signal::Cancel => "cancelled",
+        Signal::Terminate => "terminated",
+    };
+    let age = |t: Option<i64>| t.map(|t| hms(now.saturating_sub(t)));
+    let mut facts = Vec::new();
+    match (s.state.as_deref(), age(s.state_change)) {
+        (Some("active"), _) => {
+            if let Some(q) = age(s.query_start) {
+                facts.push(format!("running a query for {q}"));
+            }
+        }
+        (Some(state), Some(a)) => facts.push(format!("{state} for {a}")),
+        _ => {}
+    }
+    if filter.uses_age(crate::filter::AgeField::Xact) {
+        if let Some(x) = age(s.xact_start) {
+            facts.push(format!("in a transaction for {x}"));
+        }
+    }
+    if s.locks.blocking {
+        facts.push(match s.locks.blocked_sessions {
+            0 => "holding up other sessions".to_string(),
+            n => format!("holding up {n} session(s)"),
+        });
+    }
+    if s.locks.blocked {
+        facts.push(match age(s.locks.wait_start) {
+            Some(w) => format!("waiting for a lock for {w}"),
+            None => "waiting for a lock".to_string(),
+        });
+    }
+    let mut text = format!("pg_reaper: {verb} by {who}");
+    if !facts.is_empty() {
+        text += &format!(": {}", facts.join(", "));
+    }
+    if tell == guc::TellVictims::Verbose {
+        text += &format!("; filter {}", filter.to_json());
+    }
+    let mut end = text.len().min(crate::reasons::MAX_REASON_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    Some(text.into_bytes())
+}
+
+/// A duration in microseconds as HH:MM:SS, as PostgreSQL prints an interval.
+fn hms(micros: i64) -> String {
+    let s = micros.max(0) / 1_000_000;
+    format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
 }
 
 /// The server-log line of every delivered signal among `rows`. Written after the signal loop,

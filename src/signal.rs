@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 
 use crate::compat::{self, LiveActivity, LiveState, ProcArrayPin};
 use crate::filter::{Session, Verdict};
+use crate::reasons;
 
 /// How often the wait re-checks its pending backends.
 const POLL: Duration = Duration::from_millis(2);
@@ -51,6 +52,8 @@ pub struct Target {
     pub session: Session,
     /// The caller may not see the session's activity: nothing of it is re-read.
     pub hidden: bool,
+    /// What the victim is told, if anything (`pg_reaper.tell_victims`).
+    pub reason: Option<Vec<u8>>,
 }
 
 /// What became of one signal.
@@ -236,22 +239,51 @@ fn signal_if_unchanged(
     if first {
         test_hooks::pause_before_signal();
     }
+    // The reason, left immediately before the signal (fixed-size copies), for this process
+    // and, for a cancel, the statement it runs now; a cancel of an idle session raises nothing
+    // there, so it gets none.
+    let reason = target.reason.as_deref().and_then(|text| {
+        let running = compat::is_running(seen.state);
+        let (kind, statement) = match signal {
+            Signal::Cancel if running => (reasons::Kind::Cancel, seen.query_start),
+            Signal::Cancel => return None,
+            Signal::Terminate => (reasons::Kind::Terminate, 0),
+        };
+        reasons::leave(proc, kind, target.pid, seen.backend_start, statement, text);
+        Some(())
+    });
+    let withdraw = || {
+        if reason.is_some() {
+            reasons::withdraw(proc, target.pid);
+        }
+    };
     let pid = target.pid.into_datum();
     // Nothing under the pin reads a catalog: the role checks below hit the catcache for the
     // roles warmed before the pin (the victim's role is the one warmed: it is unchanged since
     // the copy).
-    // SAFETY: PostgreSQL's own SQL-callable functions with their declared arguments (the same
-    // in every supported major); they run no CHECK_FOR_INTERRUPTS, and a denial (42501) releases
-    // the pin in the subtransaction's abort.
-    let delivered = unsafe {
-        match signal {
-            Signal::Cancel => direct_function_call::<bool>(pg_sys::pg_cancel_backend, &[pid]),
-            Signal::Terminate => direct_function_call::<bool>(
-                pg_sys::pg_terminate_backend,
-                &[pid, 0i64.into_datum()],
-            ),
+    let delivered = PgTryBuilder::new(AssertUnwindSafe(|| {
+        // SAFETY: PostgreSQL's own SQL-callable functions with their declared arguments (the
+        // same in every supported major); they run no CHECK_FOR_INTERRUPTS, and a denial
+        // (42501) releases the pin in the (sub)transaction's abort.
+        unsafe {
+            match signal {
+                Signal::Cancel => direct_function_call::<bool>(pg_sys::pg_cancel_backend, &[pid]),
+                Signal::Terminate => direct_function_call::<bool>(
+                    pg_sys::pg_terminate_backend,
+                    &[pid, 0i64.into_datum()],
+                ),
+            }
         }
-    };
+    }))
+    .catch_others(|e| {
+        // Not signalled (a denial, most likely): nor told.
+        withdraw();
+        e.rethrow()
+    })
+    .execute();
+    if delivered != Some(true) {
+        withdraw();
+    }
     drop(pin);
     Some(if delivered == Some(true) {
         DELIVERED.with(|d| d.set(d.get() + 1));

@@ -28,7 +28,7 @@
 //! Only what a filter asks for is worked out ([`ChainNeeds`]); `check` is called every few
 //! thousand steps, so that a cancel can stop a large replay.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 /// The highest lock mode PostgreSQL has (MAX_LOCKMODES - 1 in every supported major).
@@ -91,6 +91,8 @@ pub struct ChainNeeds {
     pub count_up_to: Option<u32>,
     /// `min_blocking_age`: the earliest wait start behind each blocker.
     pub longest_wait_behind: bool,
+    /// `holding_up`: who holds up given sessions (the graph is kept for it).
+    pub holding_up: bool,
 }
 
 /// A session's place in the lock graph.
@@ -107,6 +109,9 @@ pub struct LockFacts {
     pub blocked_sessions: u32,
     /// The earliest wait_start among those (only when the filter has `min_blocking_age`).
     pub longest_wait_behind: Option<i64>,
+    /// The filter's `holding_up` keys it satisfies, a bit each (set by the filter, from
+    /// [`LockChains::holding_up`]).
+    pub holding_up: u16,
 }
 
 impl LockFacts {
@@ -123,6 +128,8 @@ pub struct LockChains {
     group_of: HashMap<i32, i32>,
     /// The facts of each lock group that blocks or waits.
     facts: HashMap<i32, LockFacts>,
+    /// The compact graph, kept when someone will ask who holds up whom.
+    graph: Option<Graph>,
 }
 
 /// How many steps between two calls of `check`.
@@ -176,11 +183,69 @@ impl LockChains {
                 f.wait_start = None;
             }
         }
-        if needs.count_up_to.is_some() || needs.longest_wait_behind {
-            let graph = Graph::build(&waits, &weight, &mut steps);
-            graph.work_out(needs, &mut facts, &mut steps);
+        let mut graph = None;
+        if needs.count_up_to.is_some() || needs.longest_wait_behind || needs.holding_up {
+            let g = Graph::build(&waits, &weight, &mut steps);
+            if needs.count_up_to.is_some() || needs.longest_wait_behind {
+                g.work_out(needs, &mut facts, &mut steps);
+            }
+            graph = needs.holding_up.then_some(g);
         }
-        LockChains { group_of, facts }
+        LockChains {
+            group_of,
+            facts,
+            graph,
+        }
+    }
+
+    /// The lock groups that hold up, directly or through a chain, one of `held` (processes'
+    /// pids): a walk back along the waits, linear in the graph. A process counts as holding
+    /// itself up only in a cycle. Empty unless the chains were built for `holding_up`.
+    pub fn holding_up(&self, held: &[i32], check: &mut dyn FnMut()) -> HashSet<i32> {
+        let Some(graph) = &self.graph else {
+            return HashSet::new();
+        };
+        let mut steps = Steps { n: 0, check };
+        let index: HashMap<i32, usize> = graph
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| (g, i))
+            .collect();
+        // The edges reversed: from each node, who points at it.
+        let mut into: Vec<Vec<usize>> = vec![Vec::new(); graph.edges.len()];
+        for (from, outs) in graph.edges.iter().enumerate() {
+            steps.step(outs.len() as u64 + 1);
+            for &to in outs {
+                into[to].push(from);
+            }
+        }
+        let mut seen = vec![false; graph.edges.len()];
+        let mut stack: Vec<usize> = held
+            .iter()
+            .filter_map(|pid| index.get(&self.group_of.get(pid).copied().unwrap_or(*pid)))
+            .copied()
+            .collect();
+        // Each start is looked behind, and is reached itself only through an edge.
+        let mut holders = HashSet::new();
+        while let Some(node) = stack.pop() {
+            steps.step(1);
+            for &from in &into[node] {
+                if !seen[from] {
+                    seen[from] = true;
+                    if from < graph.groups.len() {
+                        holders.insert(graph.groups[from]);
+                    }
+                    stack.push(from);
+                }
+            }
+        }
+        holders
+    }
+
+    /// Each process's lock group (its own pid when it is in none).
+    pub fn group(&self, pid: i32) -> i32 {
+        self.group_of.get(&pid).copied().unwrap_or(pid)
     }
 
     /// `pid`'s place in the graph.
@@ -278,6 +343,7 @@ fn direct_facts(queue: &LockQueue, facts: &mut HashMap<i32, LockFacts>, steps: &
 
 /// The compact waits-for graph: real nodes (lock groups, weighted by their processes) and
 /// virtual ones (sets of them), edges from blocker to blocked.
+#[derive(Debug, Clone, Default)]
 struct Graph {
     /// The group of each real node; real nodes come first.
     groups: Vec<i32>,

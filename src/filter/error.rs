@@ -113,6 +113,12 @@ pub enum FilterError {
         why: &'static str,
     },
 
+    #[error("filter key \"{key}\" is not allowed inside \"{outer}\"")]
+    Nested { key: String, outer: &'static str },
+
+    #[error("filter has more than {max} \"holding_up\" keys (at \"{key}\")")]
+    TooMany { key: String, max: usize },
+
     #[error("filter key \"{key}\" names {value:?} more than once")]
     Repeated { key: String, value: String },
 

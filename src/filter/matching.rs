@@ -154,6 +154,12 @@ impl AsRef<Session> for Session {
     }
 }
 
+impl AsMut<Session> for Session {
+    fn as_mut(&mut self) -> &mut Session {
+        self
+    }
+}
+
 impl Filter {
     /// Whether matching needs the lock graph, which costs a look at the lock manager.
     pub fn needs_lock_info(&self) -> bool {
@@ -168,6 +174,46 @@ impl Filter {
     /// Whether matching needs "now" (an age key).
     pub fn needs_now(&self) -> bool {
         self.criteria.uses_ages()
+    }
+
+    /// Sets, on every session, which of the filter's `holding_up` keys it satisfies: for each,
+    /// the sessions the key's own filter matches (a row rule only: the safe defaults are for
+    /// whom a filter selects, not for whom it protects), and those `chains` says hold them up,
+    /// directly or through a chain. The sessions' other lock facts are set already.
+    pub fn mark_holding_up<S: AsRef<Session> + AsMut<Session>>(
+        &self,
+        sessions: &mut [S],
+        ctx: &MatchContext,
+        chains: &super::LockChains,
+    ) {
+        let mut keys = Vec::new();
+        self.criteria.holding_up_keys(&mut keys);
+        for s in sessions.iter_mut() {
+            s.as_mut().locks.holding_up = 0;
+        }
+        for (k, held) in keys {
+            let pids: Vec<i32> = sessions
+                .iter()
+                .map(AsRef::as_ref)
+                .filter(|s| {
+                    (ctx.interrupt)();
+                    held.eval(s, ctx, &mut Memo::default()).is_some()
+                })
+                .map(|s| s.pid)
+                .collect();
+            let holders = chains.holding_up(&pids, &mut || (ctx.interrupt)());
+            for s in sessions.iter_mut() {
+                let s = s.as_mut();
+                if holders.contains(&chains.group(s.pid)) {
+                    s.locks.holding_up |= 1 << k;
+                }
+            }
+        }
+    }
+
+    /// Whether any part of the filter has the age key `field`.
+    pub fn uses_age(&self, field: super::AgeField) -> bool {
+        self.criteria.uses_age(field)
     }
 
     /// Whether matching reads the query text (which the final check then copies).
@@ -196,6 +242,7 @@ impl Criteria {
         self.blocking.is_some()
             || self.blocked.is_some()
             || self.min_blocked_sessions.is_some()
+            || self.holding_up.is_some()
             || self.min_age.iter().any(|(f, _)| f.is_lock_age())
             || self.any.iter().flatten().any(Criteria::uses_lock_info)
             || self
@@ -211,19 +258,44 @@ impl Criteria {
                 .min_age
                 .iter()
                 .any(|(f, _)| *f == super::AgeField::Blocking),
+            holding_up: self.holding_up.is_some(),
         };
-        for sub in self.any.iter().flatten().chain(self.exclude.as_deref()) {
+        let held = self.holding_up.as_ref().map(|(_, h)| h.as_ref());
+        for sub in self
+            .any
+            .iter()
+            .flatten()
+            .chain(self.exclude.as_deref())
+            .chain(held)
+        {
             let n = sub.chain_needs();
+            needs.holding_up |= n.holding_up;
             needs.count_up_to = needs.count_up_to.max(n.count_up_to);
             needs.longest_wait_behind |= n.longest_wait_behind;
         }
         needs
     }
 
+    /// Every `holding_up` key in this node and below, with its number.
+    fn holding_up_keys<'c>(&'c self, out: &mut Vec<(usize, &'c Criteria)>) {
+        if let Some((k, held)) = &self.holding_up {
+            out.push((*k, held));
+        }
+        for sub in self.any.iter().flatten().chain(self.exclude.as_deref()) {
+            sub.holding_up_keys(out);
+        }
+    }
+
     fn uses_text(&self, field: TextField) -> bool {
         self.text.iter().any(|(f, _)| *f == field)
             || self.any.iter().flatten().any(|c| c.uses_text(field))
             || self.exclude.as_deref().is_some_and(|c| c.uses_text(field))
+    }
+
+    fn uses_age(&self, field: super::AgeField) -> bool {
+        self.min_age.iter().any(|(f, _)| *f == field)
+            || self.any.iter().flatten().any(|c| c.uses_age(field))
+            || self.exclude.as_deref().is_some_and(|c| c.uses_age(field))
     }
 
     fn uses_ages(&self) -> bool {
@@ -273,6 +345,11 @@ impl Criteria {
             Some(Blocking::Is(want)) => want == s.locks.blocking,
             Some(Blocking::Root) => s.locks.root(),
         };
+        if let Some((k, _)) = &self.holding_up {
+            if s.locks.holding_up & (1 << k) == 0 {
+                return None;
+            }
+        }
         if !blocking
             || self.blocked.is_some_and(|want| want != s.locks.blocked)
             || self

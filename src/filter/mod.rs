@@ -34,6 +34,8 @@ pub const MAX_FILTER_BYTES: usize = 64 * 1024;
 pub const MAX_NESTING: usize = 8;
 /// Bytes in one string value (a name, a pattern, an address, an interval).
 pub const MAX_STRING_BYTES: usize = 4 * 1024;
+/// `holding_up` keys in one filter (each costs a walk of the lock graph per look).
+pub const MAX_HOLDING_UP: usize = 16;
 /// Items in one array value.
 pub const MAX_ARRAY_ITEMS: usize = 10_000;
 
@@ -300,6 +302,8 @@ pub(crate) struct Criteria {
     pub blocking: Option<Blocking>,
     pub blocked: Option<bool>,
     pub min_blocked_sessions: Option<u32>,
+    /// `holding_up`: its number among the filter's `holding_up` keys, and the sessions held up.
+    pub holding_up: Option<(usize, Box<Criteria>)>,
     pub any: Option<Vec<Criteria>>,
     pub exclude: Option<Box<Criteria>>,
     pub all: bool,

@@ -11,8 +11,8 @@ use super::interval::parse_interval;
 use super::pattern::Compiler;
 use super::{
     AddrList, AddrMatch, AgeField, Blocking, Criteria, Filter, GroupField, Order, PidMatch,
-    TextField, TextMatch, Vocabulary, MAX_ARRAY_ITEMS, MAX_FILTER_BYTES, MAX_NESTING,
-    MAX_STRING_BYTES,
+    TextField, TextMatch, Vocabulary, MAX_ARRAY_ITEMS, MAX_FILTER_BYTES, MAX_HOLDING_UP,
+    MAX_NESTING, MAX_STRING_BYTES,
 };
 
 /// Every key the language knows, for did-you-mean hints.
@@ -37,6 +37,7 @@ const KEYS: &[&str] = &[
     "min_blocked_sessions",
     "blocking",
     "blocked",
+    "holding_up",
     "any",
     "exclude",
     "all",
@@ -110,6 +111,8 @@ impl Filter {
         let mut p = Parser {
             vocabulary,
             regexes: &mut regexes,
+            holding_up: 0,
+            in_holding_up: false,
         };
         filter.criteria = p.criteria(object, "", 0, Some(&mut filter))?;
         filter.regex_bytes = regexes.used();
@@ -188,6 +191,9 @@ fn wrong_type(key: &str, expected: &'static str, found: &Value) -> FilterError {
 struct Parser<'p, 'c> {
     vocabulary: &'p Vocabulary,
     regexes: &'p mut Compiler<'c>,
+    /// How many `holding_up` keys so far (each is numbered), and whether one is being read.
+    holding_up: usize,
+    in_holding_up: bool,
 }
 
 impl Parser<'_, '_> {
@@ -247,6 +253,29 @@ impl Parser<'_, '_> {
                     }
                     c.any = Some(branches);
                 }
+                "holding_up" => {
+                    let object = value.as_object().ok_or_else(|| {
+                        wrong_type(&full, "a filter object (the sessions held up)", value)
+                    })?;
+                    if self.in_holding_up {
+                        return Err(FilterError::Nested {
+                            key: full,
+                            outer: "holding_up",
+                        });
+                    }
+                    if self.holding_up >= MAX_HOLDING_UP {
+                        return Err(FilterError::TooMany {
+                            key: full,
+                            max: MAX_HOLDING_UP,
+                        });
+                    }
+                    let k = self.holding_up;
+                    self.holding_up += 1;
+                    self.in_holding_up = true;
+                    let held = self.criteria(object, &full, depth + 1, None);
+                    self.in_holding_up = false;
+                    c.holding_up = Some((k, Box::new(held?)));
+                }
                 "exclude" => {
                     let object = value
                         .as_object()
@@ -294,6 +323,7 @@ impl Criteria {
             || self.blocking.is_some()
             || self.blocked.is_some()
             || self.min_blocked_sessions.is_some()
+            || self.holding_up.is_some()
             || self.any.is_some()
     }
 }
@@ -695,6 +725,9 @@ fn criteria_to_json(c: &Criteria) -> Map<String, Value> {
     }
     if let Some(n) = c.min_blocked_sessions {
         object.insert("min_blocked_sessions".into(), Value::Number(n.into()));
+    }
+    if let Some((_, held)) = &c.holding_up {
+        object.insert("holding_up".into(), Value::Object(criteria_to_json(held)));
     }
     if let Some(any) = &c.any {
         object.insert(

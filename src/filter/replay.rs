@@ -158,6 +158,12 @@ impl AsRef<Session> for Replayed {
     }
 }
 
+impl AsMut<Session> for Replayed {
+    fn as_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+}
+
 /// For each session, in the order given: its pid and whether the filter selects it as a
 /// victim (after `keep` and `limit`). `now` (PostgreSQL microseconds) overrides the sessions'
 /// own `now` fields.
@@ -225,6 +231,7 @@ pub fn replay(
         }
         replayed.push(r);
     }
+    let mut chains_for_holding_up = None;
     if needs_locks {
         // The waits in the chains' own form: each waiting row (its own group's pids taken
         // out of its list) counts as a session behind its blockers, in its lock group.
@@ -248,6 +255,7 @@ pub fn replay(
         for r in &mut replayed {
             r.session.locks = chains.facts(r.session.pid);
         }
+        chains_for_holding_up = Some(chains);
     }
     // One "now" for the whole capture: the argument, or the first session's (a capture taken
     // in one statement has the same now() in every row).
@@ -260,6 +268,9 @@ pub fn replay(
         protected,
         interrupt,
     };
+    if let Some(chains) = &chains_for_holding_up {
+        filter.mark_holding_up(&mut replayed, &ctx, chains);
+    }
     let chosen = filter.select(&replayed, &ctx).victims;
     let mut matched = vec![false; replayed.len()];
     for i in chosen {
