@@ -13,7 +13,9 @@ CREATE TABLE reaper.policies (
     -- The background worker runs the policy this often; NULL: only run_policies() runs it.
     run_every  interval,
     -- Where the worker runs it, since the same rows reach every node of a replicated cluster.
-    run_on     text        NOT NULL DEFAULT 'any'
+    run_on     text        NOT NULL DEFAULT 'any',
+    -- The circuit breaker: signals a minute before the policy trips; NULL: the setting's.
+    max_signals_per_minute integer
 );
 REVOKE ALL ON reaper.policies FROM PUBLIC;
 
@@ -23,11 +25,13 @@ SELECT pg_catalog.pg_extension_config_dump('reaper.policies', '');
 COMMENT ON TABLE reaper.policies IS
     'pg_reaper policies: run by the background worker (run_every) or reaper.run_policies(), each with its owner''s privileges';
 COMMENT ON COLUMN reaper.policies.filter IS 'a pg_reaper filter (see reaper.validate_filter)';
-COMMENT ON COLUMN reaper.policies.action IS 'terminate, cancel or cancel_then_terminate';
+COMMENT ON COLUMN reaper.policies.action IS 'terminate, cancel, cancel_then_terminate, or report (a dry run: reaper.log rows, no signal)';
 COMMENT ON COLUMN reaper.policies.run_every IS
     'how often the pg_reaper background worker runs the policy (100 ms to 1 year); NULL: only reaper.run_policies() runs it';
 COMMENT ON COLUMN reaper.policies.run_on IS
     'where the worker runs it: any, primary or standby';
+COMMENT ON COLUMN reaper.policies.max_signals_per_minute IS
+    'the circuit breaker: at most this many signals over a sliding minute, then the policy trips until the minute allows or reaper.reset_policy(name); NULL: pg_reaper.max_signals_per_minute; 0: no cap';
 COMMENT ON COLUMN reaper.policies.owner IS
     'the role whose privileges the policy signals with; only roles that may SET ROLE to it may write or run the policy';
 
@@ -42,10 +46,15 @@ DECLARE
                         THEN 'SET' ELSE 'MEMBER' END;
 BEGIN
     PERFORM reaper.validate_filter(NEW.filter);
-    IF NEW.action NOT IN ('terminate', 'cancel', 'cancel_then_terminate') THEN
+    IF NEW.action NOT IN ('terminate', 'cancel', 'cancel_then_terminate', 'report') THEN
         RAISE EXCEPTION 'unknown policy action "%"', NEW.action
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Use terminate, cancel or cancel_then_terminate.';
+                  HINT = 'Use terminate, cancel, cancel_then_terminate, or report for a dry run.';
+    END IF;
+    IF NEW.max_signals_per_minute < 0 THEN
+        RAISE EXCEPTION 'policy "%": max_signals_per_minute must not be negative, got %', NEW.name, NEW.max_signals_per_minute
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'NULL takes pg_reaper.max_signals_per_minute; 0 means no cap.';
     END IF;
     IF NEW.timeout_ms < 0 OR NEW.grace_ms < 0 THEN
         RAISE EXCEPTION 'policy "%": timeout_ms and grace_ms must not be negative', NEW.name

@@ -51,14 +51,14 @@ macro_rules! result_table {
 result_table! {
     /// Every backend the filter selects, signalling none.
     fn preview_matching(filter: Option<JsonbText>) {
-        columns(pipeline::run(&parse(filter), Action::Preview, &Actor::caller()))
+        columns(pipeline::run(&parse(filter), Action::Preview, &Actor::caller(), None))
     }
 }
 
 result_table! {
     /// pg_cancel_backend for every backend the filter selects.
     fn cancel_matching(filter: Option<JsonbText>) {
-        columns(pipeline::run(&parse(filter), Action::Cancel, &Actor::caller()))
+        columns(pipeline::run(&parse(filter), Action::Cancel, &Actor::caller(), None))
     }
 }
 
@@ -68,7 +68,7 @@ result_table! {
     fn terminate_matching(filter: Option<JsonbText>, timeout_ms: default!(Option<i64>, 0)) {
         let filter = parse(filter);
         let timeout = duration("timeout_ms", timeout_ms);
-        columns(pipeline::run(&filter, Action::Terminate { timeout }, &Actor::caller()))
+        columns(pipeline::run(&filter, Action::Terminate { timeout }, &Actor::caller(), None))
     }
 }
 
@@ -83,7 +83,7 @@ result_table! {
         let grace = duration("grace_ms", grace_ms);
         let timeout = duration("timeout_ms", timeout_ms);
         let action = Action::CancelThenTerminate { grace, timeout };
-        columns(pipeline::run(&filter, action, &Actor::caller()))
+        columns(pipeline::run(&filter, action, &Actor::caller(), None))
     }
 }
 
@@ -190,9 +190,18 @@ fn worker_status() -> TableIterator<
         name!(last_outcomes, pgrx::JsonB),
         name!(last_error, Option<String>),
         name!(next_run_at, Option<TimestampWithTimeZone>),
+        name!(tripped_until, Option<TimestampWithTimeZone>),
     ),
 > {
     TableIterator::new(worker::status::policy_rows())
+}
+
+/// Resets a tripped policy's circuit breaker: it may signal again at once. For whoever may
+/// UPDATE `reaper.policies`. Whether it was tripped.
+#[pg_extern(volatile, parallel_unsafe)]
+fn reset_policy(name: Option<String>) -> bool {
+    let name = name.unwrap_or_else(|| refuse("policy name must not be NULL"));
+    policy::reset(&name)
 }
 
 /// The worker itself: its pid (NULL while it restarts), what it is doing and why, from shared

@@ -5,7 +5,7 @@
 
 use std::ffi::{CStr, CString};
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 
 use crate::filter::{name_list, role_list, Protected};
 
@@ -47,6 +47,9 @@ pub enum TellVictims {
 /// `pg_reaper.tell_victims`: the signaller's value at the signal decides.
 pub static TELL_VICTIMS: GucSetting<TellVictims> = GucSetting::<TellVictims>::new(TellVictims::On);
 
+/// `pg_reaper.max_signals_per_minute`: a policy's cap when its own column is NULL; 0: none.
+pub static MAX_SIGNALS_PER_MINUTE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
 /// The database the worker connects to, where the extension is installed.
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
@@ -72,6 +75,19 @@ pub fn set_preloaded() {
 
 pub fn preloaded() -> bool {
     PRELOADED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The server's `cluster_name` ("" when unset).
+pub fn cluster_name() -> String {
+    // SAFETY: a string setting of PostgreSQL's own, NULL or NUL-terminated.
+    unsafe {
+        let name = pg_sys::cluster_name;
+        if name.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(name).to_string_lossy().into_owned()
+        }
+    }
 }
 
 /// The protected tools and roles, as set now.
@@ -142,6 +158,16 @@ pub fn register() {
         c"The database the pg_reaper background worker connects to.",
         c"The one where pg_reaper is installed; pg_stat_activity is cluster-wide, so one database covers every session.",
         &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_reaper.max_signals_per_minute",
+        c"How many signals a policy may send over a sliding minute, unless its max_signals_per_minute says.",
+        c"A run that reaches the cap signals no more and trips the policy until the minute allows again or reaper.reset_policy(name). 0: no cap. Direct calls are never capped.",
+        &MAX_SIGNALS_PER_MINUTE,
+        0,
+        i32::MAX,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -2,11 +2,13 @@
 //!
 //! The pipeline, one module per stage: `filter` (the language, pure Rust) → `activity` (the
 //! pg_stat_activity snapshot) → `signal` (PostgreSQL's own signal functions, and the wait) →
-//! `report` (result rows, server log, audit). `pipeline` strings them together; `api` is the
+//! `report` (result rows, server log, audit); `breaker` caps what a policy may signal, and
+//! `reasons` tells each victim why. `pipeline` strings them together; `api` is the
 //! SQL surface.
 
 mod activity;
 mod api;
+mod breaker;
 mod compat;
 mod error;
 pub mod filter;
@@ -47,6 +49,7 @@ pgrx::extension_sql_file!(
         api::run_policy,
         api::worker_status,
         api::worker,
+        api::reset_policy,
         api::test_filter
     ]
 );
@@ -58,6 +61,7 @@ pub extern "C-unwind" fn _PG_init() {
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
         guc::set_preloaded();
         reasons::register();
+        breaker::register();
         worker::register();
     }
 }

@@ -10,6 +10,7 @@ use pgrx::pg_sys::PgTryBuilder;
 use pgrx::prelude::*;
 
 use crate::activity::{Backend, LockInfo, Snapshot};
+use crate::breaker::Breaker;
 use crate::compat::{self, ProcsByPid};
 use crate::filter::{ChainNeeds, Filter, FilterError, MatchContext, Protected, Session};
 use crate::locks::LockGraph;
@@ -26,6 +27,8 @@ const LOCK_REFRESH: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Preview,
+    /// A policy's dry run: what it would signal, recorded in reaper.log, nothing signalled.
+    Report,
     Cancel,
     Terminate { timeout: Duration },
     CancelThenTerminate { grace: Duration, timeout: Duration },
@@ -36,6 +39,7 @@ impl Action {
     pub fn name(self) -> &'static str {
         match self {
             Action::Preview => "preview",
+            Action::Report => "report",
             Action::Cancel => "cancel",
             Action::Terminate { .. } => "terminate",
             Action::CancelThenTerminate { .. } => "cancel_then_terminate",
@@ -58,8 +62,14 @@ pub fn interrupt() {
     pgrx::check_for_interrupts!();
 }
 
-/// Runs `action` on every backend `filter` selects, with the current role's privileges.
-pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
+/// Runs `action` on every backend `filter` selects, with the current role's privileges; a
+/// policy's run within its `breaker`'s cap.
+pub fn run(
+    filter: &Filter,
+    action: Action,
+    actor: &Actor,
+    breaker: Option<&Breaker>,
+) -> Vec<ResultRow> {
     // Before anything is signalled: whatever would stop the audit stops the call now.
     let audit = if action == Action::Preview {
         None
@@ -70,6 +80,7 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
     let rules = Rules {
         filter,
         protected: &protected,
+        breaker,
     };
     let snapshot = rules.snapshot(LockInfo::fresh(filter.chain_needs()));
     let chosen = filter.select(&snapshot.backends, &rules.context(&snapshot));
@@ -103,7 +114,7 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
         .filter_map(|i| backends[i].take())
         .collect();
     let rows = match action {
-        Action::Preview => victims
+        Action::Preview | Action::Report => victims
             .into_iter()
             .map(|b| ResultRow::new(b, Outcome::Matched, None))
             .collect(),
@@ -113,9 +124,13 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
             cancel_then_terminate(&rules, victims, grace, timeout, actor)
         }
     };
-    if let Some(audit) = audit {
+    if let Some(audit) = &audit {
         audit.write(&rows, action.name(), actor);
     }
+    if let Some(breaker) = breaker.filter(|b| b.tripped_now()) {
+        report::tripped(breaker, action.name(), actor, audit.as_ref());
+    }
+    report::notify(&rows, action.name(), actor);
     rows
 }
 
@@ -123,6 +138,8 @@ pub fn run(filter: &Filter, action: Action, actor: &Actor) -> Vec<ResultRow> {
 struct Rules<'a> {
     filter: &'a Filter,
     protected: &'a Protected,
+    /// A policy's cap on its signals.
+    breaker: Option<&'a Breaker>,
 }
 
 impl Rules<'_> {
@@ -239,7 +256,15 @@ fn signal_all(
     PgTryBuilder::new(AssertUnwindSafe(|| {
         for (n, victim) in victims.into_iter().enumerate() {
             let row = match recheck(filter, &ctx, &victim, &index, &still_victims) {
-                Ok(b) => signalling.deliver(b.clone(), n == 0),
+                // The cap reached: the victims left are not signalled and get no row.
+                Ok(_) if rules.breaker.is_some_and(|b| !b.allow()) => continue,
+                Ok(b) => {
+                    let row = signalling.deliver(b.clone(), n == 0);
+                    if let Some(breaker) = rules.breaker.filter(|_| !row.outcome.signalled()) {
+                        breaker.unused();
+                    }
+                    row
+                }
                 Err(lost) => {
                     let why = format!("{} before it was signalled", lost.describe());
                     ResultRow::new(victim, Outcome::Vanished, Some(why))

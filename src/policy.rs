@@ -8,6 +8,7 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::spi::SpiResult;
 
+use crate::breaker::Breaker;
 use crate::error::{raise, refuse};
 use crate::filter::Filter;
 use crate::pipeline::{self, Action};
@@ -22,14 +23,22 @@ const POLICY_COLUMNS: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
        p.enabled,
        CASE WHEN pg_catalog.isfinite(p.run_every) THEN pg_catalog.date_part('epoch', p.run_every) END,
-       p.run_on
+       p.run_on, p.max_signals_per_minute
   FROM reaper.policies p";
 
-/// The same for an extension whose SQL is still older than 0.3.0 (the library was upgraded,
-/// `ALTER EXTENSION pg_reaper UPDATE` not yet run): no schedule, every policy run_policies'.
+/// The same for an extension whose SQL is older than 0.6.0 (the library was upgraded,
+/// `ALTER EXTENSION pg_reaper UPDATE` not yet run): no column for the cap, the setting's.
+const POLICY_COLUMNS_BEFORE_0_6: &str = "\
+SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
+       p.enabled,
+       CASE WHEN pg_catalog.isfinite(p.run_every) THEN pg_catalog.date_part('epoch', p.run_every) END,
+       p.run_on, NULL::pg_catalog.int4
+  FROM reaper.policies p";
+
+/// And older than 0.3.0: no schedule, every policy run_policies'.
 const POLICY_COLUMNS_BEFORE_0_3: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
-       p.enabled, NULL::pg_catalog.float8, 'any'::pg_catalog.text
+       p.enabled, NULL::pg_catalog.float8, 'any'::pg_catalog.text, NULL::pg_catalog.int4
   FROM reaper.policies p";
 
 /// The bounds of `run_every` (the table's trigger refuses others; a row may still bypass it,
@@ -87,6 +96,18 @@ pub struct Policy {
     pub enabled: bool,
     pub run_every: Option<Duration>,
     pub run_on: RunOn,
+    /// Its own cap on signals a minute; None: `pg_reaper.max_signals_per_minute`'s.
+    pub max_signals_per_minute: Option<i32>,
+}
+
+impl Policy {
+    /// The breaker of one run of this policy, with the cap in force now; None: no cap.
+    pub fn breaker(&self) -> Option<Breaker> {
+        let cap = self
+            .max_signals_per_minute
+            .unwrap_or_else(|| crate::guc::MAX_SIGNALS_PER_MINUTE.get());
+        Breaker::new(&self.name, u32::try_from(cap).unwrap_or(0))
+    }
 }
 
 /// A policy's filter and action, validated: what the worker keeps between runs, so that a
@@ -125,6 +146,40 @@ pub fn run(name: Option<&str>) -> Vec<(String, ResultRow)> {
         }
     }
     rows
+}
+
+/// `reaper.reset_policy(name)`: forgets the policy's signals of the last minute, so that a
+/// tripped policy signals again at once. Needs UPDATE on `reaper.policies` (whoever may change
+/// a policy may let it run again). Whether it was tripped.
+pub fn reset(name: &str) -> bool {
+    // Read-only, as a hot standby needs (each node keeps its own windows).
+    let may: Option<bool> = compat::with_snapshot(|| {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT pg_catalog.has_table_privilege('reaper.policies'::pg_catalog.regclass, 'UPDATE')",
+                    Some(1),
+                    &[],
+                )?
+                .first()
+                .get_one()
+        })
+        .ok()
+        .flatten()
+    });
+    if may != Some(true) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied to reset a policy: it takes UPDATE on reaper.policies",
+        );
+    }
+    if load(Which::Named(name)).is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            &format!("policy \"{name}\" does not exist"),
+        );
+    }
+    crate::breaker::reset(name)
 }
 
 /// A NOTICE when enabled policies have a `run_every` but no worker runs them here: they would
@@ -215,15 +270,20 @@ pub fn run_guarded_quietly(
 /// Reads policies for `run_policies` / `run_policy`, whose library may be newer than the
 /// extension's SQL (between a package upgrade and `ALTER EXTENSION pg_reaper UPDATE`).
 pub fn load(which: Which) -> Vec<Policy> {
-    let scheduling = installed_version()
+    let version = installed_version()
         .and_then(|v| parse_version(&v))
-        .is_none_or(|v| v >= (0, 3, 0));
-    load_from(which, scheduling)
+        .unwrap_or((u32::MAX, 0, 0));
+    let columns = match version {
+        v if v < (0, 3, 0) => POLICY_COLUMNS_BEFORE_0_3,
+        v if v < (0, 6, 0) => POLICY_COLUMNS_BEFORE_0_6,
+        _ => POLICY_COLUMNS,
+    };
+    load_from(which, columns)
 }
 
 /// Reads policies for the worker, which runs only once the extension's SQL is this version.
 pub fn load_current(which: Which) -> Vec<Policy> {
-    load_from(which, true)
+    load_from(which, POLICY_COLUMNS)
 }
 
 /// `pg_extension.extversion` of pg_reaper in this database, through a read-only query (a hot
@@ -255,12 +315,8 @@ pub fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
     ))
 }
 
-fn load_from(which: Which, scheduling: bool) -> Vec<Policy> {
-    let columns = if scheduling {
-        POLICY_COLUMNS
-    } else {
-        POLICY_COLUMNS_BEFORE_0_3
-    };
+fn load_from(which: Which, columns: &str) -> Vec<Policy> {
+    let scheduling = columns != POLICY_COLUMNS_BEFORE_0_3;
     let (sql, name) = match which {
         Which::Named(name) => (
             format!("{columns} WHERE p.name OPERATOR(pg_catalog.=) $1"),
@@ -298,6 +354,7 @@ fn load_from(which: Which, scheduling: bool) -> Vec<Policy> {
                         Some("standby") => RunOn::Standby,
                         _ => RunOn::Any,
                     },
+                    max_signals_per_minute: row.get(10)?,
                 });
             }
             Ok(policies)
@@ -330,6 +387,7 @@ pub fn prepare(policy: &Policy) -> Prepared {
             timeout: millis(policy.timeout_ms),
         },
         "cancel" => Action::Cancel,
+        "report" => Action::Report,
         "cancel_then_terminate" => Action::CancelThenTerminate {
             grace: millis(policy.grace_ms),
             timeout: millis(policy.timeout_ms),
@@ -364,8 +422,9 @@ fn run_prepared(policy: &Policy, prepared: &Prepared, actor: &Actor) -> Vec<Resu
             ),
         );
     }
+    let breaker = policy.breaker();
     role::run_as(policy.owner, true, || {
-        pipeline::run(&prepared.filter, prepared.action, actor)
+        pipeline::run(&prepared.filter, prepared.action, actor, breaker.as_ref())
     })
 }
 

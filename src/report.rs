@@ -5,6 +5,7 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 
 use crate::activity::{Backend, HIDDEN_QUERY};
+use crate::breaker::Breaker;
 use crate::error::{raise, raise_with_hint};
 use crate::filter::Session;
 use crate::guc;
@@ -226,6 +227,99 @@ pub fn log_signals(signal: Signal, rows: &[ResultRow], actor: &Actor) {
     }
 }
 
+/// A policy's run that reached its cap: one WARNING, and one `reaper.log` row with outcome
+/// `tripped` saying how many victims were left (once per trip: the runs after it, while the
+/// window is full, signal nothing and say nothing more).
+pub fn tripped(breaker: &Breaker, action: &str, actor: &Actor, audit: Option<&Audit>) {
+    let resumes = breaker
+        .resumes_at()
+        .and_then(|t| timestamp(Some(t)))
+        .map_or_else(
+            || "when the minute allows".to_string(),
+            |t| format!("at {t}"),
+        );
+    let detail = format!(
+        "max_signals_per_minute ({}) reached: {} matching session(s) left unsignalled; it signals again {resumes}, or at once after reaper.reset_policy({})",
+        breaker.cap,
+        breaker.left(),
+        quote_literal(&breaker.policy),
+    );
+    warning!("pg_reaper: policy {:?} tripped: {detail}", breaker.policy);
+    if let Some(audit) = audit {
+        let written = in_subtransaction(|| audit.write_event(action, "tripped", actor, &detail));
+        if let Err(e) = written {
+            warning!(
+                "pg_reaper: the trip of policy {:?} could not be recorded in reaper.log: {}",
+                breaker.policy,
+                message(&e)
+            );
+            rethrow_if_fatal_to_the_call(e);
+        }
+    }
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `NOTIFY pg_reaper` for a call or run that signalled, on a primary: a JSON payload with the
+/// policy or the caller, the action, the rows by outcome and the server's `cluster_name`. Sent
+/// at the commit of the caller's transaction (lost if it rolls back); skipped with a WARNING
+/// when the notification queue is more than half full; it never fails the call.
+pub fn notify(rows: &[ResultRow], action: &str, actor: &Actor) {
+    // SAFETY: reads of backend-local state.
+    if !rows.iter().any(|r| r.outcome.signalled()) || unsafe { pg_sys::RecoveryInProgress() } {
+        return;
+    }
+    let mut outcomes = serde_json::Map::new();
+    for row in rows {
+        let n = outcomes
+            .entry(row.outcome.as_str())
+            .or_insert(serde_json::Value::from(0));
+        *n = (n.as_u64().unwrap_or(0) + 1).into();
+    }
+    let payload = serde_json::json!({
+        "policy": actor.policy,
+        "caller": actor.caller_name,
+        "run_as": actor.run_as_name,
+        "action": action,
+        "outcomes": outcomes,
+        "cluster_name": guc::cluster_name(),
+        // SAFETY: this backend's own pid.
+        "pid": unsafe { pg_sys::MyProcPid },
+    })
+    .to_string();
+    let sent = in_subtransaction(|| {
+        // SAFETY: PostgreSQL's SQL-callable function, without arguments.
+        let usage = unsafe {
+            pgrx::direct_function_call::<f64>(pg_sys::pg_notification_queue_usage, &[])
+        }
+        .unwrap_or(0.0);
+        if usage > 0.5 {
+            return Some(usage);
+        }
+        // SAFETY: PostgreSQL's pg_notify(text, text), with a payload far below its 8000 bytes.
+        unsafe {
+            pgrx::direct_function_call_as_datum(
+                pg_sys::pg_notify,
+                &["pg_reaper".into_datum(), payload.into_datum()],
+            )
+        };
+        None
+    });
+    match sent {
+        Ok(None) => {}
+        Ok(Some(usage)) => warning!(
+            "pg_reaper: NOTIFY pg_reaper skipped: the notification queue is {:.0}% full (a listener is not reading)",
+            usage * 100.0
+        ),
+        Err(e) => {
+            warning!("pg_reaper: NOTIFY pg_reaper failed: {}", message(&e));
+            rethrow_if_fatal_to_the_call(e);
+        }
+    }
+}
+
 const AUDIT_SQL: &str = "\
 INSERT INTO reaper.log (logged_at, caller, run_as, policy, action, outcome, pid, backend_start,
                         usename, datname, application_name, client_addr, backend_type, state,
@@ -344,6 +438,22 @@ impl Audit {
                 actor.run_as_name.clone().into(),
                 actor.policy.clone().into(),
                 action.into(),
+                detail.into(),
+            ],
+        )
+    }
+
+    /// A row that is about the run, not a backend (outcome `tripped`).
+    pub fn write_event(&self, action: &str, outcome: &str, actor: &Actor, detail: &str) {
+        self.run(
+            "INSERT INTO reaper.log (logged_at, caller, run_as, policy, action, outcome, detail) \
+             VALUES (pg_catalog.clock_timestamp(), $1, $2, $3, $4, $5, $6)",
+            &[
+                actor.caller_name.clone().into(),
+                actor.run_as_name.clone().into(),
+                actor.policy.clone().into(),
+                action.into(),
+                outcome.into(),
                 detail.into(),
             ],
         )

@@ -297,6 +297,7 @@ impl Entry {
         let every = self.policy.run_every.unwrap_or(super::CYCLE);
         self.next_run = started.checked_add(every).unwrap_or(started + super::CYCLE);
         self.slot.runs += 1;
+        self.slot.breaker = self.policy.breaker().map(|b| b.handle());
         self.slot.last_duration_us = started.elapsed().as_micros() as i64;
         self.slot.last_outcomes = [0; Outcome::ALL.len()];
         for o in outcomes {

@@ -60,6 +60,8 @@ pub struct PolicySlot {
     /// The last run's result rows by outcome, in `Outcome::ALL` order.
     pub last_outcomes: [u32; Outcome::ALL.len()],
     pub last_error: Text<256>,
+    /// Its circuit breaker as of the last run (None: not capped).
+    pub breaker: Option<crate::breaker::Handle>,
 }
 
 impl PolicySlot {
@@ -75,6 +77,7 @@ impl PolicySlot {
         signalled: 0,
         last_outcomes: [0; Outcome::ALL.len()],
         last_error: Text::EMPTY,
+        breaker: None,
     };
 }
 
@@ -163,12 +166,17 @@ pub fn policy_rows() -> Vec<(
     pgrx::JsonB,
     Option<String>,
     Option<pgrx::datum::TimestampWithTimeZone>,
+    Option<pgrx::datum::TimestampWithTimeZone>,
 )> {
     if !crate::guc::preloaded() {
         return Vec::new();
     }
-    let s = STATUS.share();
-    s.policies[..s.policy_count]
+    // Copied out first: the breakers' lock is not taken under the status's.
+    let policies: Vec<PolicySlot> = {
+        let s = STATUS.share();
+        s.policies[..s.policy_count].to_vec()
+    };
+    policies
         .iter()
         .map(|p| {
             let outcomes: serde_json::Map<String, serde_json::Value> = Outcome::ALL
@@ -191,6 +199,9 @@ pub fn policy_rows() -> Vec<(
                 (p.runs_here && p.next_run_at != 0)
                     .then(|| timestamp(p.next_run_at))
                     .flatten(),
+                p.breaker
+                    .and_then(|b| b.tripped_until())
+                    .and_then(timestamp),
             )
         })
         .collect()
