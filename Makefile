@@ -10,7 +10,7 @@ SUPPORTED_PG   := 14 15 16 17 18
 PG_DIST        ?= /opt/pg_reaper
 PGRX_VERSION   := 0.18.1
 APT_PACKAGES   := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo postgresql-15-cron \
-                  python3-pip dpkg-dev binutils mmdebstrap
+                  python3-pip dpkg-dev binutils mmdebstrap python3-psycopg
 # Tests run several real sessions per test; two test threads keep a 2-core machine responsive.
 TEST_THREADS   ?= 2
 # Cases per property of the filter's property tests: `make test` runs a short pass, `make fuzz`
@@ -57,7 +57,11 @@ all: install
 # ---- set-up -------------------------------------------------------------------------------
 deps: .deps/apt .deps/cargo-pgrx tools $(PG_CONFIG) .deps/pgrx-init-$(PG)
 
-.deps/apt:
+# The stamp names the package list: a list that grows installs again on a machine set up before.
+APT_STAMP      := .deps/apt-$(shell echo '$(APT_PACKAGES)' | md5sum | cut -c1-8)
+.deps/apt: $(APT_STAMP)
+	@touch $@
+$(APT_STAMP):
 	@mkdir -p .deps
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
 	    echo "==> installing $(APT_PACKAGES)"; \

@@ -58,6 +58,11 @@ hold() {
     # No ON_ERROR_STOP here: a cancelled statement must not end the session.
     (echo "$statements"; sleep 600) | PGAPPNAME=$app "$BIN/psql" -X -q -U "$role" >/dev/null 2>&1 &
 }
+# The same, keeping what its client prints on stderr in $DIR/$3.err (what a user would see).
+hold_watched() {
+    local role=$1 statements=$2 app=$3
+    (echo "$statements"; sleep 600) | PGAPPNAME=$app "$BIN/psql" -X -q -U "$role" >/dev/null 2>"$DIR/$app.err" &
+}
 # Waits (up to 30 s) until the SQL condition $2 holds.
 wait_for() {
     local what=$1 condition=$2
@@ -77,7 +82,7 @@ run() {
 
 echo "==> opening sessions"
 hold app   "BEGIN; SELECT balance FROM accounts WHERE id = 1;" web-checkout   # idle in transaction
-hold app   "SELECT pg_sleep(600);"                              report-daily    # a long query
+hold_watched app "SELECT pg_sleep(600);"                         report-daily    # a long query
 hold batch "BEGIN; LOCK TABLE accounts IN ROW EXCLUSIVE MODE; UPDATE accounts SET balance = 0 WHERE id = 2;" nightly-batch
 wait_for "nightly-batch holds its lock" \
     "SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'nightly-batch' AND state = 'idle in transaction'"
@@ -110,6 +115,11 @@ show "Who blocks whom?" \
 show "Cancel the long report: the query stops, the session lives" \
     "SELECT pid, application_name, outcome, detail
        FROM reaper.cancel_matching('{\"application_name\": {\"regex\": \"^report-\"}, \"state\": \"active\"}');"
+
+for _ in $(seq 300); do grep -q DETAIL "$DIR/report-daily.err" 2>/dev/null && break; sleep 0.1; done
+echo
+echo "-- What report-daily's client (psql) printed: PostgreSQL's own error, and why (pg_reaper.tell_victims)"
+sed 's/^/   /' "$DIR/report-daily.err"
 
 show "Terminate the lock holder and confirm it is gone (one deadline for all victims)" \
     "SELECT pid, usename, application_name, outcome, waited_ms

@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::hash::{Hash, Hasher};
 
 use pgrx::lwlock::PgLwLock;
+use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 
 /// The length of the window, in buckets of one second.

@@ -535,15 +535,25 @@ fn cancel_then_terminate(
     };
     let grace_ms = started.elapsed().as_millis() as i64;
     let (indexes, backends): (Vec<usize>, Vec<Backend>) = still_matching.into_iter().unzip();
-    for (i, row) in indexes
-        .into_iter()
-        .zip(terminate(rules, backends, timeout, actor))
-    {
+    let by_pid: HashMap<i32, usize> = indexes
+        .iter()
+        .map(|&i| (rows[i].backend.session.pid, i))
+        .collect();
+    let mut terminated = HashSet::new();
+    for row in terminate(rules, backends, timeout, actor) {
+        let i = by_pid[&row.backend.session.pid];
+        terminated.insert(i);
         // waited_ms counts the grace period too: the whole time the victim was given.
         rows[i] = ResultRow {
             waited_ms: row.waited_ms + grace_ms,
             ..row
         };
+    }
+    // Those the circuit breaker left: cancelled, still matching, not terminated.
+    for i in indexes.into_iter().filter(|i| !terminated.contains(i)) {
+        rows[i].detail = Some(
+            "still matched after the cancel; not terminated: the policy's max_signals_per_minute was reached".into(),
+        );
     }
     rows
 }

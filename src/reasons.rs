@@ -10,8 +10,10 @@
 //! under the pin), only for a cancel of a running statement (a cancel that reaches an idle
 //! session raises nothing), and is taken only by the error it was meant for: the same process,
 //! the same statement, PostgreSQL's own message for a cancel by user request or a termination
-//! by administrator command. A later plain pg_cancel_backend finds no reason for its statement;
-//! a statement_timeout has another message; a new backend that reused the pid another start.
+//! by administrator command. A later plain pg_cancel_backend finds no reason for its statement
+//! (and a cancel that an exception block caught drops its reason when the block aborts its
+//! subtransaction); a statement_timeout has another message; a new backend that reused the pid,
+//! or the slot, another start.
 //!
 //! Each slot is written and read with a change count (odd while written), as PostgreSQL's own
 //! backend status entries are: no lock is taken, by the signaller under the pin nor by the
@@ -91,6 +93,26 @@ pub fn register() {
         pg_sys::shmem_startup_hook = Some(startup);
         PREV_EMIT = pg_sys::emit_log_hook;
         pg_sys::emit_log_hook = Some(emit);
+        // Inherited by every backend the postmaster forks.
+        pg_sys::RegisterSubXactCallback(Some(subtransaction_aborted), std::ptr::null_mut());
+    }
+}
+
+/// A subtransaction that aborts has caught an error (a PL/pgSQL exception block, a savepoint
+/// rolled back): if it was the cancel a reason was left for, that cancel was never reported, and
+/// its reason must not wait for a later cancel of the same statement. (An error that is
+/// reported is reported before anything aborts.) A cancel still pending loses its reason too:
+/// better untold than told wrong.
+// SAFETY: called by xact.c with its own arguments; nothing here raises an error.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn subtransaction_aborted(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        let _ = take(Kind::Cancel);
     }
 }
 

@@ -920,6 +920,15 @@ pub fn tag(test: &str) -> String {
 /// postmaster running after the binary exits. Each test must tag its sessions (`tag`) and name
 /// its tag in every filter, so that no test sees or signals another's sessions.
 pub fn shared_cluster(key: &'static str, setup: fn(&Cluster)) -> std::sync::Arc<Cluster> {
+    shared_cluster_with(key, Options::default, setup)
+}
+
+/// `shared_cluster`, started with `options()`.
+pub fn shared_cluster_with(
+    key: &'static str,
+    options: fn() -> Options,
+    setup: fn(&Cluster),
+) -> std::sync::Arc<Cluster> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, Weak};
     static SHARED: Mutex<Option<HashMap<&'static str, Weak<Cluster>>>> = Mutex::new(None);
@@ -928,7 +937,7 @@ pub fn shared_cluster(key: &'static str, setup: fn(&Cluster)) -> std::sync::Arc<
     if let Some(cluster) = clusters.get(key).and_then(Weak::upgrade) {
         return cluster;
     }
-    let cluster = Arc::new(Cluster::start());
+    let cluster = Arc::new(Cluster::start_with(options()));
     setup(&cluster);
     clusters.insert(key, Arc::downgrade(&cluster));
     cluster

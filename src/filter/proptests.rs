@@ -122,9 +122,34 @@ fn node() -> impl Strategy<Value = Value> {
     })
 }
 
-fn top_filter() -> impl Strategy<Value = Value> {
+/// A filter without `holding_up` (what a `holding_up` key may hold).
+fn plain_node() -> impl Strategy<Value = Value> {
+    proptest::collection::vec(leaf(), 1..3)
+        .prop_map(|kv| Value::Object(kv.into_iter().collect::<Map<String, Value>>()))
+}
+
+/// A node, sometimes with a `holding_up` key of its own or in an `exclude`.
+fn node_with_holding_up() -> impl Strategy<Value = Value> {
     (
         node(),
+        proptest::option::weighted(0.3, plain_node()),
+        proptest::option::weighted(0.1, plain_node()),
+    )
+        .prop_map(|(mut f, held, excluded)| {
+            let o = f.as_object_mut().unwrap();
+            if let Some(held) = held {
+                o.insert("holding_up".into(), held);
+            }
+            if let Some(excluded) = excluded {
+                o.insert("exclude".into(), json!({"holding_up": excluded}));
+            }
+            f
+        })
+}
+
+fn top_filter() -> impl Strategy<Value = Value> {
+    (
+        node_with_holding_up(),
         proptest::option::of(1u64..4),
         proptest::sample::select(Order::all()),
         (any::<bool>(), any::<bool>()),
@@ -201,6 +226,12 @@ struct Gen {
 impl AsRef<Session> for Gen {
     fn as_ref(&self) -> &Session {
         &self.s
+    }
+}
+
+impl AsMut<Session> for Gen {
+    fn as_mut(&mut self) -> &mut Session {
+        &mut self.s
     }
 }
 
@@ -303,6 +334,15 @@ fn rechained(mut sessions: Vec<Gen>, needs: ChainNeeds) -> Vec<Gen> {
     for g in &mut sessions {
         g.s.locks = chains.facts(g.s.pid);
     }
+    sessions
+}
+
+/// `rechained`, and each session marked with the `holding_up` keys of `filter` it satisfies.
+fn rechained_for(sessions: Vec<Gen>, filter: &Filter) -> Vec<Gen> {
+    let needs = filter.chain_needs().unwrap_or_default();
+    let chains = LockChains::new(as_lists(&sessions), needs, &mut || {});
+    let mut sessions = rechained(sessions, needs);
+    filter.mark_holding_up(&mut sessions, &ctx(), &chains);
     sessions
 }
 
@@ -427,6 +467,16 @@ fn ref_node(f: &Map<String, Value>, s: &Session, all: &[Gen]) -> (bool, u8) {
             }
             "blocked" => v.as_bool() == Some(!by_of(all, s.pid).is_empty()),
             "min_blocked_sessions" => behind(all, s.pid).len() as u64 >= v.as_u64().unwrap(),
+            // Someone waiting behind it, directly or through others, matches the sub-filter
+            // (as a row rule: no safe defaults for whom it protects).
+            "holding_up" => {
+                let held = v.as_object().unwrap();
+                behind(all, s.pid).iter().any(|p| {
+                    all.iter()
+                        .find(|g| g.s.pid == *p)
+                        .is_some_and(|g| ref_node(held, &g.s, all).0)
+                })
+            }
             "all" => true,
             "any" => {
                 let hits: Vec<u8> = v
@@ -560,7 +610,7 @@ proptest! {
     #[test]
     fn matcher_agrees_with_reference(f in top_filter(), sessions in arb_sessions()) {
         let filter = Filter::from_value(&f, &Vocabulary::default()).unwrap();
-        let sessions = rechained(sessions, filter.chain_needs().unwrap_or_default());
+        let sessions = rechained_for(sessions, &filter);
         for g in &sessions {
             let s = &g.s;
             prop_assert_eq!(filter.matches(s, &ctx()), ref_matches(&f, s, &sessions), "filter {} session {:?}", f, g);
@@ -718,6 +768,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
             "min_blocking_age",
             "min_blocked_sessions",
             "blocking",
+            "holding_up",
             "keep",
             "per",
         ])

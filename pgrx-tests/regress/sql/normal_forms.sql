@@ -22,7 +22,9 @@ SELECT f AS filter, reaper.validate_filter(f::jsonb) AS normal_form
     ('{"blocking": true, "min_blocked_sessions": 10, "min_blocked_age": "1 min"}'),
     ('{"state": "idle", "per": "application_name", "keep": 20, "order": "newest_backend"}'),
     ('{"all": true, "per": ["usename", "datname"], "keep": 5, "limit": 50, "order": "newest_state"}'),
-    ('{"application_name": "pg_dump", "include_protected": true}')
+    ('{"application_name": "pg_dump", "include_protected": true}'),
+    ('{"holding_up": {"application_name": "checkout", "min_blocked_age": "2s"}}'),
+    ('{"holding_up": {"application_name": "checkout"}, "blocking": "root"}')
   ) v(f);
 
 SELECT count(*) AS stable

@@ -53,6 +53,17 @@ SELECT pg_temp.try($$SELECT reaper.purge_log('-1 day')$$);
 SELECT pg_temp.try($$INSERT INTO reaper.policies (name, filter) VALUES ('p', '{"aplication_name": "x"}')$$);
 SELECT pg_temp.try($$INSERT INTO reaper.policies (name, filter, action) VALUES ('p', '{"all": true}', 'kill')$$);
 SELECT pg_temp.try($$INSERT INTO reaper.policies (name, filter, timeout_ms) VALUES ('p', '{"all": true}', -1)$$);
+SELECT pg_temp.try($$INSERT INTO reaper.policies (name, filter, max_signals_per_minute) VALUES ('p', '{"all": true}', -1)$$);
+-- holding_up takes a filter, not nested.
+SELECT pg_temp.try($$SELECT reaper.validate_filter('{"holding_up": "checkout"}')$$);
+SELECT pg_temp.try($$SELECT reaper.validate_filter('{"holding_up": {"holding_up": {"usename": "x"}}}')$$);
+-- A dry run is a valid action; resetting a policy that does not exist is not.
+INSERT INTO reaper.policies (name, filter, action) VALUES ('dry', '{"all": true}', 'report');
+SELECT action, max_signals_per_minute FROM reaper.policies WHERE name = 'dry';
+SELECT reaper.reset_policy('dry');
+SELECT pg_temp.try($$SELECT reaper.reset_policy('no such policy')$$);
+SELECT pg_temp.try($$SELECT reaper.reset_policy(NULL)$$);
+DELETE FROM reaper.policies WHERE name = 'dry';
 -- Nobody may write a policy that would signal with the rights of a role they cannot act as,
 -- and PUBLIC has no rights on the tables.
 CREATE ROLE regress_writer;
@@ -85,5 +96,8 @@ CREATE ROLE regress_plain;
 SET ROLE regress_plain;
 SELECT pg_temp.try($$SET pg_reaper.audit = off$$);
 SELECT pg_temp.try($$SET pg_reaper.log_actions = off$$);
+SELECT pg_temp.try($$SET pg_reaper.tell_victims = off$$);
+SELECT pg_temp.try($$SET pg_reaper.max_signals_per_minute = 0$$);
+SELECT pg_temp.try($$SELECT reaper.reset_policy('dry')$$);
 RESET ROLE;
 DROP ROLE regress_plain;

@@ -133,6 +133,26 @@ fn catalogue() -> Vec<Case> {
             r#""blocking" must be true, false or "root", not null"#,
         ),
         case(r#"{"blocking": "Root"}"#, r#"(did you mean "root"?)"#),
+        // holding_up: a filter of the sessions held up, not nested, at most 16.
+        case(
+            r#"{"holding_up": "checkout"}"#,
+            r#""holding_up" must be a filter object (the sessions held up), not a string"#,
+        ),
+        case(
+            r#"{"holding_up": {"holding_up": {"usename": "x"}}}"#,
+            r#"filter key "holding_up.holding_up" is not allowed inside "holding_up""#,
+        ),
+        case(
+            r#"{"holding_up": {"bogus": 1}}"#,
+            r#"unknown filter key "holding_up.bogus""#,
+        ),
+        Case {
+            filter: Some(format!(
+                r#"{{"any": [{}]}}"#,
+                vec![r#"{"holding_up": {"usename": "x"}}"#; 17].join(", ")
+            )),
+            needle: r#"filter has more than 16 "holding_up" keys (at "any[16].holding_up")"#.into(),
+        },
         // The lock-chain keys.
         case(
             r#"{"min_blocked_sessions": 0}"#,

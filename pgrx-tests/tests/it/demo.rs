@@ -51,7 +51,7 @@ fn the_demo_shows_every_effect_it_announces() {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "the demo failed:\n{stdout}\n{stderr}");
     let all = format!("{stdout}\n{stderr}");
-    // No noise: the one ERROR is the typo the demo announces.
+    // No noise: the ERRORs are the typo the demo announces and the report it cancels.
     for noise in [
         "could not change directory",
         "Permission denied",
@@ -63,9 +63,23 @@ fn the_demo_shows_every_effect_it_announces() {
             "{noise:?} in the demo's output:\n{all}"
         );
     }
+    // The typo's error, and the cancelled report's, as its client printed it, with why.
     let errors: Vec<&str> = all.lines().filter(|l| l.contains("ERROR")).collect();
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].contains("idle in transation"), "{}", errors[0]);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("idle in transation")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.trim() == "ERROR:  canceling statement due to user request"),
+        "{errors:?}"
+    );
+    assert!(
+        stdout.contains("DETAIL:  pg_reaper: cancelled by role \"postgres\": running a query for 00:00:"),
+        "the victim's error says why:\n{stdout}"
+    );
 
     let steps = steps(&stdout);
     let has = |title: &str, cells: &[&str]| {
