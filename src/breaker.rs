@@ -292,8 +292,9 @@ mod tests {
         // At 1060 the first second has left the window.
         assert_eq!(e.in_window(1060), 90);
         assert_eq!(e.in_window(1069), 0);
-        // With a cap of 95, two seconds must leave: 1000 and 1001, the second at 1061.
-        assert_eq!(e.allows_again_at(1009, 95), 1061);
+        // With a cap of 95, one second must leave (1000's, at 1060); with 85, two (at 1061).
+        assert_eq!(e.allows_again_at(1009, 95), 1060);
+        assert_eq!(e.allows_again_at(1009, 85), 1061);
         assert_eq!(e.allows_again_at(1009, 101), 1009);
     }
 

@@ -322,6 +322,7 @@ fn arb_sessions() -> impl Strategy<Value = Vec<Gen>> {
         let everything = ChainNeeds {
             count_up_to: Some(u32::MAX),
             longest_wait_behind: true,
+            holding_up: false,
         };
         rechained(sessions, everything)
     })
@@ -416,6 +417,22 @@ fn behind(all: &[Gen], pid: i32) -> std::collections::BTreeSet<i32> {
     }
 }
 
+/// `behind`, and `pid` itself when it waits behind itself (a cycle): whom it holds up.
+fn behind_in_a_cycle_too(all: &[Gen], pid: i32) -> std::collections::BTreeSet<i32> {
+    let mut set = std::collections::BTreeSet::new();
+    loop {
+        let before = set.len();
+        for g in all {
+            if g.by.iter().any(|b| *b == pid || set.contains(b)) {
+                set.insert(g.s.pid);
+            }
+        }
+        if set.len() == before {
+            return set;
+        }
+    }
+}
+
 /// (matched, strongest backend_type naming: 0 none, 1 regex, 2 exact)
 fn ref_node(f: &Map<String, Value>, s: &Session, all: &[Gen]) -> (bool, u8) {
     let wait_start = |pid: i32| all.iter().find(|g| g.s.pid == pid)?.wait_start;
@@ -471,7 +488,7 @@ fn ref_node(f: &Map<String, Value>, s: &Session, all: &[Gen]) -> (bool, u8) {
             // (as a row rule: no safe defaults for whom it protects).
             "holding_up" => {
                 let held = v.as_object().unwrap();
-                behind(all, s.pid).iter().any(|p| {
+                behind_in_a_cycle_too(all, s.pid).iter().any(|p| {
                     all.iter()
                         .find(|g| g.s.pid == *p)
                         .is_some_and(|g| ref_node(held, &g.s, all).0)
@@ -655,7 +672,7 @@ proptest! {
             .collect();
         let chains = LockChains::new(
             as_lists(&sessions),
-            ChainNeeds { count_up_to: Some(cap), longest_wait_behind: true },
+            ChainNeeds { count_up_to: Some(cap), longest_wait_behind: true, holding_up: false },
             &mut || {},
         );
         for pid in 0..=edges.len() as i32 {
@@ -722,7 +739,7 @@ proptest! {
                 lists.push((w.group, blockers));
             }
         }
-        let needs = ChainNeeds { count_up_to: Some(cap), longest_wait_behind: true };
+        let needs = ChainNeeds { count_up_to: Some(cap), longest_wait_behind: true, holding_up: false };
         let from_queues = LockChains::new(
             Waits { waiting: waiting.clone(), queues, lists: Vec::new() },
             needs,

@@ -587,6 +587,7 @@ fn lists(waits: &[(i32, &[i32], Option<i64>)]) -> Waits {
 const EVERYTHING: ChainNeeds = ChainNeeds {
     count_up_to: Some(u32::MAX),
     longest_wait_behind: true,
+    holding_up: true,
 };
 
 fn with_chains(waits: &[(i32, &[i32], Option<i64>)], n: i32) -> Vec<Session> {
@@ -1094,6 +1095,7 @@ fn a_large_deadlock_cycle_is_worked_out_in_linear_time_with_cancel_points() {
         ChainNeeds {
             count_up_to: Some(100),
             longest_wait_behind: true,
+            holding_up: false,
         },
         &mut || calls += 1,
     );
@@ -1323,6 +1325,7 @@ fn a_queue_of_exclusive_waiters_on_one_row() {
         ChainNeeds {
             count_up_to: Some(10),
             longest_wait_behind: false,
+            holding_up: false,
         },
         &mut || {},
     );
@@ -1436,6 +1439,7 @@ fn long_chains_and_dense_queues_cost_no_quadratic_walk() {
             ChainNeeds {
                 count_up_to: Some(n),
                 longest_wait_behind: true,
+                holding_up: false,
             },
             &mut || calls += 1,
         );
@@ -1476,6 +1480,7 @@ fn blockers_that_wait_for_nothing_cost_no_set_each() {
         ChainNeeds {
             count_up_to: Some(3),
             longest_wait_behind: true,
+            holding_up: false,
         },
         &mut || calls += 1,
     );
