@@ -3,7 +3,7 @@
 //! two). A run that reaches the cap signals no more, and the policy is tripped until the window
 //! allows again or `reaper.reset_policy(name)` resets it. Direct calls are not capped.
 //!
-//! The window is kept in shared memory, one entry per policy name, so that the worker and every
+//! The window is kept in shared memory, one entry per policy (its database and name), so that the worker and every
 //! session running policies count together: sixty one-second buckets, the window being the
 //! buckets of the last sixty seconds. Without the preload there is no shared memory: the cap
 //! then applies within each run.
@@ -43,10 +43,16 @@ impl Entry {
         used: 0,
     };
 
+    /// Whether bucket `i` is in the window that ends at `now` (a bucket of a later second, left
+    /// before the clock was set back, is not: it must not hold the policy tripped).
+    fn counts_at(&self, i: usize, now: i64) -> bool {
+        self.second[i] <= now && now - self.second[i] < WINDOW_SECONDS as i64
+    }
+
     /// Signals counted in the window that ends at `now`.
     fn in_window(&self, now: i64) -> u64 {
         (0..WINDOW_SECONDS)
-            .filter(|&i| now - self.second[i] < WINDOW_SECONDS as i64)
+            .filter(|&i| self.counts_at(i, now))
             .map(|i| u64::from(self.count[i]))
             .sum()
     }
@@ -54,7 +60,7 @@ impl Entry {
     /// The first second at which the window holds fewer than `cap` signals again.
     fn allows_again_at(&self, now: i64, cap: u64) -> i64 {
         let mut buckets: Vec<(i64, u64)> = (0..WINDOW_SECONDS)
-            .filter(|&i| now - self.second[i] < WINDOW_SECONDS as i64 && self.count[i] > 0)
+            .filter(|&i| self.counts_at(i, now) && self.count[i] > 0)
             .map(|i| (self.second[i], u64::from(self.count[i])))
             .collect();
         buckets.sort_unstable();
@@ -99,11 +105,16 @@ impl Breakers {
         self.entries.iter().position(|e| e.key == key)
     }
 
-    /// The entry for `key`, made (reusing the free or least recently used one) if missing.
+    /// The entry for `key`, made if missing: in a free entry, else in the least recently used
+    /// one that is not tripped (reusing a tripped one would lift its cap), else in the least
+    /// recently used one.
     fn entry(&mut self, key: u64, now: i64) -> &mut Entry {
         let i = self.find(key).unwrap_or_else(|| {
             let i = (0..MAX_ENTRIES)
-                .min_by_key(|&i| (self.entries[i].key != 0, self.entries[i].used))
+                .min_by_key(|&i| {
+                    let e = &self.entries[i];
+                    (e.key != 0, e.tripped, e.used)
+                })
                 .unwrap_or(0);
             self.entries[i] = Entry {
                 key,
@@ -135,8 +146,11 @@ pub fn register() {
     pgrx::pg_shmem_init!(BREAKERS = Breakers::new());
 }
 
+/// A policy's key: its database's and its name's hash (each database has its own policies).
 fn key(policy: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    // SAFETY: this backend's own database, set once it connected.
+    u32::from(unsafe { pgrx::pg_sys::MyDatabaseId }).hash(&mut h);
     policy.hash(&mut h);
     // 0 marks a free entry.
     h.finish().max(1)
@@ -180,6 +194,11 @@ impl Breaker {
     /// Whether one more signal may be sent; if so, it is counted (give it back with `unused`
     /// if it was not sent). The first refusal trips the policy.
     pub fn allow(&self) -> bool {
+        // Once refused, the run signals no more, even if the window moved on meanwhile.
+        if self.left.get() > 0 {
+            self.left.set(self.left.get() + 1);
+            return false;
+        }
         let cap = u64::from(self.cap);
         let allowed = if shared() {
             let now = now_second();
@@ -200,9 +219,7 @@ impl Breaker {
         } else if u64::from(self.counted.get()) < cap {
             true
         } else {
-            if self.left.get() == 0 {
-                self.tripped_now.set(true);
-            }
+            self.tripped_now.set(true);
             false
         };
         if allowed {
@@ -218,7 +235,10 @@ impl Breaker {
         self.counted.set(self.counted.get().saturating_sub(1));
         if shared() {
             let now = now_second();
-            BREAKERS.exclusive().entry(self.key, now).add(now, -1);
+            let mut b = BREAKERS.exclusive();
+            if let Some(i) = b.find(self.key) {
+                b.entries[i].add(now, -1);
+            }
         }
     }
 
@@ -257,8 +277,11 @@ impl Handle {
             return None;
         }
         let now = now_second();
-        let b = BREAKERS.share();
-        let e = &b.entries[b.find(self.key)?];
+        // A copy, worked out after the lock is released.
+        let e = {
+            let b = BREAKERS.share();
+            b.entries[b.find(self.key)?]
+        };
         let cap = u64::from(self.cap);
         (e.tripped && e.in_window(now) >= cap).then(|| e.allows_again_at(now, cap) * 1_000_000)
     }
@@ -307,6 +330,26 @@ mod tests {
         // Giving back a signal of a bucket that moved on changes nothing.
         e.add(125, -1);
         assert_eq!(e.in_window(125), 0);
+    }
+
+    #[test]
+    fn a_bucket_from_after_a_clock_step_back_does_not_count() {
+        let mut e = Entry::EMPTY;
+        e.add(2000, 50);
+        assert_eq!(e.in_window(1990), 0);
+        assert_eq!(e.allows_again_at(1990, 10), 1990);
+    }
+
+    #[test]
+    fn a_tripped_entry_is_reused_last() {
+        let mut b = Breakers::new();
+        for k in 1..=MAX_ENTRIES as u64 {
+            b.entry(k, k as i64).add(k as i64, 1);
+        }
+        b.entries[0].tripped = true;
+        b.entry(MAX_ENTRIES as u64 + 1, 10_000);
+        assert!(b.find(1).is_some(), "the tripped entry was reused");
+        assert!(b.find(2).is_none());
     }
 
     #[test]

@@ -833,14 +833,6 @@ fn backend_type_names() -> Vec<String> {
         .collect()
 }
 
-/// Whether a backend in this state runs a statement (which a cancel would cancel).
-pub fn is_running(state: pg_sys::BackendState::Type) -> bool {
-    matches!(
-        state,
-        pg_sys::BackendState::STATE_RUNNING | pg_sys::BackendState::STATE_FASTPATH
-    )
-}
-
 /// pg_stat_activity's name for a backend state.
 pub fn state_name(state: pg_sys::BackendState::Type) -> Option<&'static str> {
     use pg_sys::BackendState::*;

@@ -15,6 +15,9 @@ pub static LOG_ACTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// One `reaper.log` row per non-preview result row.
 pub static AUDIT: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// Whether a call or policy run that signalled sends `NOTIFY pg_reaper`.
+pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Whether the background worker enforces the scheduled policies (off: it waits, parked).
 pub static WORKER: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -129,6 +132,14 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"pg_reaper.notify",
+        c"Send NOTIFY pg_reaper for every call or policy run that signalled, on a primary.",
+        c"Sent at the commit of the caller's transaction; a transaction that sent one cannot PREPARE TRANSACTION.",
+        &NOTIFY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"pg_reaper.library_version",
         c"The version of the pg_reaper library this session runs.",
@@ -220,6 +231,10 @@ pub mod test_hooks {
     /// A LOG line after each signalling loop with the longest hold of ProcArrayLock in it.
     pub static LOG_PIN_HOLD: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+    /// The victim's reason is left, but its signal withheld: a reason waiting in the victim's
+    /// slot, to prove that no other error of the victim takes it.
+    pub static WITHHOLD_SIGNAL: GucSetting<bool> = GucSetting::<bool>::new(false);
+
     pub fn register() {
         GucRegistry::define_bool_guc(
             c"pg_reaper.log_worker_settings",
@@ -227,6 +242,14 @@ pub mod test_hooks {
             c"Proves that no configuration changes what the worker runs with.",
             &LOG_WORKER_SETTINGS,
             GucContext::Sighup,
+            GucFlags::NO_SHOW_ALL,
+        );
+        GucRegistry::define_bool_guc(
+            c"pg_reaper.test_withhold_signal",
+            c"For tests: leave the victim's reason, but send no signal.",
+            c"Proves that a reason reaches only the error it was left for.",
+            &WITHHOLD_SIGNAL,
+            GucContext::Suset,
             GucFlags::NO_SHOW_ALL,
         );
         GucRegistry::define_bool_guc(

@@ -30,8 +30,13 @@ pub enum Action {
     /// A policy's dry run: what it would signal, recorded in reaper.log, nothing signalled.
     Report,
     Cancel,
-    Terminate { timeout: Duration },
-    CancelThenTerminate { grace: Duration, timeout: Duration },
+    Terminate {
+        timeout: Duration,
+    },
+    CancelThenTerminate {
+        grace: Duration,
+        timeout: Duration,
+    },
 }
 
 impl Action {
@@ -127,8 +132,11 @@ pub fn run(
     if let Some(audit) = &audit {
         audit.write(&rows, action.name(), actor);
     }
-    if let Some(breaker) = breaker.filter(|b| b.tripped_now()) {
-        report::tripped(breaker, action.name(), actor, audit.as_ref());
+    match breaker {
+        Some(b) if b.tripped_now() => report::tripped(b, action.name(), actor, audit.as_ref()),
+        // Tripped by an earlier run: said once then; whoever runs it now is told too.
+        Some(b) if b.left() > 0 => report::still_tripped(b),
+        _ => {}
     }
     report::notify(&rows, action.name(), actor);
     rows

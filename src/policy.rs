@@ -173,10 +173,22 @@ pub fn reset(name: &str) -> bool {
             "permission denied to reset a policy: it takes UPDATE on reaper.policies",
         );
     }
-    if load(Which::Named(name)).is_empty() {
+    let Some(policy) = load(Which::Named(name)).into_iter().next() else {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             &format!("policy \"{name}\" does not exist"),
+        );
+    };
+    // As the table's trigger asks of whoever changes a policy: that they may act as its owner.
+    // SAFETY: reads this backend's current user.
+    let me = unsafe { pg_sys::GetUserId() };
+    if role::exists(policy.owner) && !compat::may_act_as(me, policy.owner) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            &format!(
+                "permission denied to reset policy \"{name}\" owned by role \"{}\": only roles that may SET ROLE to its owner may",
+                role::name(policy.owner)
+            ),
         );
     }
     crate::breaker::reset(name)
@@ -381,6 +393,12 @@ fn run_every_from_seconds(seconds: f64) -> Duration {
 pub fn prepare(policy: &Policy) -> Prepared {
     let filter = pipeline::parse_filter(&policy.filter)
         .unwrap_or_else(|e| refuse(&format!("its filter is invalid: {e}")));
+    // A negative cap would mean none: refused, not run uncapped.
+    if let Some(cap) = policy.max_signals_per_minute.filter(|&n| n < 0) {
+        refuse(&format!(
+            "its max_signals_per_minute is negative ({cap}); NULL takes pg_reaper.max_signals_per_minute, 0 means no cap"
+        ));
+    }
     let millis = |ms: i64| Duration::from_millis(ms.max(0) as u64);
     let action = match policy.action.as_str() {
         "terminate" => Action::Terminate {

@@ -37,6 +37,16 @@ pub enum Kind {
     Terminate = 2,
 }
 
+/// Whom a reason is for: the process (pid and start) and, for a cancel, its statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key {
+    pub kind: Kind,
+    pub pid: i32,
+    pub backend_start: i64,
+    /// For a cancel: the start of the statement it is meant for (0 for a termination).
+    pub statement_start: i64,
+}
+
 /// One victim's slot.
 #[repr(C)]
 struct Slot {
@@ -99,10 +109,11 @@ pub fn register() {
 }
 
 /// A subtransaction that aborts has caught an error (a PL/pgSQL exception block, a savepoint
-/// rolled back): if it was the cancel a reason was left for, that cancel was never reported, and
-/// its reason must not wait for a later cancel of the same statement. (An error that is
-/// reported is reported before anything aborts.) A cancel still pending loses its reason too:
-/// better untold than told wrong.
+/// rolled back). If it was the cancel a reason was left for, the block may go on within the
+/// same statement, and a later plain cancel of that statement must not find the reason: it is
+/// dropped. The cost: a cancel that the block re-raises (a handler that does not catch
+/// `query_canceled`) reaches its client without a DETAIL, since from here the two cannot be
+/// told apart. Untold beats told wrong. (A termination is never caught: its reason stays.)
 // SAFETY: called by xact.c with its own arguments; nothing here raises an error.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn subtransaction_aborted(
@@ -182,61 +193,75 @@ pub fn available() -> bool {
     unsafe { !SLOTS.is_null() }
 }
 
-/// Leaves `text` for the backend whose PGPROC is `proc`: its pid and start, and for a cancel
-/// the start of the statement it runs. Called under the pin, immediately before the signal:
-/// fixed-size copies only.
-pub fn leave(
-    proc: *const pg_sys::PGPROC,
-    kind: Kind,
-    pid: i32,
-    backend_start: i64,
-    statement_start: i64,
-    text: &[u8],
-) {
-    let Some(slot) = slot_of(proc) else { return };
+/// Leaves `text` for the backend whose PGPROC is `proc`, for `key`. Called under the pin,
+/// immediately before the signal: fixed-size copies only. False if another signaller was
+/// writing to the same slot at this instant (the reason is then theirs).
+pub fn leave(proc: *const pg_sys::PGPROC, key: Key, text: &[u8]) -> bool {
+    let Some(slot) = slot_of(proc) else {
+        return false;
+    };
     // SAFETY: `slot` is this backend's slot in shared memory; the fields are written between an
     // odd and an even change count, which a reader checks.
     unsafe {
-        let count = AtomicU32::from_ptr(addr_of_mut!((*slot).changecount).cast());
-        // Another signaller writing to the same victim at this instant: leave it theirs.
-        let before = count.load(Ordering::Relaxed);
-        if before % 2 == 1
-            || count
-                .compare_exchange(before, before + 1, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
+        let Some(count) = begin_write(slot) else {
+            return false;
+        };
         let len = text.len().min(MAX_REASON_BYTES);
-        addr_of_mut!((*slot).kind).write_volatile(kind as u8);
-        addr_of_mut!((*slot).pid).write_volatile(pid);
-        addr_of_mut!((*slot).backend_start).write_volatile(backend_start);
-        addr_of_mut!((*slot).statement_start).write_volatile(statement_start);
+        addr_of_mut!((*slot).kind).write_volatile(key.kind as u8);
+        addr_of_mut!((*slot).pid).write_volatile(key.pid);
+        addr_of_mut!((*slot).backend_start).write_volatile(key.backend_start);
+        addr_of_mut!((*slot).statement_start).write_volatile(key.statement_start);
         addr_of_mut!((*slot).len).write_volatile(len as u16);
         std::ptr::copy_nonoverlapping(text.as_ptr(), addr_of_mut!((*slot).text).cast(), len);
-        count.store(before + 2, Ordering::Release);
+        end_write(count);
     }
+    true
 }
 
-/// Takes back a reason left for `pid` when its signal could not be sent.
-pub fn withdraw(proc: *const pg_sys::PGPROC, pid: i32) {
+/// Takes back the reason left for `key` when its signal could not be sent (only that one:
+/// another signaller may have left another since).
+pub fn withdraw(proc: *const pg_sys::PGPROC, key: Key) {
     let Some(slot) = slot_of(proc) else { return };
     // SAFETY: as in `leave`.
     unsafe {
-        let count = AtomicU32::from_ptr(addr_of_mut!((*slot).changecount).cast());
-        let before = count.load(Ordering::Relaxed);
-        if before % 2 == 1
-            || count
-                .compare_exchange(before, before + 1, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-        {
+        let Some(count) = begin_write(slot) else {
             return;
-        }
-        if addr_of!((*slot).pid).read_volatile() == pid {
+        };
+        let mine = addr_of!((*slot).kind).read_volatile() == key.kind as u8
+            && addr_of!((*slot).pid).read_volatile() == key.pid
+            && addr_of!((*slot).backend_start).read_volatile() == key.backend_start
+            && addr_of!((*slot).statement_start).read_volatile() == key.statement_start;
+        if mine {
             addr_of_mut!((*slot).kind).write_volatile(Kind::None as u8);
         }
-        count.store(before + 2, Ordering::Release);
+        end_write(count);
     }
+}
+
+/// Makes the slot's change count odd, if no one else is writing; then a barrier, so that no
+/// write that follows is seen before the odd count (as PostgreSQL's
+/// PGSTAT_BEGIN_WRITE_ACTIVITY does with pg_write_barrier).
+///
+/// # Safety
+/// `slot` is a slot in shared memory.
+unsafe fn begin_write(slot: *mut Slot) -> Option<(&'static AtomicU32, u32)> {
+    // SAFETY: the change count is an aligned u32 in shared memory, only accessed atomically.
+    let count = unsafe { AtomicU32::from_ptr(addr_of_mut!((*slot).changecount).cast()) };
+    let before = count.load(Ordering::Relaxed);
+    if before % 2 == 1
+        || count
+            .compare_exchange(before, before + 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+    {
+        return None;
+    }
+    fence(Ordering::Release);
+    Some((count, before))
+}
+
+/// Makes the change count even again, after the writes.
+fn end_write((count, before): (&AtomicU32, u32)) {
+    count.store(before + 2, Ordering::Release);
 }
 
 /// This backend's reason for `kind`, if one was left for it (and, for a cancel, for the
@@ -288,6 +313,7 @@ fn take(kind: Kind) -> Option<String> {
                 .compare_exchange(before, before + 1, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
+                fence(Ordering::Release);
                 addr_of_mut!((*slot).kind).write_volatile(Kind::None as u8);
                 count.store(before + 2, Ordering::Release);
             }

@@ -234,10 +234,7 @@ pub fn tripped(breaker: &Breaker, action: &str, actor: &Actor, audit: Option<&Au
     let resumes = breaker
         .resumes_at()
         .and_then(|t| timestamp(Some(t)))
-        .map_or_else(
-            || "when the minute allows".to_string(),
-            |t| format!("at {t}"),
-        );
+        .map_or_else(|| "in its next run".to_string(), |t| format!("at {t}"));
     let detail = format!(
         "max_signals_per_minute ({}) reached: {} matching session(s) left unsignalled; it signals again {resumes}, or at once after reaper.reset_policy({})",
         breaker.cap,
@@ -258,6 +255,22 @@ pub fn tripped(breaker: &Breaker, action: &str, actor: &Actor, audit: Option<&Au
     }
 }
 
+/// A run of a policy tripped by an earlier run: a NOTICE for whoever runs it (the WARNING and
+/// the `tripped` row were written once, by the run that tripped it).
+pub fn still_tripped(breaker: &Breaker) {
+    let resumes = breaker
+        .resumes_at()
+        .and_then(|t| timestamp(Some(t)))
+        .map_or_else(|| "in its next run".to_string(), |t| format!("at {t}"));
+    notice!(
+        "pg_reaper: policy {:?} is tripped (max_signals_per_minute {}): {} matching session(s) left unsignalled; it signals again {resumes}, or at once after reaper.reset_policy({})",
+        breaker.policy,
+        breaker.cap,
+        breaker.left(),
+        quote_literal(&breaker.policy),
+    );
+}
+
 fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -268,7 +281,10 @@ fn quote_literal(s: &str) -> String {
 /// when the notification queue is more than half full; it never fails the call.
 pub fn notify(rows: &[ResultRow], action: &str, actor: &Actor) {
     // SAFETY: reads of backend-local state.
-    if !rows.iter().any(|r| r.outcome.signalled()) || unsafe { pg_sys::RecoveryInProgress() } {
+    if !guc::NOTIFY.get()
+        || !rows.iter().any(|r| r.outcome.signalled())
+        || unsafe { pg_sys::RecoveryInProgress() }
+    {
         return;
     }
     let mut outcomes = serde_json::Map::new();
@@ -289,35 +305,33 @@ pub fn notify(rows: &[ResultRow], action: &str, actor: &Actor) {
         "pid": unsafe { pg_sys::MyProcPid },
     })
     .to_string();
-    let sent = in_subtransaction(|| {
-        // SAFETY: PostgreSQL's SQL-callable function, without arguments.
-        let usage = unsafe {
-            pgrx::direct_function_call::<f64>(pg_sys::pg_notification_queue_usage, &[])
-        }
-        .unwrap_or(0.0);
-        if usage > 0.5 {
-            return Some(usage);
-        }
-        // SAFETY: PostgreSQL's pg_notify(text, text), with a payload far below its 8000 bytes.
-        unsafe {
-            pgrx::direct_function_call_as_datum(
-                pg_sys::pg_notify,
-                &["pg_reaper".into_datum(), payload.into_datum()],
-            )
-        };
-        None
-    });
-    match sent {
-        Ok(None) => {}
-        Ok(Some(usage)) => warning!(
+    // Names are at most 63 bytes, but cluster_name has no bound: a payload of 8,000 bytes or
+    // more would be an ERROR.
+    if payload.len() >= 8000 {
+        warning!("pg_reaper: NOTIFY pg_reaper skipped: its payload is too long");
+        return;
+    }
+    // SAFETY: PostgreSQL's SQL-callable function, without arguments: a read of the queue's
+    // head and tail under NotifyQueueLock.
+    let usage =
+        unsafe { pgrx::direct_function_call::<f64>(pg_sys::pg_notification_queue_usage, &[]) }
+            .unwrap_or(0.0);
+    if usage > 0.5 {
+        warning!(
             "pg_reaper: NOTIFY pg_reaper skipped: the notification queue is {:.0}% full (a listener is not reading)",
             usage * 100.0
-        ),
-        Err(e) => {
-            warning!("pg_reaper: NOTIFY pg_reaper failed: {}", message(&e));
-            rethrow_if_fatal_to_the_call(e);
-        }
+        );
+        return;
     }
+    // SAFETY: PostgreSQL's pg_notify(text, text) with a valid channel and a short payload: it
+    // only queues the notification in this transaction's memory (no subtransaction: each would
+    // keep a memory block of its own until the commit), to be sent at the commit.
+    unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::pg_notify,
+            &["pg_reaper".into_datum(), payload.into_datum()],
+        )
+    };
 }
 
 const AUDIT_SQL: &str = "\

@@ -242,19 +242,28 @@ fn signal_if_unchanged(
     // The reason, left immediately before the signal (fixed-size copies), for this process
     // and, for a cancel, the statement it runs now; a cancel of an idle session raises nothing
     // there, so it gets none.
+    // (A fastpath function call has no statement start of its own: its cancel gets none.)
     let reason = target.reason.as_deref().and_then(|text| {
-        let running = compat::is_running(seen.state);
+        let running = seen.state == pg_sys::BackendState::STATE_RUNNING;
         let (kind, statement) = match signal {
             Signal::Cancel if running => (reasons::Kind::Cancel, seen.query_start),
             Signal::Cancel => return None,
             Signal::Terminate => (reasons::Kind::Terminate, 0),
         };
-        reasons::leave(proc, kind, target.pid, seen.backend_start, statement, text);
-        Some(())
+        let key = reasons::Key {
+            kind,
+            pid: target.pid,
+            backend_start: seen.backend_start,
+            statement_start: statement,
+        };
+        reasons::leave(proc, key, text).then_some(key)
     });
+    if test_hooks::withhold_signal() {
+        return Some(Delivery::StoppedMatching);
+    }
     let withdraw = || {
-        if reason.is_some() {
-            reasons::withdraw(proc, target.pid);
+        if let Some(key) = reason {
+            reasons::withdraw(proc, key);
         }
     };
     let pid = target.pid.into_datum();
@@ -419,6 +428,14 @@ pub mod test_hooks {
                 super::sleep_interruptibly(left);
             }
         }
+    }
+
+    /// Whether to leave the victim's reason and withhold its signal (`pg_reaper.test_withhold_signal`).
+    pub fn withhold_signal() -> bool {
+        #[cfg(feature = "test-hooks")]
+        return crate::guc::test_hooks::WITHHOLD_SIGNAL.get();
+        #[cfg(not(feature = "test-hooks"))]
+        false
     }
 
     /// A panic at the start of a run of the policy named by `pg_reaper.test_panic_policy`.

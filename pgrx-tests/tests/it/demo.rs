@@ -77,7 +77,9 @@ fn the_demo_shows_every_effect_it_announces() {
         "{errors:?}"
     );
     assert!(
-        stdout.contains("DETAIL:  pg_reaper: cancelled by role \"postgres\": running a query for 00:00:"),
+        stdout.contains(
+            "DETAIL:  pg_reaper: cancelled by role \"postgres\": running a query for 00:00:"
+        ),
         "the victim's error says why:\n{stdout}"
     );
 

@@ -57,7 +57,10 @@ fn whoever_holds_up_checkout_through_a_waiter_ahead_of_it() {
     // A report holds the table; a migration waits for it; checkout queues behind the
     // migration (its AccessShareLock conflicts with the migration's, not with the report's).
     let report = cluster.session("app", &format!("{t}_report"));
-    assert_eq!(report.run(&format!("BEGIN; LOCK TABLE {t} IN ACCESS SHARE MODE")), Ended::Ok);
+    assert_eq!(
+        report.run(&format!("BEGIN; LOCK TABLE {t} IN ACCESS SHARE MODE")),
+        Ended::Ok
+    );
     let migration = cluster.session("app", &format!("{t}_migration"));
     let altering = migration.start(&format!("ALTER TABLE {t} ADD COLUMN x int"));
     waiting(&mut su, migration.pid);

@@ -3,6 +3,7 @@
 //! `reaper.reset_policy`), and `NOTIFY pg_reaper` for each call or run that signalled.
 
 use pg_reaper_integration::*;
+use postgres::fallible_iterator::FallibleIterator;
 use std::time::Duration;
 
 fn preloaded(extra: &[&str]) -> Cluster {
@@ -60,7 +61,10 @@ fn a_report_policy_records_what_it_would_signal_and_signals_nothing() {
     );
     for v in &victims {
         assert!(cluster.alive(v.pid));
-        assert!(cluster.reaper_lines(v.pid).is_empty(), "no pg_reaper: LOG line");
+        assert!(
+            cluster.reaper_lines(v.pid).is_empty(),
+            "no pg_reaper: LOG line"
+        );
     }
     // The worker runs it too, and counts what it matched.
     su.batch_execute("UPDATE reaper.policies SET run_every = '200 ms' WHERE name = 'dry-run'")
@@ -106,12 +110,15 @@ fn the_breaker_trips_at_its_cap_says_so_once_and_resets() {
         .lock()
         .unwrap()
         .iter()
-        .filter(|n| n.contains("tripped"))
+        .filter(|n| n.starts_with("WARNING") && n.contains("tripped"))
         .cloned()
         .collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
-        warnings[0].starts_with("WARNING") && warnings[0].contains("max_signals_per_minute (3) reached: 2 matching session(s) left unsignalled"),
+        warnings[0].starts_with("WARNING")
+            && warnings[0].contains(
+                "max_signals_per_minute (3) reached: 2 matching session(s) left unsignalled"
+            ),
         "{warnings:?}"
     );
     assert_eq!(log_rows(&mut su, "capped", "tripped"), 1);
@@ -122,18 +129,54 @@ fn the_breaker_trips_at_its_cap_says_so_once_and_resets() {
         )
         .unwrap()
         .get(0);
-    assert!(detail.contains("2 matching session(s) left unsignalled"), "{detail}");
+    assert!(
+        detail.contains("2 matching session(s) left unsignalled"),
+        "{detail}"
+    );
     assert!(detail.contains("reaper.reset_policy('capped')"), "{detail}");
 
-    // Tripped: the next run signals nothing and says nothing more.
+    // Tripped: the next run signals nothing and writes nothing more; a NOTICE tells its caller.
+    notices.lock().unwrap().clear();
     assert!(run_policy(&mut su, "capped").is_empty());
     assert_eq!(log_rows(&mut su, "capped", "tripped"), 1);
+    let said: Vec<String> = notices.lock().unwrap().clone();
+    assert!(!said.iter().any(|n| n.starts_with("WARNING")), "{said:?}");
+    assert!(
+        said.iter().any(|n| n.starts_with("NOTICE")
+            && n.contains("policy \"capped\" is tripped (max_signals_per_minute 3): 5 matching session(s) left unsignalled")),
+        "{said:?}"
+    );
+
+    // A policy of the same name in another database has a window of its own.
+    su.batch_execute("CREATE DATABASE breaker_other").unwrap();
+    let mut other = cluster.connect_to("postgres", "breaker_other");
+    other.batch_execute("CREATE EXTENSION pg_reaper").unwrap();
+    add_policy(
+        &mut other,
+        "capped",
+        &format!(r#"{{"application_name": "{t}"}}"#),
+        "cancel",
+        Some(3),
+    );
     assert_eq!(
-        notices.lock().unwrap().iter().filter(|n| n.contains("tripped")).count(),
-        1
+        run_policy(&mut other, "capped").len(),
+        3,
+        "not tripped by the other database's"
+    );
+    let was: bool = other
+        .query_one("SELECT reaper.reset_policy('capped')", &[])
+        .unwrap()
+        .get(0);
+    assert!(was, "its own trip");
+    assert!(
+        run_policy(&mut su, "capped").is_empty(),
+        "still tripped here"
     );
     // Direct calls are not capped.
-    assert_eq!(cancel(&mut su, &format!(r#"{{"application_name": "{t}"}}"#)).len(), 5);
+    assert_eq!(
+        cancel(&mut su, &format!(r#"{{"application_name": "{t}"}}"#)).len(),
+        5
+    );
 
     // Reset: it signals again at once (and trips again at its cap).
     let was: bool = su
@@ -157,10 +200,46 @@ fn the_breaker_trips_at_its_cap_says_so_once_and_resets() {
         .query_one("SELECT reaper.reset_policy('no such policy')", &[])
         .unwrap_err();
     assert_eq!(sqlstate(&err), Some("42704"), "{err}");
+    // UPDATE on the table is not enough: the policy's owner must be a role one may act as.
+    cluster.create_role("editor", "");
+    su.batch_execute(
+        "GRANT USAGE ON SCHEMA reaper TO editor; GRANT SELECT, UPDATE ON reaper.policies TO editor",
+    )
+    .unwrap();
+    let err = cluster
+        .connect("editor")
+        .query_one("SELECT reaper.reset_policy('capped')", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("42501"), "{err}");
+    assert!(err.to_string().contains("SET ROLE to its owner"), "{err}");
+
     let err = su
-        .batch_execute("UPDATE reaper.policies SET max_signals_per_minute = -1 WHERE name = 'capped'")
+        .batch_execute(
+            "UPDATE reaper.policies SET max_signals_per_minute = -1 WHERE name = 'capped'",
+        )
         .unwrap_err();
     assert_eq!(sqlstate(&err), Some("22023"), "{err}");
+    // A negative cap written past the trigger is refused at the run, not run uncapped.
+    su.batch_execute(
+        "SET session_replication_role = replica; \
+         UPDATE reaper.policies SET max_signals_per_minute = -1 WHERE name = 'capped'; \
+         RESET session_replication_role",
+    )
+    .unwrap();
+    let rows = run_policy(&mut su, "capped");
+    assert!(rows.is_empty(), "{rows:?}");
+    assert_eq!(log_rows(&mut su, "capped", "failed"), 1);
+    let failed: String = su
+        .query_one(
+            "SELECT detail FROM reaper.log WHERE policy = 'capped' AND outcome = 'failed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        failed.contains("max_signals_per_minute is negative"),
+        "{failed}"
+    );
 }
 
 #[test]
@@ -179,8 +258,10 @@ fn an_escalation_counts_its_cancel_and_its_terminate() {
         "cancel_then_terminate",
         Some(3),
     );
-    su.batch_execute("UPDATE reaper.policies SET grace_ms = 100, timeout_ms = 5000 WHERE name = 'escalating'")
-        .unwrap();
+    su.batch_execute(
+        "UPDATE reaper.policies SET grace_ms = 100, timeout_ms = 5000 WHERE name = 'escalating'",
+    )
+    .unwrap();
     let rows = run_policy(&mut su, "escalating");
     // Two cancels and one termination: the second victim's termination was one too many.
     let terminated = rows.iter().filter(|r| r.outcome == "terminated").count();
@@ -220,14 +301,20 @@ fn the_setting_caps_a_policy_without_its_own_and_the_worker_shows_the_trip() {
     assert_eq!(log_rows(&mut su, "every-200ms", "tripped"), 1);
     // Several runs later, still two signals and one trip.
     let runs = |su: &mut Client| -> i64 {
-        su.query_one("SELECT runs FROM reaper.worker_status() WHERE policy = 'every-200ms'", &[])
-            .unwrap()
-            .get(0)
+        su.query_one(
+            "SELECT runs FROM reaper.worker_status() WHERE policy = 'every-200ms'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
     };
     let before = runs(&mut su);
     wait_for(
         &mut su,
-        &format!("SELECT runs >= {} FROM reaper.worker_status() WHERE policy = 'every-200ms'", before + 3),
+        &format!(
+            "SELECT runs >= {} FROM reaper.worker_status() WHERE policy = 'every-200ms'",
+            before + 3
+        ),
     );
     assert_eq!(log_rows(&mut su, "every-200ms", "tripped"), 1);
     su.query_one("SELECT reaper.reset_policy('every-200ms')", &[])
@@ -261,7 +348,10 @@ fn a_call_that_signalled_notifies_listeners() {
     assert!(terminate(&mut su, r#"{"application_name": "nobody at all"}"#, 0).is_empty());
     // Rolled back: lost.
     su.batch_execute("BEGIN").unwrap();
-    assert_eq!(cancel(&mut su, &format!(r#"{{"application_name": "{t}"}}"#)).len(), 1);
+    assert_eq!(
+        cancel(&mut su, &format!(r#"{{"application_name": "{t}"}}"#)).len(),
+        1
+    );
     su.batch_execute("ROLLBACK").unwrap();
     // Committed: sent.
     let rows = terminate(&mut su, &format!(r#"{{"application_name": "{t}"}}"#), 5000);
@@ -272,7 +362,10 @@ fn a_call_that_signalled_notifies_listeners() {
     assert!(payload["policy"].is_null());
     assert_eq!(payload["outcomes"]["terminated"], 1, "{payload}");
     assert_eq!(payload["cluster_name"], "fleet-a");
-    assert!(next(&mut listener).is_none(), "one for the committed call only");
+    assert!(
+        next(&mut listener).is_none(),
+        "one for the committed call only"
+    );
     assert!(!cluster.alive(victim.pid));
 
     // A policy run names its policy.
@@ -305,15 +398,33 @@ fn a_full_notification_queue_skips_the_notification_with_a_warning() {
     let mut su = cluster.superuser();
     // A listener that reads nothing, in an open transaction, holds the queue's tail.
     let mut stuck = cluster.superuser();
-    stuck.batch_execute("LISTEN pg_reaper; BEGIN; SELECT 1").unwrap();
+    // (LISTEN takes effect at its own commit: not in the transaction that holds the tail.)
+    stuck.batch_execute("LISTEN pg_reaper").unwrap();
+    stuck.batch_execute("BEGIN; SELECT 1").unwrap();
     let big = "x".repeat(7900);
-    while count(&mut su, "SELECT (pg_notification_queue_usage() <= 0.5)::int") == 1 {
-        su.execute("SELECT pg_notify('pg_reaper', $1)", &[&big]).unwrap();
+    let mut sent = 0;
+    while count(
+        &mut su,
+        "SELECT (pg_notification_queue_usage() <= 0.5)::int",
+    ) == 1
+    {
+        // 64 pages of 8 kB: half of them filled by some 40 notifications of 8 kB.
+        assert!(
+            sent < 1000,
+            "the queue does not fill: is the listener holding its tail?"
+        );
+        su.execute("SELECT pg_notify('pg_reaper', $1)", &[&big])
+            .unwrap();
+        sent += 1;
     }
     let (mut caller, notices) = cluster.collecting_client("postgres");
     let t = tag("notify_full");
     let victim = cluster.session("app", &t);
-    let rows = terminate(&mut caller, &format!(r#"{{"application_name": "{t}"}}"#), 5000);
+    let rows = terminate(
+        &mut caller,
+        &format!(r#"{{"application_name": "{t}"}}"#),
+        5000,
+    );
     assert_eq!(rows[0].outcome, "terminated", "the call does not fail");
     let warned = notices
         .lock()

@@ -202,9 +202,7 @@ fn one(rows: &[Row], outcome: &str) {
 
 /// The DETAIL line psql printed, if any.
 fn psql_detail(stderr: &str) -> Option<&str> {
-    stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("DETAIL:  "))
+    stderr.lines().find_map(|l| l.strip_prefix("DETAIL:  "))
 }
 
 #[test]
@@ -219,7 +217,10 @@ fn a_cancelled_statement_says_who_and_why_to_psql_and_psycopg() {
     sleeping(&mut su, &format!("{tag}_psql"));
     sleeping(&mut su, &format!("{tag}_py"));
     std::thread::sleep(std::time::Duration::from_millis(1100)); // an age of a whole second
-    let rows = cancel(&mut su, &format!(r#"{{"application_name": {{"regex": "^{tag}_"}}}}"#));
+    let rows = cancel(
+        &mut su,
+        &format!(r#"{{"application_name": {{"regex": "^{tag}_"}}}}"#),
+    );
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows.iter().all(|r| r.outcome == "cancelled"), "{rows:?}");
 
@@ -229,7 +230,8 @@ fn a_cancelled_statement_says_who_and_why_to_psql_and_psycopg() {
     assert_eq!(e["message"], "canceling statement due to user request");
     let detail = e["detail"].as_str().unwrap_or_default();
     assert!(
-        detail.starts_with("pg_reaper: cancelled by role \"postgres\": running a query for 00:00:0"),
+        detail
+            .starts_with("pg_reaper: cancelled by role \"postgres\": running a query for 00:00:0"),
         "{answer}"
     );
     // The session lives on, and its next statement carries nothing.
@@ -275,23 +277,18 @@ fn a_policy_terminating_a_running_and_an_idle_session_tells_both_and_the_server_
     sleeping(&mut su, &format!("{tag}_psql_busy"));
     let busy_pid = sleeping(&mut su, &format!("{tag}_py_busy"));
 
-    let rows = call(
-        &mut su,
-        &format!("reaper.run_policy('{tag}-tx')"),
-        "",
-    )
-    .unwrap();
+    let rows = call(&mut su, &format!("reaper.run_policy('{tag}-tx')"), "").unwrap();
     assert_eq!(rows.len(), 4, "{rows:?}");
     assert!(rows.iter().all(|r| r.outcome == "signalled"), "{rows:?}");
     let policy = format!("pg_reaper: terminated by policy \"{tag}-tx\": ");
 
     // Running: the statement's error is the FATAL, with the reason.
     let answer = py_busy.answer();
-    let e = &answer["error"];
-    assert_eq!(e["sqlstate"], "57P01", "{answer}");
-    assert_eq!(e["message"], "terminating connection due to administrator command");
-    let detail = e["detail"].as_str().unwrap_or_default();
-    assert!(detail.starts_with(&format!("{policy}running a query for")), "{answer}");
+    let detail = termination(&answer).unwrap_or_default();
+    assert!(
+        detail.starts_with(&format!("{policy}running a query for")),
+        "{answer}"
+    );
 
     // Idle: the FATAL arrives while no statement runs. The next statement finds it: as its
     // error, or (libpq reads it before the statement is sent) as a notice, before the
@@ -299,20 +296,16 @@ fn a_policy_terminating_a_running_and_an_idle_session_tells_both_and_the_server_
     cluster_wait_gone(&mut su, &format!("{tag}_py_idle"));
     let answer = py_idle.run("SELECT 1");
     assert!(answer["error"].is_object(), "{answer}");
-    let fatal = if answer["error"]["sqlstate"] == "57P01" {
-        answer["error"].clone()
-    } else {
-        answer["notices"]
-            .as_array()
-            .and_then(|n| n.iter().find(|n| n["sqlstate"] == "57P01"))
-            .cloned()
-            .unwrap_or_else(|| panic!("no FATAL, as an error or a notice: {answer}"))
-    };
-    assert_eq!(fatal["severity"], "FATAL", "{answer}");
-    let detail = fatal["detail"].as_str().unwrap_or_default();
-    assert!(detail.starts_with(&format!("{policy}idle in transaction for")), "{answer}");
+    let detail = termination(&answer).unwrap_or_default();
+    assert!(
+        detail.starts_with(&format!("{policy}idle in transaction for")),
+        "{answer}"
+    );
 
-    for (psql, state) in [(psql_busy, "running a query for"), (psql_idle, "idle in transaction for")] {
+    for (psql, state) in [
+        (psql_busy, "running a query for"),
+        (psql_idle, "idle in transaction for"),
+    ] {
         let stderr = psql.stderr(Some("SELECT 2;"));
         assert!(
             stderr.contains("FATAL:  terminating connection due to administrator command"),
@@ -325,10 +318,14 @@ fn a_policy_terminating_a_running_and_an_idle_session_tells_both_and_the_server_
     // The victim's own server-log line says the same.
     let log = cluster.server_log();
     let at = log
-        .find(&format!("[{busy_pid}] FATAL:  terminating connection due to administrator command"))
+        .find(&format!(
+            "[{busy_pid}] FATAL:  terminating connection due to administrator command"
+        ))
         .or_else(|| {
             log.lines()
-                .position(|l| l.contains(&busy_pid.to_string()) && l.contains("FATAL:  terminating"))
+                .position(|l| {
+                    l.contains(&busy_pid.to_string()) && l.contains("FATAL:  terminating")
+                })
                 .map(|_| 0)
         });
     assert!(at.is_some(), "no FATAL of {busy_pid} in the log");
@@ -336,6 +333,34 @@ fn a_policy_terminating_a_running_and_an_idle_session_tells_both_and_the_server_
         log.contains(&format!("DETAIL:  {policy}running a query for")),
         "no DETAIL in the server log"
     );
+}
+
+/// The DETAIL of the termination psycopg reports in `answer`, wherever it shows it: as the
+/// statement's error or as a notice, with libpq's fields (sqlstate 57P01, severity FATAL); or,
+/// when the server closed the connection while libpq read the result, only in the error's text
+/// ("consuming input failed: terminating connection due to administrator command\nDETAIL:  ...").
+/// Panics when there is no termination in `answer` at all.
+fn termination(answer: &serde_json::Value) -> Option<String> {
+    const MESSAGE: &str = "terminating connection due to administrator command";
+    let error = &answer["error"];
+    let fielded = std::iter::once(error)
+        .chain(answer["notices"].as_array().into_iter().flatten())
+        .find(|e| e["sqlstate"] == "57P01");
+    if let Some(fatal) = fielded {
+        assert_eq!(fatal["severity"], "FATAL", "{answer}");
+        assert_eq!(fatal["message"], MESSAGE, "{answer}");
+        return fatal["detail"].as_str().map(str::to_string);
+    }
+    let text = error["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(&format!("{MESSAGE}\n")),
+        "no termination, as an error or a notice: {answer}"
+    );
+    text.lines()
+        .skip_while(|l| !l.ends_with(MESSAGE))
+        .nth(1)
+        .and_then(|l| l.strip_prefix("DETAIL:  "))
+        .map(str::to_string)
 }
 
 fn cluster_wait_gone(su: &mut Client, tag: &str) {
@@ -363,9 +388,12 @@ fn verbose_adds_the_filter_and_off_tells_nothing() {
         let detail = answer["error"]["detail"].as_str();
         if want {
             let detail = detail.unwrap_or_default();
-            assert!(detail.starts_with("pg_reaper: cancelled by role \"postgres\""), "{answer}");
             assert!(
-                detail.contains(&format!(r#"filter {{"application_name":"{tag}"}}"#)),
+                detail.starts_with("pg_reaper: cancelled by role \"postgres\""),
+                "{answer}"
+            );
+            assert!(
+                detail.contains(&format!(r#"filter {{"application_name":"{tag}","#)),
                 "{answer}"
             );
         } else {
@@ -399,9 +427,32 @@ fn nothing_stale_reaches_a_later_signal() {
     assert_eq!(answer["error"]["sqlstate"], "57014", "{answer}");
     assert!(answer["error"]["detail"].is_null(), "{answer}");
 
+    // A reason left for a statement that then ended (the test build withholds the signal, so
+    // it waits in the victim's slot) tells nothing to a plain cancel of the next statement.
+    su.batch_execute("SELECT pg_advisory_lock(4243)").unwrap();
+    py.start_statement("SELECT pg_advisory_lock(4243)");
+    wait_until_with(
+        &mut su,
+        pid,
+        "a.state = 'active' AND a.wait_event = 'advisory'",
+    );
+    withheld(&mut su, |su| cancel(su, &filter(&tag)));
+    su.batch_execute("SELECT pg_advisory_unlock(4243)").unwrap();
+    assert_eq!(py.answer()["ok"], true, "the statement ended");
+    assert_eq!(py.run("SELECT pg_advisory_unlock(4243)")["ok"], true);
+    py.start_statement("SELECT pg_sleep(600)");
+    sleeping(&mut su, &tag);
+    su.execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+    let answer = py.answer();
+    assert_eq!(answer["error"]["sqlstate"], "57014", "{answer}");
+    assert!(answer["error"]["detail"].is_null(), "{answer}");
+
     // A cancel of pg_reaper's that an exception block caught tells nothing to a plain cancel
     // later in the same statement (the same statement start), nor to a plain termination.
-    for (plain, sqlstate) in [("pg_cancel_backend", "57014"), ("pg_terminate_backend", "57P01")] {
+    for (plain, sqlstate) in [
+        ("pg_cancel_backend", "57014"),
+        ("pg_terminate_backend", "57P01"),
+    ] {
         su.batch_execute("SELECT pg_advisory_lock(4242)").unwrap();
         py.start_statement(
             "DO $$ BEGIN \
@@ -411,12 +462,20 @@ fn nothing_stale_reaches_a_later_signal() {
         sleeping(&mut su, &tag);
         one(&cancel(&mut su, &filter(&tag)), "cancelled");
         // Caught: it goes on, in the same statement, to wait for the lock.
-        wait_until_with(&mut su, pid, "a.state = 'active' AND a.wait_event = 'advisory'");
+        wait_until_with(
+            &mut su,
+            pid,
+            "a.state = 'active' AND a.wait_event = 'advisory'",
+        );
         su.execute(&format!("SELECT {plain}($1)"), &[&pid]).unwrap();
         su.batch_execute("SELECT pg_advisory_unlock(4242)").unwrap();
         let answer = py.answer();
-        assert_eq!(answer["error"]["sqlstate"], sqlstate, "{answer}");
-        assert!(answer["error"]["detail"].is_null(), "{plain}: {answer}");
+        if plain == "pg_terminate_backend" {
+            assert_eq!(termination(&answer), None, "{plain}: {answer}");
+        } else {
+            assert_eq!(answer["error"]["sqlstate"], sqlstate, "{answer}");
+            assert!(answer["error"]["detail"].is_null(), "{plain}: {answer}");
+        }
     }
 }
 
@@ -426,19 +485,49 @@ fn a_statement_timeout_is_told_nothing() {
     let mut su = cluster.superuser();
     let tag = tag("told_timeout");
     let mut py = Psycopg::start(&cluster, &tag);
-    let pid = idle(&mut su, &tag, "idle");
-    // pg_reaper's cancel reaches the session while it is idle (nothing raised), then its
-    // statement_timeout cancels a statement: PostgreSQL's message, nothing added.
-    one(&cancel(&mut su, &filter(&tag)), "cancelled");
-    let _ = pid;
-    assert_eq!(py.run("SET statement_timeout = '100ms'")["ok"], true);
-    let answer = py.run("SELECT pg_sleep(600)");
+    let pid = pid_of(&mut su, &tag);
+    // A reason waits for the running statement (the test build withholds the signal), then the
+    // statement_timeout cancels that statement: PostgreSQL's message, nothing added.
+    assert_eq!(py.run("SET statement_timeout = '3s'")["ok"], true);
+    py.start_statement("SELECT pg_sleep(600)");
+    sleeping(&mut su, &tag);
+    let rows = withheld(&mut su, |su| cancel(su, &filter(&tag)));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let answer = py.answer();
     assert_eq!(answer["error"]["sqlstate"], "57014", "{answer}");
     assert_eq!(
         answer["error"]["message"],
         "canceling statement due to statement timeout"
     );
     assert!(answer["error"]["detail"].is_null(), "{answer}");
+
+    // The control: a reason left the same way is found by a cancel of its own statement.
+    assert_eq!(py.run("SET statement_timeout = 0")["ok"], true);
+    py.start_statement("SELECT pg_sleep(600)");
+    sleeping(&mut su, &tag);
+    withheld(&mut su, |su| cancel(su, &filter(&tag)));
+    su.execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+    let answer = py.answer();
+    assert_eq!(
+        answer["error"]["message"],
+        "canceling statement due to user request"
+    );
+    let detail = answer["error"]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("pg_reaper: cancelled by role \"postgres\""),
+        "{answer}"
+    );
+}
+
+/// Runs `call` with `pg_reaper.test_withhold_signal` on in `su`'s session: the reasons are
+/// left, no signal is sent.
+fn withheld<T>(su: &mut Client, call: impl FnOnce(&mut Client) -> T) -> T {
+    su.batch_execute("SET pg_reaper.test_withhold_signal = on")
+        .unwrap();
+    let out = call(su);
+    su.batch_execute("RESET pg_reaper.test_withhold_signal")
+        .unwrap();
+    out
 }
 
 #[test]
@@ -459,26 +548,24 @@ fn a_new_backend_in_a_victims_slot_is_told_nothing() {
     let tag = tag("told_slot");
     let _fill = [cluster.connect("app"), cluster.connect("app")];
     let mut victim = Psycopg::start(&cluster, &tag);
-    // pg_reaper's cancel reaches the session after its statement ended (the test build pauses
-    // 2 s between the victim's check and its signal): nothing is raised, and the reason it left
-    // stays in the slot.
-    victim.start_statement("SELECT pg_sleep(1)");
-    sleeping(&mut su, &tag);
-    su.batch_execute("SET pg_reaper.signal_delay_ms = 2000").unwrap();
-    one(&cancel(&mut su, &filter(&tag)), "cancelled");
-    su.batch_execute("RESET pg_reaper.signal_delay_ms").unwrap();
-    assert_eq!(victim.answer()["ok"], true, "the statement ended before the cancel");
+    // A termination's reason waits in the victim's slot (the test build withholds the
+    // signal); the victim then leaves on its own.
+    assert_eq!(victim.run("SELECT 1")["ok"], true);
+    let rows = withheld(&mut su, |su| terminate(su, &filter(&tag), 0));
+    assert_eq!(rows.len(), 1, "{rows:?}");
     drop(victim);
     cluster_wait_gone(&mut su, &tag);
+    // The next session takes the slot (the only free one): a plain termination of it finds
+    // a reason in its slot, for another process.
     let tag2 = format!("{tag}_next");
     let mut next = Psycopg::start(&cluster, &tag2);
     let pid = pid_of(&mut su, &tag2);
     next.start_statement("SELECT pg_sleep(600)");
     sleeping(&mut su, &tag2);
-    su.execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+    su.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
     let answer = next.answer();
-    assert_eq!(answer["error"]["sqlstate"], "57014", "{answer}");
-    assert!(answer["error"]["detail"].is_null(), "{answer}");
+    assert_eq!(termination(&answer), None, "{answer}");
 }
 
 #[test]
