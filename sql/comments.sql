@@ -18,7 +18,7 @@ COMMENT ON FUNCTION reaper.worker_status() IS
 COMMENT ON FUNCTION reaper.test_filter(jsonb, jsonb, timestamp with time zone) IS
     'The filter against saved pg_stat_activity rows (jsonb_agg of the view, with blocking_pids and waitstart for lock keys): which it would select; signals nothing';
 COMMENT ON FUNCTION reaper.reset_policy(text) IS
-    'Reset a policy''s circuit breaker (max_signals_per_minute) so that it signals again at once; true if it was tripped (needs UPDATE on reaper.policies)';
+    'Reset a policy''s circuit breaker (max_signals_per_minute) so that it signals again at once; true if it was tripped (needs UPDATE on reaper.policies and the right to act as its owner)';
 COMMENT ON FUNCTION reaper.worker() IS
     'The pg_reaper background worker: its pid, what it is doing, and why it waits if it does';
 

@@ -118,4 +118,4 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'reset_policy_wrapper';
 COMMENT ON FUNCTION reaper.reset_policy(text) IS
-    'Reset a policy''s circuit breaker (max_signals_per_minute) so that it signals again at once; true if it was tripped (needs UPDATE on reaper.policies)';
+    'Reset a policy''s circuit breaker (max_signals_per_minute) so that it signals again at once; true if it was tripped (needs UPDATE on reaper.policies and the right to act as its owner)';

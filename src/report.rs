@@ -280,11 +280,11 @@ fn quote_literal(s: &str) -> String {
 /// at the commit of the caller's transaction (lost if it rolls back); skipped with a WARNING
 /// when the notification queue is more than half full; it never fails the call.
 pub fn notify(rows: &[ResultRow], action: &str, actor: &Actor) {
-    // SAFETY: reads of backend-local state.
-    if !guc::NOTIFY.get()
-        || !rows.iter().any(|r| r.outcome.signalled())
-        || unsafe { pg_sys::RecoveryInProgress() }
-    {
+    if !guc::NOTIFY.get() || !rows.iter().any(|r| r.outcome.signalled()) {
+        return;
+    }
+    // SAFETY: a read of shared state PostgreSQL keeps for every backend.
+    if unsafe { pg_sys::RecoveryInProgress() } {
         return;
     }
     let mut outcomes = serde_json::Map::new();

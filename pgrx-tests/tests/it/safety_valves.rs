@@ -211,7 +211,11 @@ fn the_breaker_trips_at_its_cap_says_so_once_and_resets() {
         .query_one("SELECT reaper.reset_policy('capped')", &[])
         .unwrap_err();
     assert_eq!(sqlstate(&err), Some("42501"), "{err}");
-    assert!(err.to_string().contains("SET ROLE to its owner"), "{err}");
+    let message = err
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("SET ROLE to its owner"), "{message}");
 
     let err = su
         .batch_execute(

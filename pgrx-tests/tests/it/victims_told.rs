@@ -69,8 +69,9 @@ impl Psql {
 
     /// Ends its input (after `last`, if any) and returns its stderr.
     fn stderr(mut self, last: Option<&str>) -> String {
-        if let Some(line) = last {
-            self.send(line);
+        // psql may have left already (a lost connection ends a script): nothing to send then.
+        if let (Some(line), Some(stdin)) = (last, self.stdin.as_mut()) {
+            let _ = writeln!(stdin, "{line}").and_then(|()| stdin.flush());
         }
         drop(self.stdin.take());
         let out = self.child.wait_with_output().unwrap();
