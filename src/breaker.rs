@@ -113,7 +113,9 @@ impl Breakers {
             let i = (0..MAX_ENTRIES)
                 .min_by_key(|&i| {
                     let e = &self.entries[i];
-                    (e.key != 0, e.tripped, e.used)
+                    // Tripped and still full: its flag alone may be stale (a policy deleted
+                    // or given a higher cap keeps it).
+                    (e.key != 0, e.tripped && e.in_window(now) > 0, e.used)
                 })
                 .unwrap_or(0);
             self.entries[i] = Entry {
@@ -172,6 +174,8 @@ pub struct Breaker {
     pub cap: u32,
     /// Signals counted by this run (the whole count without shared memory).
     counted: Cell<u32>,
+    /// The second the last allowed signal was counted in (given back there if unused).
+    counted_at: Cell<i64>,
     /// Victims the run left unsignalled because of the cap.
     left: Cell<usize>,
     /// Whether this run tripped the policy (it was not tripped before).
@@ -186,6 +190,7 @@ impl Breaker {
             key: key(policy),
             cap,
             counted: Cell::new(0),
+            counted_at: Cell::new(0),
             left: Cell::new(0),
             tripped_now: Cell::new(false),
         })
@@ -208,6 +213,7 @@ impl Breaker {
             if n < cap {
                 e.tripped = false;
                 e.add(now, 1);
+                self.counted_at.set(now);
                 true
             } else {
                 if !e.tripped {
@@ -234,10 +240,11 @@ impl Breaker {
     pub fn unused(&self) {
         self.counted.set(self.counted.get().saturating_sub(1));
         if shared() {
-            let now = now_second();
+            // In the bucket it was counted in, which may be a second ago by now.
+            let second = self.counted_at.get();
             let mut b = BREAKERS.exclusive();
             if let Some(i) = b.find(self.key) {
-                b.entries[i].add(now, -1);
+                b.entries[i].add(second, -1);
             }
         }
     }
@@ -341,13 +348,23 @@ mod tests {
     }
 
     #[test]
+    fn a_signal_is_given_back_in_the_second_it_was_counted_in() {
+        let mut e = Entry::EMPTY;
+        e.add(100, 1);
+        e.add(101, 1);
+        e.add(100, -1);
+        assert_eq!(e.in_window(101), 1);
+        assert_eq!(e.count[(101 % 60) as usize], 1);
+    }
+
+    #[test]
     fn a_tripped_entry_is_reused_last() {
         let mut b = Breakers::new();
         for k in 1..=MAX_ENTRIES as u64 {
             b.entry(k, k as i64).add(k as i64, 1);
         }
         b.entries[0].tripped = true;
-        b.entry(MAX_ENTRIES as u64 + 1, 10_000);
+        b.entry(MAX_ENTRIES as u64 + 1, 10);
         assert!(b.find(1).is_some(), "the tripped entry was reused");
         assert!(b.find(2).is_none());
     }

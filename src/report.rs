@@ -229,7 +229,7 @@ pub fn log_signals(signal: Signal, rows: &[ResultRow], actor: &Actor) {
 
 /// A policy's run that reached its cap: one WARNING, and one `reaper.log` row with outcome
 /// `tripped` saying how many victims were left (once per trip: the runs after it, while the
-/// window is full, signal nothing and say nothing more).
+/// window is full, signal nothing and write nothing more; see `still_tripped`).
 pub fn tripped(breaker: &Breaker, action: &str, actor: &Actor, audit: Option<&Audit>) {
     let resumes = breaker
         .resumes_at()
@@ -263,7 +263,7 @@ pub fn still_tripped(breaker: &Breaker) {
         .and_then(|t| timestamp(Some(t)))
         .map_or_else(|| "in its next run".to_string(), |t| format!("at {t}"));
     notice!(
-        "pg_reaper: policy {:?} is tripped (max_signals_per_minute {}): {} matching session(s) left unsignalled; it signals again {resumes}, or at once after reaper.reset_policy({})",
+        "pg_reaper: policy {:?} is tripped, max_signals_per_minute ({}) reached: {} matching session(s) left unsignalled; it signals again {resumes}, or at once after reaper.reset_policy({})",
         breaker.policy,
         breaker.cap,
         breaker.left(),
@@ -305,9 +305,10 @@ pub fn notify(rows: &[ResultRow], action: &str, actor: &Actor) {
         "pid": unsafe { pg_sys::MyProcPid },
     })
     .to_string();
-    // Names are at most 63 bytes, but cluster_name has no bound: a payload of 8,000 bytes or
-    // more would be an ERROR.
-    if payload.len() >= 8000 {
+    // Policy names and cluster_name have no bound, and a payload of NOTIFY_PAYLOAD_MAX_LENGTH
+    // bytes or more is an ERROR (async.c's limit, from the block size PostgreSQL was built with).
+    let max = (pg_sys::BLCKSZ - pg_sys::NAMEDATALEN - 128) as usize;
+    if payload.len() >= max {
         warning!("pg_reaper: NOTIFY pg_reaper skipped: its payload is too long");
         return;
     }

@@ -143,7 +143,7 @@ fn the_breaker_trips_at_its_cap_says_so_once_and_resets() {
     assert!(!said.iter().any(|n| n.starts_with("WARNING")), "{said:?}");
     assert!(
         said.iter().any(|n| n.starts_with("NOTICE")
-            && n.contains("policy \"capped\" is tripped (max_signals_per_minute 3): 5 matching session(s) left unsignalled")),
+            && n.contains("policy \"capped\" is tripped, max_signals_per_minute (3) reached: 5 matching session(s) left unsignalled")),
         "{said:?}"
     );
 

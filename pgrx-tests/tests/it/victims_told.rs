@@ -437,7 +437,13 @@ fn nothing_stale_reaches_a_later_signal() {
         pid,
         "a.state = 'active' AND a.wait_event = 'advisory'",
     );
+    let started = query_start(&mut su, pid);
     withheld(&mut su, |su| cancel(su, &filter(&tag)));
+    assert_eq!(
+        query_start(&mut su, pid),
+        started,
+        "the reason is for the waiting statement"
+    );
     su.batch_execute("SELECT pg_advisory_unlock(4243)").unwrap();
     assert_eq!(py.answer()["ok"], true, "the statement ended");
     assert_eq!(py.run("SELECT pg_advisory_unlock(4243)")["ok"], true);
@@ -489,11 +495,14 @@ fn a_statement_timeout_is_told_nothing() {
     let pid = pid_of(&mut su, &tag);
     // A reason waits for the running statement (the test build withholds the signal), then the
     // statement_timeout cancels that statement: PostgreSQL's message, nothing added.
-    assert_eq!(py.run("SET statement_timeout = '3s'")["ok"], true);
+    assert_eq!(py.run("SET statement_timeout = '5s'")["ok"], true);
     py.start_statement("SELECT pg_sleep(600)");
     sleeping(&mut su, &tag);
+    let started = query_start(&mut su, pid);
     let rows = withheld(&mut su, |su| cancel(su, &filter(&tag)));
     assert_eq!(rows.len(), 1, "{rows:?}");
+    // The reason was left for this very statement: it still ran when it was left.
+    assert_eq!(query_start(&mut su, pid), started, "the timeout came first");
     let answer = py.answer();
     assert_eq!(answer["error"]["sqlstate"], "57014", "{answer}");
     assert_eq!(
@@ -518,6 +527,17 @@ fn a_statement_timeout_is_told_nothing() {
         detail.starts_with("pg_reaper: cancelled by role \"postgres\""),
         "{answer}"
     );
+}
+
+/// The start of the statement `pid` runs, if it runs one (a fresh statistics snapshot).
+fn query_start(su: &mut Client, pid: i32) -> Option<String> {
+    su.batch_execute("SELECT pg_stat_clear_snapshot()").unwrap();
+    su.query_one(
+        "SELECT CASE WHEN state = 'active' THEN query_start::text END FROM pg_stat_activity WHERE pid = $1",
+        &[&pid],
+    )
+    .unwrap()
+    .get(0)
 }
 
 /// Runs `call` with `pg_reaper.test_withhold_signal` on in `su`'s session: the reasons are
