@@ -71,15 +71,34 @@ static mut SLOT_COUNT: usize = 0;
 fn slot_count() -> usize {
     // SAFETY: reads settings of the postmaster, set before shared memory is sized.
     unsafe {
+        // (autovacuum_max_workers is not in 14's bindings: read as the setting it is.)
         #[cfg(feature = "pg14")]
         let n = pg_sys::MaxConnections
-            + pg_sys::autovacuum_max_workers
+            + setting_i32(c"autovacuum_max_workers")
             + 1
             + pg_sys::max_worker_processes
             + pg_sys::max_wal_senders;
         #[cfg(not(feature = "pg14"))]
         let n = pg_sys::MaxBackends;
         usize::try_from(n).unwrap_or(0)
+    }
+}
+
+/// An integer setting's value, 0 if it is unknown.
+#[cfg(feature = "pg14")]
+fn setting_i32(name: &CStr) -> i32 {
+    // SAFETY: GetConfigOption returns NULL for an unknown setting (missing_ok), else a string
+    // PostgreSQL owns; it is copied at once.
+    unsafe {
+        let value = pg_sys::GetConfigOption(name.as_ptr(), true, false);
+        if value.is_null() {
+            return 0;
+        }
+        CStr::from_ptr(value)
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 }
 
