@@ -409,7 +409,7 @@ fn a_full_notification_queue_skips_the_notification_with_a_warning() {
     let mut sent = 0;
     while count(
         &mut su,
-        "SELECT (pg_notification_queue_usage() <= 0.5)::int8",
+        "SELECT (pg_notification_queue_usage() <= 0.5)::int::int8",
     ) == 1
     {
         // 64 pages of 8 kB: half of them filled by some 40 notifications of 8 kB.
