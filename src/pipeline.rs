@@ -254,8 +254,8 @@ fn signal_all(
         ctx: &ctx,
         live_locks: LiveLocks::new(filter, &fresh),
         procs: &fresh.procs,
-        actor,
         signal,
+        telling: report::Telling::new(signal, actor, filter),
     };
     let rows = RefCell::new(Vec::with_capacity(victims.len()));
     let finished = Cell::new(false);
@@ -381,8 +381,9 @@ struct Signalling<'a> {
     ctx: &'a MatchContext<'a>,
     live_locks: LiveLocks,
     procs: &'a ProcsByPid,
-    actor: &'a Actor,
     signal: Signal,
+    /// What the victims are told (None: nothing).
+    telling: Option<report::Telling>,
 }
 
 impl Signalling<'_> {
@@ -394,8 +395,8 @@ impl Signalling<'_> {
             ctx,
             live_locks,
             procs,
-            actor,
             signal,
+            telling,
         } = self;
         let (filter, signal) = (*filter, *signal);
         // SAFETY: reads the clock.
@@ -404,7 +405,7 @@ impl Signalling<'_> {
             pid: backend.session.pid,
             started_at: backend.started_at,
             slot: procs.slot(backend.session.pid),
-            reason: report::reason(signal, actor, &backend.session, filter, now),
+            reason: telling.as_ref().map(|t| t.reason(&backend.session, now)),
             session: backend.session.clone(),
             hidden: backend.hidden,
         };

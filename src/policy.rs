@@ -153,20 +153,9 @@ pub fn run(name: Option<&str>) -> Vec<(String, ResultRow)> {
 /// a policy may let it run again). Whether it was tripped.
 pub fn reset(name: &str) -> bool {
     // Read-only, as a hot standby needs (each node keeps its own windows).
-    let may: Option<bool> = compat::with_snapshot(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT pg_catalog.has_table_privilege('reaper.policies'::pg_catalog.regclass, 'UPDATE')",
-                    Some(1),
-                    &[],
-                )?
-                .first()
-                .get_one()
-        })
-        .ok()
-        .flatten()
-    });
+    let may: Option<bool> = read_one(
+        "SELECT pg_catalog.has_table_privilege('reaper.policies'::pg_catalog.regclass, 'UPDATE')",
+    );
     if may != Some(true) {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -301,20 +290,19 @@ pub fn load_current(which: Which) -> Vec<Policy> {
 /// `pg_extension.extversion` of pg_reaper in this database, through a read-only query (a hot
 /// standby refuses a transaction id, which pgrx's Spi::get_one would assign).
 pub fn installed_version() -> Option<String> {
+    read_one(
+        "SELECT e.extversion FROM pg_catalog.pg_extension e \
+          WHERE e.extname OPERATOR(pg_catalog.=) 'pg_reaper'",
+    )
+}
+
+/// The one value `sql` returns, read without a transaction id (pgrx's Spi::get_one would
+/// assign one, which a hot standby refuses); None if it returns no row, NULL or an error.
+fn read_one<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(sql: &str) -> Option<T> {
     compat::with_snapshot(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT e.extversion FROM pg_catalog.pg_extension e \
-                  WHERE e.extname OPERATOR(pg_catalog.=) 'pg_reaper'",
-                    Some(1),
-                    &[],
-                )?
-                .first()
-                .get_one()
-        })
-        .ok()
-        .flatten()
+        Spi::connect(|client| client.select(sql, Some(1), &[])?.first().get_one())
+            .ok()
+            .flatten()
     })
 }
 

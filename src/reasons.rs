@@ -263,6 +263,7 @@ pub fn withdraw(proc: *const pg_sys::PGPROC, key: Key) {
 ///
 /// # Safety
 /// `slot` is a slot in shared memory.
+// SAFETY: an unsafe fn because of that contract.
 unsafe fn begin_write(slot: *mut Slot) -> Option<(&'static AtomicU32, u32)> {
     // SAFETY: the change count is an aligned u32 in shared memory, only accessed atomically.
     let count = unsafe { AtomicU32::from_ptr(addr_of_mut!((*slot).changecount).cast()) };

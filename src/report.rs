@@ -126,71 +126,94 @@ impl Actor {
     }
 }
 
-/// What a victim is told of why it is signalled (`pg_reaper.tell_victims`): by whom (the policy,
-/// or the calling role), the action, and its own facts as the filter saw them, e.g.
-/// `pg_reaper: terminated by policy "idle-tx": idle in transaction for 00:12:03`; with
-/// `verbose`, the filter too. None when victims are told nothing, or cannot be (the library is
-/// not preloaded). At most MAX_REASON_BYTES.
-pub fn reason(
-    signal: Signal,
-    actor: &Actor,
-    s: &Session,
-    filter: &crate::filter::Filter,
-    now: i64,
-) -> Option<Vec<u8>> {
-    let tell = guc::TELL_VICTIMS.get();
-    if tell == guc::TellVictims::Off || !crate::reasons::available() {
-        return None;
+/// What the victims of one call are told of why they are signalled (`pg_reaper.tell_victims`):
+/// by whom (the policy, or the calling role), the action, and each victim's own facts as the
+/// filter saw them, e.g. `pg_reaper: terminated by policy "idle-tx": idle in transaction for
+/// 00:12:03`; with `verbose`, the filter too. Worked out once per call: only the facts are
+/// each victim's.
+pub struct Telling {
+    /// `pg_reaper: <verb> by <who>`.
+    head: String,
+    /// Whether the filter asks for a transaction's age (then it is a fact worth telling).
+    xact_age: bool,
+    /// `; filter ...` with `verbose`, cut to what a reason can hold.
+    tail: String,
+}
+
+impl Telling {
+    /// None when victims are told nothing, or cannot be (the library is not preloaded).
+    pub fn new(signal: Signal, actor: &Actor, filter: &crate::filter::Filter) -> Option<Telling> {
+        let tell = guc::TELL_VICTIMS.get();
+        if tell == guc::TellVictims::Off || !crate::reasons::available() {
+            return None;
+        }
+        let who = match &actor.policy {
+            Some(p) => format!("policy {p:?}"),
+            None => format!("role {:?}", actor.caller_name),
+        };
+        let verb = match signal {
+            Signal::Cancel => "cancelled",
+            Signal::Terminate => "terminated",
+        };
+        let mut tail = String::new();
+        if tell == guc::TellVictims::Verbose {
+            tail = format!("; filter {}", filter.to_json());
+            cut(&mut tail, crate::reasons::MAX_REASON_BYTES);
+        }
+        Some(Telling {
+            head: format!("pg_reaper: {verb} by {who}"),
+            xact_age: filter.uses_age(crate::filter::AgeField::Xact),
+            tail,
+        })
     }
-    let who = match &actor.policy {
-        Some(p) => format!("policy {p:?}"),
-        None => format!("role {:?}", actor.caller_name),
-    };
-    let verb = match signal {
-        Signal::Cancel => "cancelled",
-        Signal::Terminate => "terminated",
-    };
-    let age = |t: Option<i64>| t.map(|t| hms(now.saturating_sub(t)));
-    let mut facts = Vec::new();
-    match (s.state.as_deref(), age(s.state_change)) {
-        (Some("active"), _) => {
-            if let Some(q) = age(s.query_start) {
-                facts.push(format!("running a query for {q}"));
+
+    /// The reason of the victim `s`, its ages at `now`; at most MAX_REASON_BYTES.
+    pub fn reason(&self, s: &Session, now: i64) -> Vec<u8> {
+        let age = |t: Option<i64>| t.map(|t| hms(now.saturating_sub(t)));
+        let mut facts = Vec::new();
+        match (s.state.as_deref(), age(s.state_change)) {
+            (Some("active"), _) => {
+                if let Some(q) = age(s.query_start) {
+                    facts.push(format!("running a query for {q}"));
+                }
+            }
+            (Some(state), Some(a)) => facts.push(format!("{state} for {a}")),
+            _ => {}
+        }
+        if self.xact_age {
+            if let Some(x) = age(s.xact_start) {
+                facts.push(format!("in a transaction for {x}"));
             }
         }
-        (Some(state), Some(a)) => facts.push(format!("{state} for {a}")),
-        _ => {}
-    }
-    if filter.uses_age(crate::filter::AgeField::Xact) {
-        if let Some(x) = age(s.xact_start) {
-            facts.push(format!("in a transaction for {x}"));
+        if s.locks.blocking {
+            facts.push(match s.locks.blocked_sessions {
+                0 => "holding up other sessions".to_string(),
+                n => format!("holding up {n} session(s)"),
+            });
         }
+        if s.locks.blocked {
+            facts.push(match age(s.locks.wait_start) {
+                Some(w) => format!("waiting for a lock for {w}"),
+                None => "waiting for a lock".to_string(),
+            });
+        }
+        let mut text = self.head.clone();
+        if !facts.is_empty() {
+            text += &format!(": {}", facts.join(", "));
+        }
+        text += &self.tail;
+        cut(&mut text, crate::reasons::MAX_REASON_BYTES);
+        text.into_bytes()
     }
-    if s.locks.blocking {
-        facts.push(match s.locks.blocked_sessions {
-            0 => "holding up other sessions".to_string(),
-            n => format!("holding up {n} session(s)"),
-        });
-    }
-    if s.locks.blocked {
-        facts.push(match age(s.locks.wait_start) {
-            Some(w) => format!("waiting for a lock for {w}"),
-            None => "waiting for a lock".to_string(),
-        });
-    }
-    let mut text = format!("pg_reaper: {verb} by {who}");
-    if !facts.is_empty() {
-        text += &format!(": {}", facts.join(", "));
-    }
-    if tell == guc::TellVictims::Verbose {
-        text += &format!("; filter {}", filter.to_json());
-    }
-    let mut end = text.len().min(crate::reasons::MAX_REASON_BYTES);
+}
+
+/// Cuts `text` to at most `max` bytes, at a character boundary.
+fn cut(text: &mut String, max: usize) {
+    let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
     text.truncate(end);
-    Some(text.into_bytes())
 }
 
 /// A duration in microseconds as HH:MM:SS, as PostgreSQL prints an interval.
@@ -312,9 +335,9 @@ pub fn notify(rows: &[ResultRow], action: &str, actor: &Actor) {
         warning!("pg_reaper: NOTIFY pg_reaper skipped: its payload is too long");
         return;
     }
-    // SAFETY: PostgreSQL's SQL-callable function, without arguments: a read of the queue's
-    // head and tail under NotifyQueueLock.
     let usage =
+        // SAFETY: PostgreSQL's SQL-callable function, without arguments: a read of the queue's
+        // head and tail under NotifyQueueLock.
         unsafe { pgrx::direct_function_call::<f64>(pg_sys::pg_notification_queue_usage, &[]) }
             .unwrap_or(0.0);
     if usage > 0.5 {

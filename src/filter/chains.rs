@@ -128,8 +128,40 @@ pub struct LockChains {
     group_of: HashMap<i32, i32>,
     /// The facts of each lock group that blocks or waits.
     facts: HashMap<i32, LockFacts>,
-    /// The compact graph, kept when someone will ask who holds up whom.
-    graph: Option<Graph>,
+    /// The compact graph reversed, kept when someone will ask who holds up whom.
+    behind: Option<Reversed>,
+}
+
+/// The compact graph's edges reversed (from each node, the nodes that point at it), and each
+/// real node's index by its group: built once per look, walked once per `holding_up` key.
+#[derive(Debug, Clone, Default)]
+struct Reversed {
+    groups: Vec<i32>,
+    index: HashMap<i32, usize>,
+    into: Vec<Vec<usize>>,
+}
+
+impl Reversed {
+    fn of(graph: Graph, steps: &mut Steps) -> Reversed {
+        let index = graph
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| (g, i))
+            .collect();
+        let mut into: Vec<Vec<usize>> = vec![Vec::new(); graph.edges.len()];
+        for (from, outs) in graph.edges.iter().enumerate() {
+            steps.step(outs.len() as u64 + 1);
+            for &to in outs {
+                into[to].push(from);
+            }
+        }
+        Reversed {
+            groups: graph.groups,
+            index,
+            into,
+        }
+    }
 }
 
 /// How many steps between two calls of `check`.
@@ -183,18 +215,20 @@ impl LockChains {
                 f.wait_start = None;
             }
         }
-        let mut graph = None;
+        let mut behind = None;
         if needs.count_up_to.is_some() || needs.longest_wait_behind || needs.holding_up {
             let g = Graph::build(&waits, &weight, &mut steps);
             if needs.count_up_to.is_some() || needs.longest_wait_behind {
                 g.work_out(needs, &mut facts, &mut steps);
             }
-            graph = needs.holding_up.then_some(g);
+            if needs.holding_up {
+                behind = Some(Reversed::of(g, &mut steps));
+            }
         }
         LockChains {
             group_of,
             facts,
-            graph,
+            behind,
         }
     }
 
@@ -202,35 +236,21 @@ impl LockChains {
     /// pids): a walk back along the waits, linear in the graph. A process counts as holding
     /// itself up only in a cycle. Empty unless the chains were built for `holding_up`.
     pub fn holding_up(&self, held: &[i32], check: &mut dyn FnMut()) -> HashSet<i32> {
-        let Some(graph) = &self.graph else {
+        let Some(graph) = &self.behind else {
             return HashSet::new();
         };
         let mut steps = Steps { n: 0, check };
-        let index: HashMap<i32, usize> = graph
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(i, &g)| (g, i))
-            .collect();
-        // The edges reversed: from each node, who points at it.
-        let mut into: Vec<Vec<usize>> = vec![Vec::new(); graph.edges.len()];
-        for (from, outs) in graph.edges.iter().enumerate() {
-            steps.step(outs.len() as u64 + 1);
-            for &to in outs {
-                into[to].push(from);
-            }
-        }
-        let mut seen = vec![false; graph.edges.len()];
+        let mut seen = vec![false; graph.into.len()];
         let mut stack: Vec<usize> = held
             .iter()
-            .filter_map(|pid| index.get(&self.group_of.get(pid).copied().unwrap_or(*pid)))
+            .filter_map(|pid| graph.index.get(&self.group(*pid)))
             .copied()
             .collect();
         // Each start is looked behind, and is reached itself only through an edge.
         let mut holders = HashSet::new();
         while let Some(node) = stack.pop() {
             steps.step(1);
-            for &from in &into[node] {
+            for &from in &graph.into[node] {
                 if !seen[from] {
                     seen[from] = true;
                     if from < graph.groups.len() {
@@ -343,7 +363,6 @@ fn direct_facts(queue: &LockQueue, facts: &mut HashMap<i32, LockFacts>, steps: &
 
 /// The compact waits-for graph: real nodes (lock groups, weighted by their processes) and
 /// virtual ones (sets of them), edges from blocker to blocked.
-#[derive(Debug, Clone, Default)]
 struct Graph {
     /// The group of each real node; real nodes come first.
     groups: Vec<i32>,
