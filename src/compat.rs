@@ -569,8 +569,8 @@ impl LiveActivity {
     /// Room for a copy, allocated before any pin: the query text only if `with_query` (a
     /// filter that does not read it need not have it copied under the lock).
     pub fn with_room(with_query: bool) -> LiveActivity {
-        // SAFETY: a setting of this process, read once.
         let query_size =
+            // SAFETY: a setting of this process, read once.
             usize::try_from(unsafe { pg_sys::pgstat_track_activity_query_size }).unwrap_or(0);
         LiveActivity {
             entry: std::ptr::null(),

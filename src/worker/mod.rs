@@ -403,8 +403,8 @@ mod test_hooks {
                     value.unwrap_or_default()
                 ));
             }
-            // SAFETY: reads this process's user ids.
             let (current, session) =
+                // SAFETY: reads this process's user ids.
                 unsafe { (pgrx::pg_sys::GetUserId(), pgrx::pg_sys::GetSessionUserId()) };
             pgrx::log!(
                 "pg_reaper worker settings: {}; current_user={}; session_user={}",
