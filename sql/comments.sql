@@ -28,3 +28,11 @@ REVOKE ALL ON FUNCTION reaper.worker_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION reaper.worker() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reaper.worker_status() TO pg_monitor;
 GRANT EXECUTE ON FUNCTION reaper.worker() TO pg_monitor;
+
+COMMENT ON FUNCTION reaper.metrics() IS
+    'One row per monitoring series: counters of signals, runs, failures and trips since reset_timestamp_seconds, and the worker''s gauges; labels policy, action, outcome, node ('''' where one does not apply)';
+COMMENT ON FUNCTION reaper.node() IS
+    'This node''s name in reaper.log and reaper.metrics(): pg_reaper.node_name, else cluster_name, else the system identifier';
+-- The metrics name the policies: for monitoring roles, as the worker's status.
+REVOKE ALL ON FUNCTION reaper.metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION reaper.metrics() TO pg_monitor;

@@ -221,3 +221,48 @@ fn worker() -> TableIterator<
 > {
     TableIterator::once(worker::status::worker_row())
 }
+
+/// One row per series for Prometheus-style scrapers: counters since `reset_timestamp_seconds`
+/// (`signals_total`, `runs_total`, `failures_total`, `trips_total`) and the worker's gauges
+/// (`worker_up`, `last_run_age_seconds`, `tripped`). Labels are never NULL: `''` where one does
+/// not apply (a direct call has no policy). For `pg_monitor`.
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn metrics() -> TableIterator<
+    'static,
+    (
+        name!(metric, String),
+        name!(policy, String),
+        name!(action, String),
+        name!(outcome, String),
+        name!(node, String),
+        name!(value, f64),
+    ),
+> {
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let node = crate::guc::node_name();
+    let mut series = crate::metrics::counter_series();
+    series.extend(worker::status::gauge_series(now));
+    TableIterator::new(
+        series
+            .into_iter()
+            .map(move |(metric, policy, action, outcome, value)| {
+                (
+                    metric.to_string(),
+                    policy,
+                    action.to_string(),
+                    outcome.to_string(),
+                    node.clone(),
+                    value,
+                )
+            }),
+    )
+}
+
+/// This node's name in a fleet: `pg_reaper.node_name`, else `cluster_name`, else the system
+/// identifier.
+#[pg_extern(stable, parallel_safe)]
+fn node() -> String {
+    crate::guc::node_name()
+}

@@ -15,6 +15,9 @@ pub static LOG_ACTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// One `reaper.log` row per non-preview result row.
 pub static AUDIT: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `pg_reaper.node_name`: this node's name in the audit rows and the metrics ("" : derived).
+pub static NODE_NAME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// Whether a call or policy run that signalled sends `NOTIFY pg_reaper`.
 pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -80,6 +83,24 @@ pub fn preloaded() -> bool {
     PRELOADED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// This node's name in a fleet: `pg_reaper.node_name`, else `cluster_name`, else the system
+/// identifier (which a primary and its physical replicas share: name each node where they
+/// must be told apart).
+pub fn node_name() -> String {
+    if let Some(name) = NODE_NAME.get() {
+        let name = name.to_string_lossy();
+        if !name.is_empty() {
+            return name.into_owned();
+        }
+    }
+    let cluster = cluster_name();
+    if !cluster.is_empty() {
+        return cluster;
+    }
+    // SAFETY: read from the control file at startup, constant after.
+    unsafe { pg_sys::GetSystemIdentifier() }.to_string()
+}
+
 /// The server's `cluster_name` ("" when unset).
 pub fn cluster_name() -> String {
     // SAFETY: a string setting of PostgreSQL's own, NULL or NUL-terminated.
@@ -130,6 +151,14 @@ pub fn register() {
         c"The rows are written in the caller's transaction, so a rollback removes them.",
         &AUDIT,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_reaper.node_name",
+        c"This node's name in reaper.log rows and reaper.metrics() (empty: cluster_name, else the system identifier).",
+        c"Name every node of a fleet or of a Patroni cluster, whose members share cluster_name and system identifier.",
+        &NODE_NAME,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(

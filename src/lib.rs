@@ -15,6 +15,7 @@ pub mod filter;
 mod guc;
 mod jsonb_arg;
 mod locks;
+mod metrics;
 mod pipeline;
 mod policy;
 mod reasons;
@@ -50,6 +51,8 @@ pgrx::extension_sql_file!(
         api::worker_status,
         api::worker,
         api::reset_policy,
+        api::metrics,
+        api::node,
         api::test_filter
     ]
 );
@@ -62,6 +65,7 @@ pub extern "C-unwind" fn _PG_init() {
         guc::set_preloaded();
         reasons::register();
         breaker::register();
+        metrics::register();
         worker::register();
     }
 }

@@ -138,6 +138,11 @@ pub fn run(
         Some(b) if b.left() > 0 => report::still_tripped(b),
         _ => {}
     }
+    crate::metrics::count_run(
+        actor.policy.as_deref(),
+        action.name(),
+        rows.iter().map(|r| r.outcome),
+    );
     report::notify(&rows, action.name(), actor);
     rows
 }

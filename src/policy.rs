@@ -257,6 +257,8 @@ pub fn run_guarded_quietly(
         None => run_prepared(policy, &prepare(policy), actor),
     });
     ran.map_err(|e| {
+        // Every failure counts, the ones not reported again too.
+        crate::metrics::count_failure(&policy.name);
         let sent = signal::delivered_so_far() - sent_before;
         let fatal = report::is_fatal_to_the_call(&e);
         let message = report::message(&e);

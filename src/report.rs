@@ -265,6 +265,7 @@ pub fn tripped(breaker: &Breaker, action: &str, actor: &Actor, audit: Option<&Au
         quote_literal(&breaker.policy),
     );
     warning!("pg_reaper: policy {:?} tripped: {detail}", breaker.policy);
+    crate::metrics::count_trip(&breaker.policy);
     if let Some(audit) = audit {
         let written = in_subtransaction(|| audit.write_event(action, "tripped", actor, &detail));
         if let Err(e) = written {

@@ -246,3 +246,31 @@ fn timestamp(t: i64) -> Option<pgrx::datum::TimestampWithTimeZone> {
         .then(|| pgrx::datum::TimestampWithTimeZone::try_from(t).ok())
         .flatten()
 }
+
+/// The worker's gauges for `reaper.metrics()`: `worker_up` (its process runs), and for each
+/// scheduled policy that runs on this node `last_run_age_seconds` (once it ran) and `tripped`
+/// (1 while its circuit breaker holds it, for capped policies). Copied out under the lock,
+/// worked out after.
+pub fn gauge_series(now: i64) -> Vec<crate::metrics::Series> {
+    if !crate::guc::preloaded() {
+        return vec![("worker_up", String::new(), "", "", 0.0)];
+    }
+    let (up, policies) = {
+        let s = STATUS.share();
+        let up = s.pid != 0 && !matches!(s.state, State::Restarting | State::NotStarted);
+        (up, s.policies[..s.policy_count].to_vec())
+    };
+    let mut out = vec![("worker_up", String::new(), "", "", f64::from(u8::from(up)))];
+    for p in policies.iter().filter(|p| p.runs_here) {
+        let name = p.name.get();
+        if p.last_run_at != 0 {
+            let age = (now - p.last_run_at).max(0) as f64 / 1_000_000.0;
+            out.push(("last_run_age_seconds", name.clone(), "", "", age));
+        }
+        if let Some(b) = p.breaker {
+            let tripped = b.tripped_until().is_some();
+            out.push(("tripped", name, "", "", f64::from(u8::from(tripped))));
+        }
+    }
+    out
+}

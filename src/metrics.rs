@@ -1,0 +1,231 @@
+//! Counters for monitoring, in shared memory: what every signalling call and policy run did,
+//! by policy, action and outcome, since the server started. `reaper.metrics()` turns them,
+//! with the worker's gauges, into one row per series for Prometheus-style scrapers: low
+//! cardinality (no pid, no query), counters ending in `_total`, durations in seconds.
+//!
+//! Counted where the work is done, whatever the transaction does afterwards: a signal that was
+//! sent stays sent when its caller rolls back. Kept across worker restarts; reset only when the
+//! server restarts (`reset_timestamp_seconds` says since when they count).
+
+use pgrx::lwlock::PgLwLock;
+use pgrx::prelude::*;
+use pgrx::shmem::PGRXSharedMemory;
+
+use crate::report::Outcome;
+use crate::worker::status::Text;
+
+/// The actions a row can be counted under, in this order.
+pub const ACTIONS: [&str; 5] = [
+    "preview",
+    "cancel",
+    "terminate",
+    "cancel_then_terminate",
+    "report",
+];
+
+/// Policies counted (each database's policies share a name's entry). Past that, one more entry
+/// counts them all under the policy label `(other)`; entry 0 counts direct calls (label `''`).
+const MAX_ENTRIES: usize = 512;
+
+/// The longest policy name kept as a label, in bytes.
+const NAME_BYTES: usize = 64;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    policy: Text<NAME_BYTES>,
+    used: bool,
+    /// Result rows by action and outcome.
+    rows: [[u64; Outcome::ALL.len()]; ACTIONS.len()],
+    /// Runs (direct calls for entry 0) by action, failed runs, trips of the circuit breaker.
+    runs: [u64; ACTIONS.len()],
+    failures: u64,
+    trips: u64,
+}
+
+impl Entry {
+    const EMPTY: Entry = Entry {
+        policy: Text::EMPTY,
+        used: false,
+        rows: [[0; Outcome::ALL.len()]; ACTIONS.len()],
+        runs: [0; ACTIONS.len()],
+        failures: 0,
+        trips: 0,
+    };
+}
+
+pub struct Counters {
+    /// Since when the counters count (PostgreSQL timestamp): the first count or look after the
+    /// server (re)started; 0 before.
+    since: i64,
+    /// Entries in use: 0 is direct calls, the last is `(other)`.
+    len: usize,
+    entries: [Entry; MAX_ENTRIES + 2],
+}
+
+impl Counters {
+    pub const fn new() -> Counters {
+        Counters {
+            since: 0,
+            len: 0,
+            entries: [Entry::EMPTY; MAX_ENTRIES + 2],
+        }
+    }
+
+    /// The entry of `policy` (None: direct calls), made if missing.
+    fn entry(&mut self, policy: Option<&str>) -> &mut Entry {
+        let Some(name) = policy else {
+            self.entries[0].used = true;
+            return &mut self.entries[0];
+        };
+        let mut key = Text::<NAME_BYTES>::EMPTY;
+        key.set(name);
+        let found =
+            (1..=self.len.min(MAX_ENTRIES)).find(|&i| self.entries[i].policy.get() == key.get());
+        let i = match found {
+            Some(i) => i,
+            None if self.len < MAX_ENTRIES => {
+                self.len += 1;
+                self.entries[self.len].policy = key;
+                self.len
+            }
+            None => {
+                let other = MAX_ENTRIES + 1;
+                self.entries[other].policy.set("(other)");
+                other
+            }
+        };
+        self.entries[i].used = true;
+        &mut self.entries[i]
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters::new()
+    }
+}
+
+// SAFETY: fixed-size plain data (integers, bytes, booleans); no pointer.
+unsafe impl PGRXSharedMemory for Counters {}
+
+// SAFETY: the name is unique to pg_reaper; set up by pg_shmem_init! in `register`, from
+// _PG_init, when the library is preloaded.
+static COUNTERS: PgLwLock<Counters> = unsafe { PgLwLock::new(c"pg_reaper_metrics") };
+
+/// Asks for the shared memory; from _PG_init while the postmaster loads the library.
+pub fn register() {
+    pgrx::pg_shmem_init!(COUNTERS = Counters::new());
+}
+
+fn action_index(action: &str) -> Option<usize> {
+    ACTIONS.iter().position(|a| *a == action)
+}
+
+fn now() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pgrx::pg_sys::GetCurrentTimestamp() }
+}
+
+/// Updates `policy`'s entry, if there is shared memory (the library is preloaded).
+fn update(policy: Option<&str>, f: impl FnOnce(&mut Entry)) {
+    if !crate::guc::preloaded() {
+        return;
+    }
+    let t = now();
+    let mut c = COUNTERS.exclusive();
+    if c.since == 0 {
+        c.since = t;
+    }
+    f(c.entry(policy));
+}
+
+/// A signalling call (policy None) or a policy's run, and its result rows. A direct preview
+/// is not counted: it signals nothing.
+pub fn count_run(policy: Option<&str>, action: &str, outcomes: impl Iterator<Item = Outcome>) {
+    let Some(a) = action_index(action) else {
+        return;
+    };
+    if policy.is_none() && action == "preview" {
+        return;
+    }
+    // Tallied before the lock: the lock is held for a few additions only.
+    let mut by_outcome = [0u64; Outcome::ALL.len()];
+    for o in outcomes {
+        by_outcome[o as usize] += 1;
+    }
+    update(policy, |e| {
+        e.runs[a] += 1;
+        for (n, add) in e.rows[a].iter_mut().zip(by_outcome) {
+            *n += add;
+        }
+    });
+}
+
+/// A policy's run that failed (its rows, if any, were counted by `count_run`).
+pub fn count_failure(policy: &str) {
+    update(Some(policy), |e| e.failures += 1);
+}
+
+/// A policy's run that tripped its circuit breaker.
+pub fn count_trip(policy: &str) {
+    update(Some(policy), |e| e.trips += 1);
+}
+
+/// One series: metric, policy, action, outcome, value (the node label is added by the caller).
+pub type Series = (&'static str, String, &'static str, &'static str, f64);
+
+/// The counters as series, copied out under the lock and laid out after it is released.
+pub fn counter_series() -> Vec<Series> {
+    if !crate::guc::preloaded() {
+        return Vec::new();
+    }
+    let (since, entries): (i64, Vec<Entry>) = {
+        let mut c = COUNTERS.exclusive();
+        // Nothing counted before the first look or count: the counters count from then.
+        if c.since == 0 {
+            c.since = now();
+        }
+        let mut v: Vec<Entry> = c.entries[..=c.len.min(MAX_ENTRIES)].to_vec();
+        v.push(c.entries[MAX_ENTRIES + 1]);
+        (c.since, v)
+    };
+    let mut out = Vec::new();
+    for e in entries.iter().filter(|e| e.used) {
+        let policy = e.policy.get();
+        for (a, action) in ACTIONS.iter().enumerate() {
+            if e.runs[a] == 0 {
+                continue;
+            }
+            out.push(("runs_total", policy.clone(), *action, "", e.runs[a] as f64));
+            for (o, outcome) in Outcome::ALL.iter().enumerate() {
+                if e.rows[a][o] > 0 {
+                    out.push((
+                        "signals_total",
+                        policy.clone(),
+                        *action,
+                        outcome.as_str(),
+                        e.rows[a][o] as f64,
+                    ));
+                }
+            }
+        }
+        if !policy.is_empty() {
+            out.push(("failures_total", policy.clone(), "", "", e.failures as f64));
+            out.push(("trips_total", policy.clone(), "", "", e.trips as f64));
+        }
+    }
+    out.push((
+        "reset_timestamp_seconds",
+        String::new(),
+        "",
+        "",
+        epoch_seconds(since),
+    ));
+    out
+}
+
+/// A PostgreSQL timestamp (microseconds since 2000-01-01) as Unix epoch seconds.
+pub fn epoch_seconds(t: i64) -> f64 {
+    const EPOCH_2000: f64 = 946_684_800.0;
+    EPOCH_2000 + t as f64 / 1_000_000.0
+}
