@@ -15,6 +15,7 @@ mod hidden_sessions;
 mod holding_up;
 mod incidents;
 mod lock_chains;
+mod metrics;
 mod packaging;
 mod permission_matrix;
 mod policy_runs;

@@ -1,0 +1,119 @@
+//! `reaper.metrics()`: the counters count what calls and policy runs did, by policy, action and
+//! outcome, on real sessions; the labels are never NULL; only monitoring roles may read them;
+//! the node label is `pg_reaper.node_name`.
+
+use pg_reaper_integration::*;
+
+fn preloaded(extra: &[&str]) -> Cluster {
+    let mut settings = vec![
+        "shared_preload_libraries = 'pg_reaper'".to_string(),
+        "pg_reaper.worker = off".to_string(),
+    ];
+    settings.extend(extra.iter().map(|s| s.to_string()));
+    let cluster = Cluster::start_with(Options {
+        settings,
+        ..Options::default()
+    });
+    cluster.create_role("app", "");
+    cluster
+}
+
+/// The value of one series (0 when it is not there yet).
+fn value(c: &mut Client, metric: &str, policy: &str, action: &str, outcome: &str) -> f64 {
+    c.query_opt(
+        "SELECT value FROM reaper.metrics() \
+          WHERE metric = $1 AND policy = $2 AND action = $3 AND outcome = $4",
+        &[&metric, &policy, &action, &outcome],
+    )
+    .unwrap()
+    .map_or(0.0, |r| r.get(0))
+}
+
+#[test]
+fn the_counters_count_what_calls_and_policies_did() {
+    let cluster = preloaded(&["pg_reaper.node_name = 'node-a'"]);
+    let mut su = cluster.superuser();
+    let t = tag("metrics");
+    let before = value(&mut su, "signals_total", "", "terminate", "terminated");
+    let sessions: Vec<Session> = (0..3).map(|_| cluster.session("app", &t)).collect();
+    let rows = terminate(&mut su, &format!(r#"{{"application_name": "{t}"}}"#), 5000);
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.outcome == "terminated"), "{rows:?}");
+    assert_eq!(
+        value(&mut su, "signals_total", "", "terminate", "terminated") - before,
+        3.0
+    );
+    assert!(value(&mut su, "runs_total", "", "terminate", "") >= 1.0);
+    for s in &sessions {
+        assert!(!cluster.alive(s.pid));
+    }
+
+    // A policy's run: its own series; a failing one counts a failure.
+    let p = format!("{t}_policy");
+    let _victims: Vec<Session> = (0..2).map(|_| cluster.session("app", &p)).collect();
+    su.execute(
+        "INSERT INTO reaper.policies (name, filter, action) VALUES ($1, $2::text::jsonb, 'cancel')",
+        &[&p, &format!(r#"{{"application_name": "{p}"}}"#)],
+    )
+    .unwrap();
+    let rows = call(&mut su, &format!("reaper.run_policy('{p}')"), "").unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        value(&mut su, "signals_total", &p, "cancel", "cancelled"),
+        2.0
+    );
+    assert_eq!(value(&mut su, "runs_total", &p, "cancel", ""), 1.0);
+    assert_eq!(value(&mut su, "failures_total", &p, "", ""), 0.0);
+    su.batch_execute(&format!(
+        "SET session_replication_role = replica; \
+         UPDATE reaper.policies SET filter = '{{\"no such key\": 1}}' WHERE name = '{p}'; \
+         RESET session_replication_role"
+    ))
+    .unwrap();
+    let _ = call(&mut su, &format!("reaper.run_policy('{p}')"), "");
+    assert_eq!(value(&mut su, "failures_total", &p, "", ""), 1.0);
+
+    // Labels are never NULL, the node is the setting, the reset time is in the past.
+    let nulls = count(
+        &mut su,
+        "SELECT count(*) FROM reaper.metrics() \
+          WHERE metric IS NULL OR policy IS NULL OR action IS NULL OR outcome IS NULL \
+             OR node IS NULL OR value IS NULL",
+    );
+    assert_eq!(nulls, 0);
+    let nodes: Vec<String> = su
+        .query("SELECT DISTINCT node FROM reaper.metrics()", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(nodes, vec!["node-a".to_string()]);
+    let node: String = su.query_one("SELECT reaper.node()", &[]).unwrap().get(0);
+    assert_eq!(node, "node-a");
+    let reset_in_past = count(
+        &mut su,
+        "SELECT count(*) FROM reaper.metrics() WHERE metric = 'reset_timestamp_seconds' \
+            AND value <= extract(epoch FROM clock_timestamp()) AND value > 0",
+    );
+    assert_eq!(reset_in_past, 1);
+    assert_eq!(
+        value(&mut su, "worker_up", "", "", ""),
+        0.0,
+        "the worker is off"
+    );
+}
+
+#[test]
+fn only_monitoring_roles_read_the_metrics_in_read_only_transactions() {
+    let cluster = preloaded(&[]);
+    cluster.create_role("watcher", "IN ROLE pg_monitor");
+    let err = cluster
+        .connect("app")
+        .query("SELECT * FROM reaper.metrics()", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("42501"), "{err}");
+    let mut watcher = cluster.connect("watcher");
+    watcher
+        .batch_execute("BEGIN READ ONLY; SELECT * FROM reaper.metrics(); COMMIT")
+        .unwrap();
+}
