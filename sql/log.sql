@@ -22,7 +22,12 @@ CREATE TABLE reaper.log (
     state            text,
     query            text,
     waited_ms        bigint,
-    detail           text
+    detail           text,
+    -- Which node wrote the row, and its number there: unique across a fleet whose members'
+    -- rows are gathered into one log by logical replication.
+    node             text        NOT NULL DEFAULT reaper.node(),
+    id               bigserial,
+    PRIMARY KEY (node, id)
 );
 CREATE INDEX log_logged_at_idx ON reaper.log (logged_at);
 -- "Who killed my session?" asks by pid.
@@ -34,9 +39,12 @@ COMMENT ON TABLE reaper.log IS
 COMMENT ON COLUMN reaper.log.caller IS 'the role that called the function';
 COMMENT ON COLUMN reaper.log.run_as IS 'the role whose privileges signalled (a policy''s owner)';
 COMMENT ON COLUMN reaper.log.policy IS 'the policy that acted; NULL for a direct call';
+COMMENT ON COLUMN reaper.log.node IS 'the node that wrote the row: pg_reaper.node_name, else cluster_name, else the system identifier (reaper.node())';
+COMMENT ON COLUMN reaper.log.id IS 'the row''s number on its node';
 
--- The trail outlives a dump and restore.
+-- The trail outlives a dump and restore, and so do its numbers.
 SELECT pg_catalog.pg_extension_config_dump('reaper.log', '');
+SELECT pg_catalog.pg_extension_config_dump('reaper.log_id_seq', '');
 
 CREATE FUNCTION reaper.purge_log(older_than interval) RETURNS bigint
 LANGUAGE plpgsql

@@ -1,5 +1,5 @@
 -- pg_reaper 0.6.0 -> 0.7.0 (in the making): metrics for Prometheus (reaper.metrics()), the
--- node's name (reaper.node(), pg_reaper.node_name).
+-- node's name (reaper.node(), pg_reaper.node_name) and reaper.log's key (node, id).
 \echo Use "ALTER EXTENSION pg_reaper UPDATE TO '0.7.0'" to load this file. \quit
 
 -- The library this session runs must be the one installed. With pg_reaper in
@@ -54,3 +54,12 @@ COMMENT ON FUNCTION reaper.node() IS
     'This node''s name in reaper.log and reaper.metrics(): pg_reaper.node_name, else cluster_name, else the system identifier';
 REVOKE ALL ON FUNCTION reaper.metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION reaper.metrics() TO pg_monitor;
+
+-- The rows already there were written by this node (its name as it is now); they are numbered
+-- in the order the table holds them.
+ALTER TABLE reaper.log ADD COLUMN node text NOT NULL DEFAULT reaper.node();
+ALTER TABLE reaper.log ADD COLUMN id bigserial;
+ALTER TABLE reaper.log ADD PRIMARY KEY (node, id);
+SELECT pg_catalog.pg_extension_config_dump('reaper.log_id_seq', '');
+COMMENT ON COLUMN reaper.log.node IS 'the node that wrote the row: pg_reaper.node_name, else cluster_name, else the system identifier (reaper.node())';
+COMMENT ON COLUMN reaper.log.id IS 'the row''s number on its node';

@@ -31,7 +31,7 @@ pgrx::extension_sql_file!(
     name = "library_guard",
     bootstrap
 );
-pgrx::extension_sql_file!("../sql/log.sql", name = "log");
+pgrx::extension_sql_file!("../sql/log.sql", name = "log", requires = [api::node]);
 pgrx::extension_sql_file!(
     "../sql/policies.sql",
     name = "policies",
