@@ -1,5 +1,6 @@
 -- pg_reaper 0.6.0 -> 0.7.0 (in the making): metrics for Prometheus (reaper.metrics()), the
--- node's name (reaper.node(), pg_reaper.node_name) and reaper.log's key (node, id).
+-- node's name (reaper.node(), pg_reaper.node_name) and reaper.log's key (node, id), policies'
+-- owners by name (they replicate), no local writes to replicated policies.
 \echo Use "ALTER EXTENSION pg_reaper UPDATE TO '0.7.0'" to load this file. \quit
 
 -- The library this session runs must be the one installed. With pg_reaper in
@@ -63,3 +64,91 @@ ALTER TABLE reaper.log ADD PRIMARY KEY (node, id);
 SELECT pg_catalog.pg_extension_config_dump('reaper.log_id_seq', '');
 COMMENT ON COLUMN reaper.log.node IS 'the node that wrote the row: pg_reaper.node_name, else cluster_name, else the system identifier (reaper.node())';
 COMMENT ON COLUMN reaper.log.id IS 'the row''s number on its node';
+
+-- Owners by name: a regrole's text form is read back through regrolein, which fails for a role
+-- the node lacks (on a replica of the policies, an error that stops replication). A dangling
+-- oid (its role dropped) becomes "unknown (OID=n)", a name no role has: the policy stays
+-- refused, as it was.
+ALTER TABLE reaper.policies ALTER COLUMN owner DROP DEFAULT;
+ALTER TABLE reaper.policies ALTER COLUMN owner TYPE text
+    USING pg_catalog.pg_get_userbyid(owner::pg_catalog.oid)::pg_catalog.text;
+ALTER TABLE reaper.policies ALTER COLUMN owner SET DEFAULT CURRENT_USER;
+COMMENT ON COLUMN reaper.policies.owner IS
+    'the role whose privileges the policy signals with (its name); only roles that may SET ROLE to it may write or run the policy';
+
+CREATE OR REPLACE FUNCTION reaper.policies_check() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    act_as text := CASE WHEN current_setting('server_version_num')::int >= 160000
+                        THEN 'SET' ELSE 'MEMBER' END;
+BEGIN
+    PERFORM reaper.validate_filter(NEW.filter);
+    IF NEW.action NOT IN ('terminate', 'cancel', 'cancel_then_terminate', 'report') THEN
+        RAISE EXCEPTION 'unknown policy action "%"', NEW.action
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use terminate, cancel, cancel_then_terminate, or report for a dry run.';
+    END IF;
+    IF NEW.max_signals_per_minute < 0 THEN
+        RAISE EXCEPTION 'policy "%": max_signals_per_minute must not be negative, got %', NEW.name, NEW.max_signals_per_minute
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'NULL takes pg_reaper.max_signals_per_minute; 0 means no cap.';
+    END IF;
+    IF NEW.timeout_ms < 0 OR NEW.grace_ms < 0 THEN
+        RAISE EXCEPTION 'policy "%": timeout_ms and grace_ms must not be negative', NEW.name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- isfinite: 17 has infinite intervals.
+    IF NEW.run_every < interval '100 milliseconds' OR NEW.run_every > interval '1 year'
+       OR NOT isfinite(NEW.run_every) THEN
+        RAISE EXCEPTION 'policy "%": run_every must be from 100 milliseconds to 1 year, not %', NEW.name, NEW.run_every
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NEW.run_on NOT IN ('any', 'primary', 'standby') THEN
+        RAISE EXCEPTION 'policy "%": unknown run_on "%"', NEW.name, NEW.run_on
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use any, primary or standby.';
+    END IF;
+    IF NOT pg_has_role(current_user, NEW.owner, act_as) THEN
+        RAISE EXCEPTION 'permission denied to write policy "%" owned by role %', NEW.name, NEW.owner
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A policy''s owner must be a role you may SET ROLE to.';
+    END IF;
+    IF TG_OP = 'UPDATE'
+       AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = OLD.owner)
+       AND NOT pg_has_role(current_user, OLD.owner, act_as) THEN
+        RAISE EXCEPTION 'permission denied to change policy "%" owned by role %', OLD.name, OLD.owner
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- On a member of a fleet, reaper.policies is a copy of the control cluster's, by logical
+-- replication: a local write would diverge from it, and a local INSERT of a name the control
+-- inserts later would stop replication with a duplicate key. Refused; the apply worker writes
+-- as session_replication_role = replica, where this trigger does not fire.
+CREATE FUNCTION reaper.policies_not_replicated() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    subscription text;
+BEGIN
+    SELECT s.subname INTO subscription
+      FROM pg_subscription_rel sr JOIN pg_subscription s ON s.oid = sr.srsubid
+     WHERE sr.srrelid = 'reaper.policies'::regclass
+     LIMIT 1;
+    IF subscription IS NOT NULL THEN
+        RAISE EXCEPTION 'reaper.policies is replicated here from a control cluster (subscription "%"): change the policies there', subscription
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'To make this node''s policies its own again: ALTER PUBLICATION on the control, or DROP SUBSCRIPTION here.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER policies_not_replicated
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON reaper.policies
+    FOR EACH STATEMENT EXECUTE FUNCTION reaper.policies_not_replicated();

@@ -6,8 +6,9 @@ CREATE TABLE reaper.policies (
     timeout_ms bigint      NOT NULL DEFAULT 0,
     grace_ms   bigint      NOT NULL DEFAULT 0,
     enabled    boolean     NOT NULL DEFAULT true,
-    -- A policy signals with its owner's privileges, whoever runs it.
-    owner      regrole     NOT NULL DEFAULT pg_catalog.to_regrole(pg_catalog.quote_ident(CURRENT_USER)),
+    -- A policy signals with its owner's privileges, whoever runs it. A role name, not a
+    -- regrole: a policy replicated to a node that lacks the role must not stop replication.
+    owner      text        NOT NULL DEFAULT CURRENT_USER,
     note       text,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- The background worker runs the policy this often; NULL: only run_policies() runs it.
@@ -33,7 +34,7 @@ COMMENT ON COLUMN reaper.policies.run_on IS
 COMMENT ON COLUMN reaper.policies.max_signals_per_minute IS
     'the circuit breaker: at most this many signals over a sliding minute, then the policy trips until the minute allows or reaper.reset_policy(name); NULL: pg_reaper.max_signals_per_minute; 0: no cap';
 COMMENT ON COLUMN reaper.policies.owner IS
-    'the role whose privileges the policy signals with; only roles that may SET ROLE to it may write or run the policy';
+    'the role whose privileges the policy signals with (its name); only roles that may SET ROLE to it may write or run the policy';
 
 -- Refuses what run_policies could not run, and owners the writer may not act for: "act for"
 -- is what SET ROLE allows, which from PostgreSQL 16 on needs the SET option of the membership.
@@ -77,7 +78,7 @@ BEGIN
                   HINT = 'A policy''s owner must be a role you may SET ROLE to.';
     END IF;
     IF TG_OP = 'UPDATE'
-       AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = OLD.owner)
+       AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = OLD.owner)
        AND NOT pg_has_role(current_user, OLD.owner, act_as) THEN
         RAISE EXCEPTION 'permission denied to change policy "%" owned by role %', OLD.name, OLD.owner
             USING ERRCODE = 'insufficient_privilege';
@@ -89,3 +90,31 @@ $$;
 CREATE TRIGGER policies_check
     BEFORE INSERT OR UPDATE ON reaper.policies
     FOR EACH ROW EXECUTE FUNCTION reaper.policies_check();
+
+-- On a member of a fleet, reaper.policies is a copy of the control cluster's, by logical
+-- replication: a local write would diverge from it, and a local INSERT of a name the control
+-- inserts later would stop replication with a duplicate key. Refused; the apply worker writes
+-- as session_replication_role = replica, where this trigger does not fire.
+CREATE FUNCTION reaper.policies_not_replicated() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    subscription text;
+BEGIN
+    SELECT s.subname INTO subscription
+      FROM pg_subscription_rel sr JOIN pg_subscription s ON s.oid = sr.srsubid
+     WHERE sr.srrelid = 'reaper.policies'::regclass
+     LIMIT 1;
+    IF subscription IS NOT NULL THEN
+        RAISE EXCEPTION 'reaper.policies is replicated here from a control cluster (subscription "%"): change the policies there', subscription
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'To make this node''s policies its own again: ALTER PUBLICATION on the control, or DROP SUBSCRIPTION here.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER policies_not_replicated
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON reaper.policies
+    FOR EACH STATEMENT EXECUTE FUNCTION reaper.policies_not_replicated();

@@ -20,25 +20,36 @@ use crate::{compat, role};
 /// this as a superuser, and a bare `*` or `=` resolves through search_path, where an exact match
 /// someone created in another schema would win over pg_catalog's (CVE-2018-1058).
 const POLICY_COLUMNS: &str = "\
+SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms,
+       pg_catalog.coalesce(pg_catalog.to_regrole(pg_catalog.quote_ident(p.owner))::pg_catalog.oid,
+                           0::pg_catalog.oid),
+       p.enabled,
+       CASE WHEN pg_catalog.isfinite(p.run_every) THEN pg_catalog.date_part('epoch', p.run_every) END,
+       p.run_on, p.max_signals_per_minute, p.owner
+  FROM reaper.policies p";
+
+/// The same for an extension whose SQL is older than 0.7.0 (the library was upgraded,
+/// `ALTER EXTENSION pg_reaper UPDATE` not yet run): the owner is a regrole.
+const POLICY_COLUMNS_BEFORE_0_7: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
        p.enabled,
        CASE WHEN pg_catalog.isfinite(p.run_every) THEN pg_catalog.date_part('epoch', p.run_every) END,
-       p.run_on, p.max_signals_per_minute
+       p.run_on, p.max_signals_per_minute, p.owner::pg_catalog.text
   FROM reaper.policies p";
 
-/// The same for an extension whose SQL is older than 0.6.0 (the library was upgraded,
-/// `ALTER EXTENSION pg_reaper UPDATE` not yet run): no column for the cap, the setting's.
+/// And older than 0.6.0: no column for the cap, the setting's.
 const POLICY_COLUMNS_BEFORE_0_6: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
        p.enabled,
        CASE WHEN pg_catalog.isfinite(p.run_every) THEN pg_catalog.date_part('epoch', p.run_every) END,
-       p.run_on, NULL::pg_catalog.int4
+       p.run_on, NULL::pg_catalog.int4, p.owner::pg_catalog.text
   FROM reaper.policies p";
 
 /// And older than 0.3.0: no schedule, every policy run_policies'.
 const POLICY_COLUMNS_BEFORE_0_3: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
-       p.enabled, NULL::pg_catalog.float8, 'any'::pg_catalog.text, NULL::pg_catalog.int4
+       p.enabled, NULL::pg_catalog.float8, 'any'::pg_catalog.text, NULL::pg_catalog.int4,
+       p.owner::pg_catalog.text
   FROM reaper.policies p";
 
 /// The bounds of `run_every` (the table's trigger refuses others; a row may still bypass it,
@@ -92,7 +103,10 @@ pub struct Policy {
     pub action: String,
     pub timeout_ms: i64,
     pub grace_ms: i64,
+    /// The owner's role here; InvalidOid when no role of that name exists on this node.
     pub owner: pg_sys::Oid,
+    /// The owner as the row names it (a role name, which replicates; a role's oid would not).
+    pub owner_name: String,
     pub enabled: bool,
     pub run_every: Option<Duration>,
     pub run_on: RunOn,
@@ -279,6 +293,7 @@ pub fn load(which: Which) -> Vec<Policy> {
     let columns = match version {
         v if v < (0, 3, 0) => POLICY_COLUMNS_BEFORE_0_3,
         v if v < (0, 6, 0) => POLICY_COLUMNS_BEFORE_0_6,
+        v if v < (0, 7, 0) => POLICY_COLUMNS_BEFORE_0_7,
         _ => POLICY_COLUMNS,
     };
     load_from(which, columns)
@@ -357,6 +372,7 @@ fn load_from(which: Which, columns: &str) -> Vec<Policy> {
                         _ => RunOn::Any,
                     },
                     max_signals_per_minute: row.get(10)?,
+                    owner_name: row.get(11)?.unwrap_or_default(),
                 });
             }
             Ok(policies)
@@ -409,12 +425,12 @@ pub fn prepare(policy: &Policy) -> Prepared {
 /// pipeline with the owner's privileges.
 fn run_prepared(policy: &Policy, prepared: &Prepared, actor: &Actor) -> Vec<ResultRow> {
     signal::test_hooks::panic_if_asked(&policy.name);
-    if !role::exists(policy.owner) {
+    if policy.owner == pg_sys::InvalidOid || !role::exists(policy.owner) {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             &format!(
-                "its owner (role oid {}) no longer exists",
-                policy.owner.to_u32()
+                "its owner, role {:?}, does not exist on this node",
+                policy.owner_name
             ),
         );
     }
