@@ -16,6 +16,7 @@ mod holding_up;
 mod incidents;
 mod lock_chains;
 mod metrics;
+mod monitoring;
 mod packaging;
 mod permission_matrix;
 mod policy_runs;
