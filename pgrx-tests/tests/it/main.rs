@@ -11,6 +11,7 @@ mod demo;
 mod faults;
 mod filter_budget;
 mod filter_keys;
+mod fleet;
 mod hidden_sessions;
 mod holding_up;
 mod incidents;

@@ -1,0 +1,139 @@
+//! A fleet from one control cluster, by PostgreSQL's own logical replication, as the README's
+//! recipe says: the control publishes `reaper.policies`, each member subscribes and enforces it
+//! with its own worker; each member publishes `reaper.log` (inserts only), and the control
+//! subscribes to all of them: one audit, every row saying which node wrote it.
+
+use pg_reaper_integration::*;
+
+fn node(name: &str) -> Cluster {
+    let cluster = Cluster::start_with(Options {
+        settings: vec![
+            "shared_preload_libraries = 'pg_reaper'".into(),
+            "wal_level = logical".into(),
+            format!("pg_reaper.node_name = '{name}'"),
+        ],
+        ..Options::default()
+    });
+    cluster.create_role("app", "");
+    cluster
+}
+
+fn conninfo(c: &Cluster) -> String {
+    format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        c.port
+    )
+}
+
+#[test]
+fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
+    let control = node("control");
+    let members: Vec<(String, Cluster)> = ["m1", "m2", "m3"]
+        .iter()
+        .map(|n| (n.to_string(), node(n)))
+        .collect();
+    let mut c = control.superuser();
+    c.batch_execute("CREATE PUBLICATION reaper_policies FOR TABLE reaper.policies")
+        .unwrap();
+    for (name, m) in &members {
+        let mut su = m.superuser();
+        su.batch_execute(&format!(
+            "CREATE SUBSCRIPTION reaper_policies CONNECTION '{}' PUBLICATION reaper_policies",
+            conninfo(&control)
+        ))
+        .unwrap();
+        su.batch_execute(
+            "CREATE PUBLICATION reaper_log FOR TABLE reaper.log WITH (publish = 'insert')",
+        )
+        .unwrap();
+        c.batch_execute(&format!(
+            "CREATE SUBSCRIPTION reaper_log_{name} CONNECTION '{}' PUBLICATION reaper_log",
+            conninfo(m)
+        ))
+        .unwrap();
+    }
+    // Two idle sessions of the application on every member.
+    let sessions: Vec<Vec<Session>> = members
+        .iter()
+        .map(|(_, m)| (0..2).map(|_| m.session("app", "fleet-idle")).collect())
+        .collect();
+    c.batch_execute(
+        "INSERT INTO reaper.policies (name, filter, action, timeout_ms, run_every) VALUES \
+         ('fleet-idle', '{\"application_name\": \"fleet-idle\", \"state\": \"idle\"}', 'terminate', 5000, '200 ms')",
+    )
+    .unwrap();
+    // Each member's worker ends its own two; the control's log gets every member's rows.
+    wait_for(
+        &mut c,
+        "SELECT count(*) = 6 FROM reaper.log WHERE policy = 'fleet-idle' AND outcome = 'terminated'",
+    );
+    let by_node: Vec<(String, i64)> = c
+        .query(
+            "SELECT node, count(*) FROM reaper.log WHERE policy = 'fleet-idle' GROUP BY node ORDER BY node",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        by_node,
+        vec![("m1".into(), 2), ("m2".into(), 2), ("m3".into(), 2)]
+    );
+    for ((_, m), ss) in members.iter().zip(&sessions) {
+        for s in ss {
+            assert!(!m.alive(s.pid));
+        }
+    }
+
+    // A member's own write to its replicated policies is refused, with the way out.
+    let (_, m1) = &members[0];
+    let mut m1su = m1.superuser();
+    let err = m1su
+        .batch_execute("UPDATE reaper.policies SET enabled = false WHERE name = 'fleet-idle'")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("55000"), "{err}");
+
+    // Purging a member's log stays on the member; purging the control's stays there.
+    let total = count(&mut c, "SELECT count(*) FROM reaper.log WHERE node = 'm1'");
+    assert_eq!(
+        m1su.query_one("SELECT reaper.purge_log('0')", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        2
+    );
+    // The control still has m1's rows after m1's next row arrived (the purge would have come first).
+    let _more = m1.session("app", "fleet-idle");
+    wait_for(
+        &mut c,
+        "SELECT count(*) = 3 FROM reaper.log WHERE node = 'm1'",
+    );
+    assert_eq!(total, 2);
+    c.query_one("SELECT reaper.purge_log('0')", &[]).unwrap();
+    let (_, m2) = &members[1];
+    assert_eq!(
+        count(&mut m2.superuser(), "SELECT count(*) FROM reaper.log"),
+        2
+    );
+
+    // A policy whose owner a member lacks does not stop replication there: the member says why.
+    c.batch_execute("CREATE ROLE control_only; GRANT pg_signal_backend TO control_only")
+        .unwrap();
+    c.batch_execute(
+        "INSERT INTO reaper.policies (name, filter, owner, run_every) VALUES \
+         ('owned-elsewhere', '{\"application_name\": \"nobody\"}', 'control_only', '200 ms'); \
+         INSERT INTO reaper.policies (name, filter) VALUES ('after-it', '{\"application_name\": \"nobody\"}')",
+    )
+    .unwrap();
+    let (_, m3) = &members[2];
+    let mut m3su = m3.superuser();
+    wait_for(
+        &mut m3su,
+        "SELECT count(*) = 1 FROM reaper.policies WHERE name = 'after-it'",
+    );
+    wait_for(
+        &mut m3su,
+        "SELECT last_error LIKE '%role \"control_only\", does not exist on this node%' \
+           FROM reaper.worker_status() WHERE policy = 'owned-elsewhere'",
+    );
+}
