@@ -67,11 +67,13 @@ COMMENT ON COLUMN reaper.log.id IS 'the row''s number on its node';
 
 -- Owners by name: a regrole's text form is read back through regrolein, which fails for a role
 -- the node lacks (on a replica of the policies, an error that stops replication). A dangling
--- oid (its role dropped) becomes "unknown (OID=n)", a name no role has: the policy stays
--- refused, as it was.
+-- oid (its role dropped; regrole shows it as a bare number, a role name never) stays that
+-- number, a name no role has: the policy stays refused, as it was.
 ALTER TABLE reaper.policies ALTER COLUMN owner DROP DEFAULT;
 ALTER TABLE reaper.policies ALTER COLUMN owner TYPE text
-    USING pg_catalog.pg_get_userbyid(owner::pg_catalog.oid)::pg_catalog.text;
+    USING CASE WHEN owner::pg_catalog.text OPERATOR(pg_catalog.~) '^[0-9]+$'
+               THEN owner::pg_catalog.text
+               ELSE pg_catalog.pg_get_userbyid(owner::pg_catalog.oid)::pg_catalog.text END;
 ALTER TABLE reaper.policies ALTER COLUMN owner SET DEFAULT CURRENT_USER;
 COMMENT ON COLUMN reaper.policies.owner IS
     'the role whose privileges the policy signals with (its name); only roles that may SET ROLE to it may write or run the policy';

@@ -38,7 +38,8 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
     for (name, m) in &members {
         let mut su = m.superuser();
         su.batch_execute(&format!(
-            "CREATE SUBSCRIPTION reaper_policies CONNECTION '{}' PUBLICATION reaper_policies",
+            // Each member's subscription names its own slot on the control.
+            "CREATE SUBSCRIPTION reaper_policies_{name} CONNECTION '{}' PUBLICATION reaper_policies",
             conninfo(&control)
         ))
         .unwrap();

@@ -269,7 +269,7 @@ fn a_failing_policy_is_reported_and_the_others_go_on() {
     .unwrap();
     wait_for(
         &mut su,
-        "SELECT last_error LIKE 'its owner (role oid % no longer exists' AND runs > 3 \
+        "SELECT last_error LIKE 'its owner, role %, does not exist on this node' AND runs > 3 \
            FROM reaper.worker_status() WHERE policy = 'a-orphaned'",
     );
     let victim = cluster.session("app", &tag).idle_in_transaction();

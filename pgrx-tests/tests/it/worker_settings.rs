@@ -152,7 +152,7 @@ fn a_run_does_what_its_policy_says(cluster: &Cluster, su: &mut Client, worker: i
     );
     wait_for(
         su,
-        "SELECT last_error LIKE '%no longer exists%' FROM reaper.worker_status() WHERE policy = 'orphan'",
+        "SELECT last_error LIKE '%does not exist on this node%' FROM reaper.worker_status() WHERE policy = 'orphan'",
     );
     wait_cycles(su, worker, 2);
     assert_eq!(worker_pid(su), Some(worker), "the same worker throughout");
