@@ -220,6 +220,16 @@ fn every_shipped_query_runs_read_only_as_pg_monitor_and_names_pg_reaper_series()
 /// The Debian package's exporter, if installed (the Makefile installs it).
 const EXPORTER: &str = "/usr/bin/prometheus-postgres-exporter";
 
+/// The exporter's process, stopped however the test ends.
+struct Exporter(std::process::Child);
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `/metrics`, or None while the exporter does not listen yet.
 fn scrape(port: u16) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -272,25 +282,27 @@ fn the_real_postgres_exporter_counts_a_policys_terminations() {
         .local_addr()
         .unwrap()
         .port();
-    let mut exporter = std::process::Command::new(EXPORTER)
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg(format!(
-            "--extend.query-path={}",
-            monitoring("postgres_exporter/queries.yaml").display()
-        ))
-        .arg("--disable-default-metrics")
-        .arg("--disable-settings-metrics")
-        .env(
-            "DATA_SOURCE_NAME",
-            format!(
-                "postgresql://exporter@127.0.0.1:{}/pg_reaper_tests?sslmode=disable",
-                cluster.port
-            ),
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let _exporter = Exporter(
+        std::process::Command::new(EXPORTER)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!(
+                "--extend.query-path={}",
+                monitoring("postgres_exporter/queries.yaml").display()
+            ))
+            .arg("--disable-default-metrics")
+            .arg("--disable-settings-metrics")
+            .env(
+                "DATA_SOURCE_NAME",
+                format!(
+                    "postgresql://exporter@127.0.0.1:{}/postgres?sslmode=disable",
+                    cluster.port
+                ),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let labels = [
         ("policy", "idle-scraped"),
         ("action", "terminate"),
@@ -322,7 +334,5 @@ fn the_real_postgres_exporter_counts_a_policys_terminations() {
     }
     let after = sample(&scrape(port).unwrap(), "pg_reaper_signals_total", &labels)
         .expect("the policy's terminate counter");
-    let _ = exporter.kill();
-    let _ = exporter.wait();
     assert_eq!(after - before, 4.0);
 }

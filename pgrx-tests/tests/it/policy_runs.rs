@@ -273,7 +273,11 @@ fn a_failing_policy_warns_logs_and_stops_no_other() {
         (r.get(0), r.get(1))
     };
     assert_eq!(failed.0, "failed");
-    assert!(failed.1.contains("does not exist on this node"), "{}", failed.1);
+    assert!(
+        failed.1.contains("does not exist on this node"),
+        "{}",
+        failed.1
+    );
 }
 
 #[test]
