@@ -96,11 +96,14 @@ fn the_counters_count_what_calls_and_policies_did() {
             AND value <= extract(epoch FROM clock_timestamp()) AND value > 0",
     );
     assert_eq!(reset_in_past, 1);
-    assert_eq!(
-        value(&mut su, "worker_up", "", "", ""),
-        0.0,
-        "the worker is off"
+    // Up means its process runs: parked by pg_reaper.worker = off, it is up, as reaper.worker()
+    // says.
+    let pid_shown = count(
+        &mut su,
+        "SELECT count(*) FROM reaper.worker() WHERE pid IS NOT NULL",
     );
+    assert_eq!(pid_shown, 1);
+    assert_eq!(value(&mut su, "worker_up", "", "", ""), 1.0);
 }
 
 #[test]
