@@ -138,3 +138,67 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
            FROM reaper.worker_status() WHERE policy = 'owned-elsewhere'",
     );
 }
+
+#[test]
+fn a_members_dump_loses_the_logs_publication_membership_and_the_recipe_restores_it() {
+    let member = node("m-dump");
+    let mut su = member.superuser();
+    su.batch_execute(
+        "CREATE PUBLICATION reaper_log FOR TABLE reaper.log WITH (publish = 'insert')",
+    )
+    .unwrap();
+    let out = as_postgres(
+        "pg_dump",
+        &[
+            "-h",
+            member.dir.to_str().unwrap(),
+            "-p",
+            &member.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ],
+    );
+    let dump = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(dump.contains("CREATE PUBLICATION reaper_log"), "{dump}");
+    // pg_dump leaves out what belongs to the extension, the table's membership included.
+    assert!(!dump.contains("ADD TABLE ONLY reaper.log"), "{dump}");
+
+    let restored = Cluster::start_with(Options {
+        create_extension: false,
+        settings: vec!["wal_level = logical".into()],
+        ..Options::default()
+    });
+    let file = std::env::temp_dir().join(format!("pg_reaper_member_{}.sql", std::process::id()));
+    std::fs::write(&file, &dump).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    as_postgres(
+        "psql",
+        &[
+            "-h",
+            restored.dir.to_str().unwrap(),
+            "-p",
+            &restored.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    );
+    let _ = std::fs::remove_file(&file);
+    let mut r = restored.superuser();
+    let published = "SELECT count(*) FROM pg_publication_tables \
+                     WHERE pubname = 'reaper_log' AND schemaname = 'reaper' AND tablename = 'log'";
+    assert_eq!(count(&mut r, published), 0, "the membership is lost");
+    // The README's recipe, after a restore.
+    r.batch_execute("ALTER PUBLICATION reaper_log ADD TABLE reaper.log")
+        .unwrap();
+    assert_eq!(count(&mut r, published), 1);
+}
