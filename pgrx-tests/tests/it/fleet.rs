@@ -137,6 +137,28 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
         "SELECT last_error LIKE '%role \"control_only\", does not exist on this node%' \
            FROM reaper.worker_status() WHERE policy = 'owned-elsewhere'",
     );
+
+    // Nor does a policy this member's major refuses (an io worker is 18's; written on the
+    // control past its trigger, as a newer control would accept it).
+    c.batch_execute(
+        "SET session_replication_role = replica; \
+         INSERT INTO reaper.policies (name, filter, run_every) VALUES \
+           ('io-workers', '{\"backend_type\": \"io worker\"}', '200 ms'); \
+         RESET session_replication_role; \
+         INSERT INTO reaper.policies (name, filter) VALUES ('after-that', '{\"application_name\": \"nobody\"}')",
+    )
+    .unwrap();
+    wait_for(
+        &mut m3su,
+        "SELECT count(*) = 1 FROM reaper.policies WHERE name = 'after-that'",
+    );
+    if server_major() < 18 {
+        wait_for(
+            &mut m3su,
+            "SELECT last_error LIKE 'its filter is invalid%' \
+               FROM reaper.worker_status() WHERE policy = 'io-workers'",
+        );
+    }
 }
 
 #[test]
