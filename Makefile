@@ -11,7 +11,7 @@ PG_DIST        ?= /opt/pg_reaper
 PGRX_VERSION   := 0.18.1
 APT_PACKAGES   := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo postgresql-15-cron \
                   python3-pip dpkg-dev binutils mmdebstrap python3-psycopg \
-                  prometheus-postgres-exporter prometheus
+                  prometheus-postgres-exporter prometheus patroni etcd-server curl
 # Tests run several real sessions per test; two test threads keep a 2-core machine responsive.
 TEST_THREADS   ?= 2
 # Cases per property of the filter's property tests: `make test` runs a short pass, `make fuzz`

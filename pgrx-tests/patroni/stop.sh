@@ -1,6 +1,6 @@
 #!/bin/bash
 # Stop the 3 Patroni nodes (which stop their PostgreSQL), then etcd; wipe data unless KEEP_DATA=1.
-B=/tmp/r07-patroni
+B=${B:?the directory}
 cd "$B" || exit 0
 stop_pid() { # pidfile, timeout(s)
   local f=$1 t=$2 p
@@ -20,5 +20,5 @@ for n in 1 2 3; do
   if [ -f "$f" ]; then p=$(head -1 "$f"); kill -0 "$p" 2>/dev/null && { kill -QUIT "$p"; sleep 1; kill -KILL "$p" 2>/dev/null; }; fi
 done
 stop_pid run/etcd.pid 10
-[ "${KEEP_DATA:-0}" = 1 ] || rm -rf data run
+[ "${KEEP_DATA:-0}" = 1 ] || rm -rf "$B"
 echo stopped
