@@ -19,6 +19,7 @@ mod lock_chains;
 mod metrics;
 mod monitoring;
 mod packaging;
+mod patroni;
 mod permission_matrix;
 mod policy_runs;
 mod protected_tools;
