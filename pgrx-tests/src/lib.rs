@@ -4,6 +4,8 @@
 //! (PostgreSQL 15 from Debian by default); the extension must be installed there, built with
 //! the `test-hooks` feature (`make test` does both).
 
+pub mod patroni;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;

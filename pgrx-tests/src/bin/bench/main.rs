@@ -48,6 +48,20 @@ fn main() {
         .unwrap_or_else(|| "BENCHMARKS.md".into());
     let dir = bench_dir();
     // BENCH_RENDER_ONLY=1 rewrites BENCHMARKS.md from the figures already measured.
+    // BENCH_ONLY_HA=1 measures the Patroni figures alone, into the figures already measured.
+    if std::env::var_os("BENCH_ONLY_HA").is_some() {
+        let file = dir.join(format!("pg{}.json", server_major()));
+        let mut results: Value = serde_json::from_str(
+            &std::fs::read_to_string(&file).expect("an earlier run's figures"),
+        )
+        .unwrap();
+        results["ha"] = ha_gaps();
+        std::fs::write(&file, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+        let all = load_all(&dir);
+        std::fs::write(&out, render(&all)).expect("write benchmarks");
+        println!("wrote {} and {out}", file.display());
+        return;
+    }
     if std::env::var_os("BENCH_RENDER_ONLY").is_some() {
         let all = load_all(&dir);
         std::fs::write(&out, render(&all)).expect("write benchmarks");
@@ -85,6 +99,7 @@ fn main() {
     drop(cluster);
     if full {
         results["worker"] = worker_figures();
+        results["ha"] = ha_gaps();
     }
     // The incidents: on every major measured (BENCHMARKS.md shows a column for each).
     if std::env::var_os("BENCH_SKIP_INCIDENTS").is_none() {
@@ -695,6 +710,94 @@ fn render(all: &[Value]) -> String {
         }
     }
     md += &render_incidents(all);
+    md += &render_ha(all);
+    md
+}
+
+/// Enforcement across Patroni's switchovers and failovers (etcd and three nodes of 15 on
+/// loopback, `pgrx-tests/patroni/`): from the action to the new leader accepting writes, and from
+/// then until its worker has ended a session that a `primary` policy (run every 100 ms) selects,
+/// opened as soon as it accepted writes. Three of each, alternated.
+fn ha_gaps() -> Value {
+    use pg_reaper_integration::patroni::{self, Patroni};
+    if !patroni::available() {
+        return Value::Null;
+    }
+    let p = Patroni::start();
+    let mut leader = p.leader(None);
+    let mut su = p.connect(leader, "bench");
+    su.batch_execute(
+        "CREATE ROLE app LOGIN; CREATE EXTENSION pg_reaper; \
+         INSERT INTO reaper.policies (name, filter, action, run_every, run_on) VALUES \
+           ('on-primary', '{\"application_name\": \"ha-primary\"}', 'terminate', '100 ms', 'primary')",
+    )
+    .unwrap();
+    drop(su);
+    let mut rows = Vec::new();
+    for kind in [
+        "switchover",
+        "failover",
+        "switchover",
+        "failover",
+        "switchover",
+        "failover",
+    ] {
+        p.wait_healthy();
+        leader = p.leader(None);
+        let started = Instant::now();
+        if kind == "switchover" {
+            let candidate = (1..=3u8).find(|n| *n != leader).unwrap();
+            let body = format!(r#"{{"leader": "node{leader}", "candidate": "node{candidate}"}}"#);
+            assert_eq!(p.rest(leader, "POST", "/switchover", &body), 200);
+        } else {
+            // SAFETY: a signal to a postmaster this bench started (through Patroni).
+            unsafe { libc::kill(p.postmaster_pid(leader), libc::SIGKILL) };
+        }
+        let new_leader = p.leader(Some(leader));
+        let writes = started.elapsed();
+        let mut victim = p.connect_as(new_leader, "app", "ha-primary");
+        let enforced = loop {
+            if victim.batch_execute("SELECT 1").is_err() {
+                break started.elapsed() - writes;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "never enforced"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        println!("{kind}: writes after {writes:?}, enforced {enforced:?} later");
+        rows.push(json!({
+            "kind": kind,
+            "to_writes_ms": writes.as_secs_f64() * 1000.0,
+            "to_enforced_ms": enforced.as_secs_f64() * 1000.0,
+        }));
+    }
+    json!({ "runs": rows })
+}
+
+fn render_ha(all: &[Value]) -> String {
+    let Some(v) = all.iter().find(|v| v["ha"]["runs"].is_array()) else {
+        return String::new();
+    };
+    let mut md = String::from(
+        "\n## High availability: enforcement across a Patroni switchover and failover\n\n\
+         etcd and three Patroni 3.0.2 nodes of PostgreSQL 15 on loopback (`pgrx-tests/patroni/`: ttl 10 s, \
+         loop_wait 1 s, `primary_start_timeout: 0`). A switchover through Patroni's REST API, or a failover \
+         (the leader's postmaster killed with SIGKILL); then the time until another node accepts writes, and from \
+         then until its worker has ended a session that a `primary` policy (run every 100 ms) selects, opened as \
+         soon as the node accepted writes: the gap in enforcement that pg_reaper adds to Patroni's.\n\n\
+         | run | action | new leader accepts writes after | enforced after that |\n| --- | --- | --- | --- |\n",
+    );
+    for (i, r) in v["ha"]["runs"].as_array().unwrap().iter().enumerate() {
+        md += &format!(
+            "| {} | {} | {:.0} ms | {:.0} ms |\n",
+            i + 1,
+            r["kind"].as_str().unwrap_or(""),
+            r["to_writes_ms"].as_f64().unwrap_or(0.0),
+            r["to_enforced_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
     md
 }
 
