@@ -120,3 +120,61 @@ fn only_monitoring_roles_read_the_metrics_in_read_only_transactions() {
         .batch_execute("BEGIN READ ONLY; SELECT * FROM reaper.metrics(); COMMIT")
         .unwrap();
 }
+
+#[test]
+fn a_standby_counts_its_own_and_the_counters_outlive_a_worker_restart() {
+    let primary = preloaded(&["pg_reaper.node_name = 'primary-a'"]);
+    let standby = Cluster::standby_of(
+        &primary,
+        Options {
+            settings: vec![
+                "shared_preload_libraries = 'pg_reaper'".into(),
+                "pg_reaper.worker = off".into(),
+                "pg_reaper.node_name = 'standby-a'".into(),
+            ],
+            ..Options::default()
+        },
+    );
+    let mut s = standby.superuser();
+    let t = tag("metrics_standby");
+    let _victims: Vec<Session> = (0..2).map(|_| standby.session("app", &t)).collect();
+    let rows = terminate(&mut s, &format!(r#"{{"application_name": "{t}"}}"#), 5000);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    // Read-only, as a standby is: its own counts, its own name.
+    let mut tx = s.build_transaction().read_only(true).start().unwrap();
+    let counted: f64 = tx
+        .query_one(
+            "SELECT value FROM reaper.metrics() WHERE metric = 'signals_total' \
+               AND policy = '' AND action = 'terminate' AND outcome = 'terminated' AND node = 'standby-a'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    tx.commit().unwrap();
+    assert_eq!(counted, 2.0);
+
+    // The worker's process ends; the postmaster starts it again: the counters stay.
+    let mut p = primary.superuser();
+    let t2 = tag("metrics_restart");
+    let _v = primary.session("app", &t2);
+    assert_eq!(
+        terminate(&mut p, &format!(r#"{{"application_name": "{t2}"}}"#), 5000).len(),
+        1
+    );
+    let before = value(&mut p, "signals_total", "", "terminate", "terminated");
+    let worker: i32 = p
+        .query_one("SELECT pid FROM reaper.worker()", &[])
+        .unwrap()
+        .get(0);
+    p.execute("SELECT pg_terminate_backend($1)", &[&worker])
+        .unwrap();
+    wait_for(
+        &mut p,
+        &format!("SELECT pid IS NOT NULL AND pid <> {worker} FROM reaper.worker()"),
+    );
+    assert_eq!(
+        value(&mut p, "signals_total", "", "terminate", "terminated"),
+        before
+    );
+    assert!(before >= 1.0);
+}
