@@ -224,3 +224,81 @@ fn a_members_dump_loses_the_logs_publication_membership_and_the_recipe_restores_
         .unwrap();
     assert_eq!(count(&mut r, published), 1);
 }
+
+#[test]
+fn members_on_two_majors_follow_one_control() {
+    let test = "fleet::members_on_two_majors_follow_one_control";
+    if server_major() != 17 {
+        return skip(
+            test,
+            "runs on PostgreSQL 17, with a member on PostgreSQL 15 (make test-versions)",
+        );
+    }
+    let Some(bin15) = std::env::var_os("PG_REAPER_UPGRADE_FROM").map(std::path::PathBuf::from)
+    else {
+        return skip(
+            test,
+            "no PostgreSQL 15 with this pg_reaper (make test-versions installs one)",
+        );
+    };
+    let control = node("control");
+    let m17 = node("m17");
+    let m15 = Cluster::start_with(Options {
+        bin_dir: Some(bin15),
+        settings: vec![
+            "shared_preload_libraries = 'pg_reaper'".into(),
+            "wal_level = logical".into(),
+            "pg_reaper.node_name = 'm15'".into(),
+        ],
+        ..Options::default()
+    });
+    m15.create_role("app", "");
+    let mut c = control.superuser();
+    c.batch_execute("CREATE PUBLICATION reaper_policies FOR TABLE reaper.policies")
+        .unwrap();
+    let members = [("m15", &m15), ("m17", &m17)];
+    for (name, m) in members {
+        let mut su = m.superuser();
+        assert_eq!(
+            count(
+                &mut su,
+                "SELECT current_setting('server_version_num')::int8 / 10000"
+            ),
+            name[1..].parse::<i64>().unwrap()
+        );
+        su.batch_execute(&format!(
+            "CREATE SUBSCRIPTION reaper_policies_{name} CONNECTION '{}' PUBLICATION reaper_policies",
+            conninfo(&control)
+        ))
+        .unwrap();
+    }
+    let victims: Vec<(&Cluster, Session)> = members
+        .iter()
+        .map(|(_, m)| (*m, m.session("app", "fleet-two-majors")))
+        .collect();
+    // One policy both majors run; one neither accepts (an io worker is 18's), written past the
+    // control's trigger as a newer control would accept it: each member skips it and says why.
+    c.batch_execute(
+        "SET session_replication_role = replica; \
+         INSERT INTO reaper.policies (name, filter, run_every) VALUES \
+           ('io-workers', '{\"backend_type\": \"io worker\"}', '200 ms'); \
+         RESET session_replication_role; \
+         INSERT INTO reaper.policies (name, filter, action, timeout_ms, run_every) VALUES \
+           ('two-majors', '{\"application_name\": \"fleet-two-majors\"}', 'terminate', 5000, '200 ms')",
+    )
+    .unwrap();
+    for (m, s) in &victims {
+        assert!(
+            m.wait_gone(s.pid),
+            "the member on port {} did not enforce",
+            m.port
+        );
+    }
+    for (_, m) in members {
+        wait_for(
+            &mut m.superuser(),
+            "SELECT last_error LIKE 'its filter is invalid%' \
+               FROM reaper.worker_status() WHERE policy = 'io-workers'",
+        );
+    }
+}
