@@ -79,8 +79,8 @@ impl Counters {
         };
         let mut key = Text::<NAME_BYTES>::EMPTY;
         key.set(name);
-        let found =
-            (1..=self.len.min(MAX_ENTRIES)).find(|&i| self.entries[i].policy.get() == key.get());
+        let found = (1..=self.len.min(MAX_ENTRIES))
+            .find(|&i| self.entries[i].policy.as_bytes() == key.as_bytes());
         let i = match found {
             Some(i) => i,
             None if self.len < MAX_ENTRIES => {

@@ -21,7 +21,7 @@ use crate::{compat, role};
 /// someone created in another schema would win over pg_catalog's (CVE-2018-1058).
 const POLICY_COLUMNS: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms,
-       COALESCE(pg_catalog.to_regrole(pg_catalog.quote_ident(p.owner))::pg_catalog.oid,
+       COALESCE(pg_catalog.to_regrole(pg_catalog.quote_ident(NULLIF(p.owner, '')))::pg_catalog.oid,
                 0::pg_catalog.oid),
        p.enabled,
        CASE WHEN pg_catalog.isfinite(p.run_every) THEN pg_catalog.date_part('epoch', p.run_every) END,

@@ -38,6 +38,11 @@ impl<const N: usize> Text<N> {
         String::from_utf8_lossy(&self.bytes[..self.len.min(N)]).into_owned()
     }
 
+    /// The bytes kept (no allocation: for comparisons under a lock).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len.min(N)]
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
