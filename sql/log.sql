@@ -46,6 +46,37 @@ COMMENT ON COLUMN reaper.log.id IS 'the row''s number on its node';
 SELECT pg_catalog.pg_extension_config_dump('reaper.log', '');
 SELECT pg_catalog.pg_extension_config_dump('reaper.log_id_seq', '');
 
+-- A fleet gathers its members' logs into one by logical replication, keyed (node, id). Without
+-- pg_reaper.node_name a node is named by cluster_name, which nodes often share (Debian's
+-- '15/main', one Patroni scope), and two nodes' rows with one key stop the subscriber that
+-- gathers them. So publishing reaper.log needs the setting.
+CREATE FUNCTION reaper.log_publication_check() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    publication text;
+BEGIN
+    IF coalesce(current_setting('pg_reaper.node_name', true), '') <> '' THEN
+        RETURN;
+    END IF;
+    SELECT p.pubname INTO publication
+      FROM pg_publication_tables p
+     WHERE p.schemaname = 'reaper' AND p.tablename = 'log'
+     LIMIT 1;
+    IF publication IS NOT NULL THEN
+        RAISE EXCEPTION 'publication "%" would publish reaper.log while pg_reaper.node_name is not set', publication
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('This node''s rows are named %L (its cluster_name or system identifier), which other nodes may share: rows of two nodes with the same (node, id) stop the subscription that gathers them.', reaper.node()),
+                  HINT = 'Give this node a name no other node has: ALTER SYSTEM SET pg_reaper.node_name = ''...''; SELECT pg_reload_conf(); then publish again.';
+    END IF;
+END
+$$;
+
+CREATE EVENT TRIGGER reaper_log_publication_check ON ddl_command_end
+    WHEN TAG IN ('CREATE PUBLICATION', 'ALTER PUBLICATION')
+    EXECUTE FUNCTION reaper.log_publication_check();
+
 CREATE FUNCTION reaper.purge_log(older_than interval) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp

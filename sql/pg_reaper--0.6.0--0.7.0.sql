@@ -65,10 +65,45 @@ SELECT pg_catalog.pg_extension_config_dump('reaper.log_id_seq', '');
 COMMENT ON COLUMN reaper.log.node IS 'the node that wrote the row: pg_reaper.node_name, else cluster_name, else the system identifier (reaper.node())';
 COMMENT ON COLUMN reaper.log.id IS 'the row''s number on its node';
 
+-- A fleet gathers its members' logs into one by logical replication, keyed (node, id). Without
+-- pg_reaper.node_name a node is named by cluster_name, which nodes often share (Debian's
+-- '15/main', one Patroni scope), and two nodes' rows with one key stop the subscriber that
+-- gathers them. So publishing reaper.log needs the setting.
+CREATE FUNCTION reaper.log_publication_check() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    publication text;
+BEGIN
+    IF coalesce(current_setting('pg_reaper.node_name', true), '') <> '' THEN
+        RETURN;
+    END IF;
+    SELECT p.pubname INTO publication
+      FROM pg_publication_tables p
+     WHERE p.schemaname = 'reaper' AND p.tablename = 'log'
+     LIMIT 1;
+    IF publication IS NOT NULL THEN
+        RAISE EXCEPTION 'publication "%" would publish reaper.log while pg_reaper.node_name is not set', publication
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('This node''s rows are named %L (its cluster_name or system identifier), which other nodes may share: rows of two nodes with the same (node, id) stop the subscription that gathers them.', reaper.node()),
+                  HINT = 'Give this node a name no other node has: ALTER SYSTEM SET pg_reaper.node_name = ''...''; SELECT pg_reload_conf(); then publish again.';
+    END IF;
+END
+$$;
+
+CREATE EVENT TRIGGER reaper_log_publication_check ON ddl_command_end
+    WHEN TAG IN ('CREATE PUBLICATION', 'ALTER PUBLICATION')
+    EXECUTE FUNCTION reaper.log_publication_check();
+
 -- Owners by name: a regrole's text form is read back through regrolein, which fails for a role
 -- the node lacks (on a replica of the policies, an error that stops replication). A dangling
 -- oid (its role dropped; regrole shows it as a bare number, a role name never) stays that
 -- number, a name no role has: the policy stays refused, as it was.
+-- owner_oid: the role each row was written for, which the regrole held. Set by a rewrite, not
+-- an UPDATE, which would run the table's triggers (a filter this major refuses would stop it).
+ALTER TABLE reaper.policies ADD COLUMN owner_oid oid;
+ALTER TABLE reaper.policies ALTER COLUMN owner_oid TYPE oid USING owner::pg_catalog.oid;
 ALTER TABLE reaper.policies ALTER COLUMN owner DROP DEFAULT;
 ALTER TABLE reaper.policies ALTER COLUMN owner TYPE text
     USING CASE WHEN owner::pg_catalog.text OPERATOR(pg_catalog.~) '^[0-9]+$'
@@ -77,6 +112,8 @@ ALTER TABLE reaper.policies ALTER COLUMN owner TYPE text
 ALTER TABLE reaper.policies ALTER COLUMN owner SET DEFAULT CURRENT_USER;
 COMMENT ON COLUMN reaper.policies.owner IS
     'the role whose privileges the policy signals with (its name); only roles that may SET ROLE to it may write or run the policy';
+COMMENT ON COLUMN reaper.policies.owner_oid IS
+    'this node''s role that owner named when the row was written (kept by a trigger, whatever is written here); a policy whose owner names another role now (renamed, or dropped and created again) is refused';
 
 CREATE OR REPLACE FUNCTION reaper.policies_check() RETURNS trigger
 LANGUAGE plpgsql
@@ -112,6 +149,15 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use any, primary or standby.';
     END IF;
+    -- A policy whose owner was dropped may still be disabled (or deleted, or given an owner).
+    IF to_regrole(quote_ident(NEW.owner)) IS NULL THEN
+        IF TG_OP = 'UPDATE' AND NEW.owner = OLD.owner AND NOT NEW.enabled THEN
+            RETURN NEW;
+        END IF;
+        RAISE EXCEPTION 'policy "%": its owner, role "%", does not exist', NEW.name, NEW.owner
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Name a role you may SET ROLE to; a policy whose owner is gone can still be disabled or deleted.';
+    END IF;
     IF NOT pg_has_role(current_user, NEW.owner, act_as) THEN
         RAISE EXCEPTION 'permission denied to write policy "%" owned by role %', NEW.name, NEW.owner
             USING ERRCODE = 'insufficient_privilege',
@@ -126,6 +172,32 @@ BEGIN
     RETURN NEW;
 END
 $$;
+
+-- The role a policy's owner names, fixed when the row is written here: a later rename, or a
+-- role dropped and created again under the name, then refuses the policy instead of handing it
+-- to whoever has the name now. Kept while the owner's name stays the same; resolved again when
+-- it changes, when it named no role before, or when a writer sets owner_oid to NULL (which says
+-- "the role of that name now"). ENABLE ALWAYS: it fires for the rows logical replication
+-- applies too, with this node's roles; any other owner_oid a row brings is ignored.
+CREATE FUNCTION reaper.policies_owner_oid() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.owner IS NOT DISTINCT FROM OLD.owner AND OLD.owner_oid IS NOT NULL
+       AND NEW.owner_oid IS NOT NULL THEN
+        NEW.owner_oid := OLD.owner_oid;
+    ELSE
+        NEW.owner_oid := to_regrole(quote_ident(NULLIF(NEW.owner, '')));
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER policies_owner_oid
+    BEFORE INSERT OR UPDATE ON reaper.policies
+    FOR EACH ROW EXECUTE FUNCTION reaper.policies_owner_oid();
+ALTER TABLE reaper.policies ENABLE ALWAYS TRIGGER policies_owner_oid;
 
 -- On a member of a fleet, reaper.policies is a copy of the control cluster's, by logical
 -- replication: a local write would diverge from it, and a local INSERT of a name the control

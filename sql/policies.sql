@@ -9,6 +9,8 @@ CREATE TABLE reaper.policies (
     -- A policy signals with its owner's privileges, whoever runs it. A role name, not a
     -- regrole: a policy replicated to a node that lacks the role must not stop replication.
     owner      text        NOT NULL DEFAULT CURRENT_USER,
+    -- This node's role that owner named when the row was written here (policies_owner_oid).
+    owner_oid  oid,
     note       text,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- The background worker runs the policy this often; NULL: only run_policies() runs it.
@@ -35,6 +37,8 @@ COMMENT ON COLUMN reaper.policies.max_signals_per_minute IS
     'the circuit breaker: at most this many signals over a sliding minute, then the policy trips until the minute allows or reaper.reset_policy(name); NULL: pg_reaper.max_signals_per_minute; 0: no cap';
 COMMENT ON COLUMN reaper.policies.owner IS
     'the role whose privileges the policy signals with (its name); only roles that may SET ROLE to it may write or run the policy';
+COMMENT ON COLUMN reaper.policies.owner_oid IS
+    'this node''s role that owner named when the row was written (kept by a trigger, whatever is written here); a policy whose owner names another role now (renamed, or dropped and created again) is refused';
 
 -- Refuses what run_policies could not run, and owners the writer may not act for: "act for"
 -- is what SET ROLE allows, which from PostgreSQL 16 on needs the SET option of the membership.
@@ -72,6 +76,15 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use any, primary or standby.';
     END IF;
+    -- A policy whose owner was dropped may still be disabled (or deleted, or given an owner).
+    IF to_regrole(quote_ident(NEW.owner)) IS NULL THEN
+        IF TG_OP = 'UPDATE' AND NEW.owner = OLD.owner AND NOT NEW.enabled THEN
+            RETURN NEW;
+        END IF;
+        RAISE EXCEPTION 'policy "%": its owner, role "%", does not exist', NEW.name, NEW.owner
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Name a role you may SET ROLE to; a policy whose owner is gone can still be disabled or deleted.';
+    END IF;
     IF NOT pg_has_role(current_user, NEW.owner, act_as) THEN
         RAISE EXCEPTION 'permission denied to write policy "%" owned by role %', NEW.name, NEW.owner
             USING ERRCODE = 'insufficient_privilege',
@@ -90,6 +103,32 @@ $$;
 CREATE TRIGGER policies_check
     BEFORE INSERT OR UPDATE ON reaper.policies
     FOR EACH ROW EXECUTE FUNCTION reaper.policies_check();
+
+-- The role a policy's owner names, fixed when the row is written here: a later rename, or a
+-- role dropped and created again under the name, then refuses the policy instead of handing it
+-- to whoever has the name now. Kept while the owner's name stays the same; resolved again when
+-- it changes, when it named no role before, or when a writer sets owner_oid to NULL (which says
+-- "the role of that name now"). ENABLE ALWAYS: it fires for the rows logical replication
+-- applies too, with this node's roles; any other owner_oid a row brings is ignored.
+CREATE FUNCTION reaper.policies_owner_oid() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.owner IS NOT DISTINCT FROM OLD.owner AND OLD.owner_oid IS NOT NULL
+       AND NEW.owner_oid IS NOT NULL THEN
+        NEW.owner_oid := OLD.owner_oid;
+    ELSE
+        NEW.owner_oid := to_regrole(quote_ident(NULLIF(NEW.owner, '')));
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER policies_owner_oid
+    BEFORE INSERT OR UPDATE ON reaper.policies
+    FOR EACH ROW EXECUTE FUNCTION reaper.policies_owner_oid();
+ALTER TABLE reaper.policies ENABLE ALWAYS TRIGGER policies_owner_oid;
 
 -- On a member of a fleet, reaper.policies is a copy of the control cluster's, by logical
 -- replication: a local write would diverge from it, and a local INSERT of a name the control

@@ -244,20 +244,18 @@ fn metrics() -> TableIterator<
     let node = crate::guc::node_name();
     let mut series = crate::metrics::counter_series();
     series.extend(worker::status::gauge_series(now));
-    TableIterator::new(
-        series
-            .into_iter()
-            .map(move |(metric, policy, action, outcome, value)| {
-                (
-                    metric.to_string(),
-                    policy,
-                    action.to_string(),
-                    outcome.to_string(),
-                    node.clone(),
-                    value,
-                )
-            }),
-    )
+    TableIterator::new(crate::metrics::merge_duplicates(series).into_iter().map(
+        move |(metric, policy, action, outcome, value)| {
+            (
+                metric.to_string(),
+                policy,
+                action.to_string(),
+                outcome.to_string(),
+                node.clone(),
+                value,
+            )
+        },
+    ))
 }
 
 /// This node's name in a fleet: `pg_reaper.node_name`, else `cluster_name`, else the system

@@ -179,12 +179,17 @@ pub fn counter_series() -> Vec<Series> {
     if !crate::guc::preloaded() {
         return Vec::new();
     }
-    let (since, entries): (i64, Vec<Entry>) = {
+    // Nothing counted before the first look or count: the counters count from then (set once,
+    // under the exclusive lock; every later scrape shares the lock with the others).
+    if COUNTERS.share().since == 0 {
+        let t = now();
         let mut c = COUNTERS.exclusive();
-        // Nothing counted before the first look or count: the counters count from then.
         if c.since == 0 {
-            c.since = now();
+            c.since = t;
         }
+    }
+    let (since, entries): (i64, Vec<Entry>) = {
+        let c = COUNTERS.share();
         let mut v: Vec<Entry> = c.entries[..=c.len.min(MAX_ENTRIES)].to_vec();
         v.push(c.entries[MAX_ENTRIES + 1]);
         (c.since, v)
@@ -228,4 +233,59 @@ pub fn counter_series() -> Vec<Series> {
 pub fn epoch_seconds(t: i64) -> f64 {
     const EPOCH_2000: f64 = 946_684_800.0;
     EPOCH_2000 + t as f64 / 1_000_000.0
+}
+
+/// Series that came out with the same labels made one: a scraper refuses a scrape that has a
+/// series twice. They can meet: names cut to the label's length, a policy named `''` (direct
+/// calls' label) or `(other)`. Counters add up; of gauges, the highest `tripped` and the most
+/// recent run (the lowest age) are kept. The order of first appearance is kept.
+pub fn merge_duplicates(series: Vec<Series>) -> Vec<Series> {
+    let mut out: Vec<Series> = Vec::with_capacity(series.len());
+    let mut seen: std::collections::HashMap<
+        (&'static str, String, &'static str, &'static str),
+        usize,
+    > = std::collections::HashMap::with_capacity(series.len());
+    for (metric, policy, action, outcome, value) in series {
+        let key = (metric, policy, action, outcome);
+        if let Some(&i) = seen.get(&key) {
+            let kept = &mut out[i].4;
+            *kept = match metric {
+                "last_run_age_seconds" => kept.min(value),
+                m if m.ends_with("_total") => *kept + value,
+                _ => kept.max(value),
+            };
+            continue;
+        }
+        seen.insert(key.clone(), out.len());
+        out.push((key.0, key.1, key.2, key.3, value));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_series_are_merged() {
+        let s = |m: &'static str, p: &str, v: f64| (m, p.to_string(), "", "", v);
+        let merged = merge_duplicates(vec![
+            s("runs_total", "", 2.0),
+            s("tripped", "a", 0.0),
+            s("last_run_age_seconds", "a", 9.0),
+            s("runs_total", "", 3.0),
+            s("tripped", "a", 1.0),
+            s("last_run_age_seconds", "a", 4.0),
+            s("runs_total", "b", 1.0),
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                s("runs_total", "", 5.0),
+                s("tripped", "a", 1.0),
+                s("last_run_age_seconds", "a", 4.0),
+                s("runs_total", "b", 1.0),
+            ]
+        );
+    }
 }

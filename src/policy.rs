@@ -25,7 +25,7 @@ SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms,
                 0::pg_catalog.oid),
        p.enabled,
        CASE WHEN pg_catalog.isfinite(p.run_every) THEN pg_catalog.date_part('epoch', p.run_every) END,
-       p.run_on, p.max_signals_per_minute, p.owner
+       p.run_on, p.max_signals_per_minute, p.owner, p.owner_oid
   FROM reaper.policies p";
 
 /// The same for an extension whose SQL is older than 0.7.0 (the library was upgraded,
@@ -34,7 +34,7 @@ const POLICY_COLUMNS_BEFORE_0_7: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
        p.enabled,
        CASE WHEN pg_catalog.isfinite(p.run_every) THEN pg_catalog.date_part('epoch', p.run_every) END,
-       p.run_on, p.max_signals_per_minute, p.owner::pg_catalog.text
+       p.run_on, p.max_signals_per_minute, p.owner::pg_catalog.text, p.owner::pg_catalog.oid
   FROM reaper.policies p";
 
 /// And older than 0.6.0: no column for the cap, the setting's.
@@ -42,14 +42,14 @@ const POLICY_COLUMNS_BEFORE_0_6: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
        p.enabled,
        CASE WHEN pg_catalog.isfinite(p.run_every) THEN pg_catalog.date_part('epoch', p.run_every) END,
-       p.run_on, NULL::pg_catalog.int4, p.owner::pg_catalog.text
+       p.run_on, NULL::pg_catalog.int4, p.owner::pg_catalog.text, p.owner::pg_catalog.oid
   FROM reaper.policies p";
 
 /// And older than 0.3.0: no schedule, every policy run_policies'.
 const POLICY_COLUMNS_BEFORE_0_3: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms, p.owner::pg_catalog.oid,
        p.enabled, NULL::pg_catalog.float8, 'any'::pg_catalog.text, NULL::pg_catalog.int4,
-       p.owner::pg_catalog.text
+       p.owner::pg_catalog.text, p.owner::pg_catalog.oid
   FROM reaper.policies p";
 
 /// The bounds of `run_every` (the table's trigger refuses others; a row may still bypass it,
@@ -107,6 +107,8 @@ pub struct Policy {
     pub owner: pg_sys::Oid,
     /// The owner as the row names it (a role name, which replicates; a role's oid would not).
     pub owner_name: String,
+    /// The role that name gave when the row was written here (None: no role had it then).
+    pub owner_written: Option<pg_sys::Oid>,
     pub enabled: bool,
     pub run_every: Option<Duration>,
     pub run_on: RunOn,
@@ -373,6 +375,7 @@ fn load_from(which: Which, columns: &str) -> Vec<Policy> {
                     },
                     max_signals_per_minute: row.get(10)?,
                     owner_name: row.get(11)?.unwrap_or_default(),
+                    owner_written: row.get(12)?,
                 });
             }
             Ok(policies)
@@ -426,11 +429,32 @@ pub fn prepare(policy: &Policy) -> Prepared {
 fn run_prepared(policy: &Policy, prepared: &Prepared, actor: &Actor) -> Vec<ResultRow> {
     signal::test_hooks::panic_if_asked(&policy.name);
     if policy.owner == pg_sys::InvalidOid || !role::exists(policy.owner) {
+        let renamed = policy
+            .owner_written
+            .filter(|&o| role::exists(o))
+            .map(|o| {
+                format!(
+                    " (the role it was written for is now named \"{}\")",
+                    role::name(o)
+                )
+            })
+            .unwrap_or_default();
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             &format!(
-                "its owner, role {:?}, does not exist on this node",
+                "its owner, role {:?}, does not exist on this node{renamed}",
                 policy.owner_name
+            ),
+        );
+    }
+    // The name is another role's now: dropped and created again, or another renamed to it.
+    if policy.owner_written.is_some_and(|o| o != policy.owner) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            &format!(
+                "its owner, role {:?}, is not the role the policy was written for on this node (that role was renamed, or dropped and another took its name); to give it to the role of that name now: UPDATE reaper.policies SET owner_oid = NULL WHERE name = '{}'",
+                policy.owner_name,
+                policy.name.replace('\'', "''")
             ),
         );
     }

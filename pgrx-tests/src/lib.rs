@@ -440,6 +440,18 @@ impl Cluster {
         self.connect("postgres")
     }
 
+    /// A cluster of its own with pg_reaper preloaded, `settings` added, and the LOGIN role `app`.
+    pub fn preloaded(settings: &[&str]) -> Cluster {
+        let mut all = vec!["shared_preload_libraries = 'pg_reaper'".to_string()];
+        all.extend(settings.iter().map(|s| s.to_string()));
+        let cluster = Cluster::start_with(Options {
+            settings: all,
+            ..Options::default()
+        });
+        cluster.create_role("app", "");
+        cluster
+    }
+
     /// A LOGIN role with `attributes` (e.g. "IN ROLE pg_signal_backend"); idempotent.
     pub fn create_role(&self, name: &str, attributes: &str) {
         let sql = format!(

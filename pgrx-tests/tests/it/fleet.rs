@@ -137,6 +137,23 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
         "SELECT last_error LIKE '%role \"control_only\", does not exist on this node%' \
            FROM reaper.worker_status() WHERE policy = 'owned-elsewhere'",
     );
+    // The role a policy was written for is each node's own: the control's oid does not travel.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM reaper.policies \
+              WHERE name = 'owned-elsewhere' AND owner_oid = 'control_only'::regrole"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut m3su,
+            "SELECT count(*) FROM reaper.policies \
+              WHERE name = 'owned-elsewhere' AND owner_oid IS NULL"
+        ),
+        1
+    );
 
     // Nor does a policy this member's major refuses (an io worker is 18's; written on the
     // control past its trigger, as a newer control would accept it).

@@ -4,18 +4,11 @@
 
 use pg_reaper_integration::*;
 
+/// Preloaded, the worker off (the tests run the policies themselves).
 fn preloaded(extra: &[&str]) -> Cluster {
-    let mut settings = vec![
-        "shared_preload_libraries = 'pg_reaper'".to_string(),
-        "pg_reaper.worker = off".to_string(),
-    ];
-    settings.extend(extra.iter().map(|s| s.to_string()));
-    let cluster = Cluster::start_with(Options {
-        settings,
-        ..Options::default()
-    });
-    cluster.create_role("app", "");
-    cluster
+    let mut settings = vec!["pg_reaper.worker = off"];
+    settings.extend(extra);
+    Cluster::preloaded(&settings)
 }
 
 /// The value of one series (0 when it is not there yet).
@@ -177,4 +170,103 @@ fn a_standby_counts_its_own_and_the_counters_outlive_a_worker_restart() {
         before
     );
     assert!(before >= 1.0);
+}
+
+/// A scraper refuses a whole scrape that has one series twice: labels that come out the same
+/// (a policy named '' like direct calls, one named like the overflow entry, names alike in
+/// their first 64 bytes) make one series, their counts added up.
+#[test]
+fn no_series_comes_out_twice() {
+    let cluster = preloaded(&[]);
+    let mut su = cluster.superuser();
+    let long = "x".repeat(70);
+    let names = [
+        String::new(),
+        "(other)".to_string(),
+        format!("{long}-a"),
+        format!("{long}-b"),
+    ];
+    let t = tag("dup");
+    let direct = cluster.session("app", &t);
+    assert_eq!(
+        terminate(&mut su, &format!(r#"{{"application_name": "{t}"}}"#), 5000).len(),
+        1
+    );
+    assert!(!cluster.alive(direct.pid));
+    for name in &names {
+        let victim = cluster.session("app", &t);
+        su.execute(
+            "INSERT INTO reaper.policies (name, filter, timeout_ms) VALUES ($1, $2::text::jsonb, 5000)",
+            &[name, &format!(r#"{{"application_name": "{t}"}}"#)],
+        )
+        .unwrap();
+        let rows = call(
+            &mut su,
+            &format!("reaper.run_policy('{}')", name.replace('\'', "''")),
+            "",
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 1, "{name}: {rows:?}");
+        assert!(!cluster.alive(victim.pid));
+        su.execute("DELETE FROM reaper.policies WHERE name = $1", &[name])
+            .unwrap();
+    }
+    let twice = count(
+        &mut su,
+        "SELECT count(*) FROM (SELECT 1 FROM reaper.metrics() \
+          GROUP BY metric, policy, action, outcome, node HAVING count(*) > 1) d",
+    );
+    assert_eq!(twice, 0);
+    // Direct calls and the policy named '': one terminate run each.
+    assert_eq!(value(&mut su, "runs_total", "", "terminate", ""), 2.0);
+    assert_eq!(
+        value(&mut su, "signals_total", "", "terminate", "terminated"),
+        2.0
+    );
+    let cut = &format!("{long}-a")[..64];
+    assert_eq!(
+        value(&mut su, "signals_total", cut, "terminate", "terminated"),
+        2.0
+    );
+}
+
+/// Publishing reaper.log while the node has no name of its own would let two nodes' rows
+/// collide at the subscriber: refused, whatever form the publication takes.
+#[test]
+fn the_log_is_not_published_without_a_node_name() {
+    let cluster = preloaded(&["wal_level = logical"]);
+    let mut su = cluster.superuser();
+    for create in [
+        "CREATE PUBLICATION p FOR TABLE reaper.log WITH (publish = 'insert')",
+        "CREATE PUBLICATION p FOR ALL TABLES",
+    ] {
+        let err = su.batch_execute(create).unwrap_err();
+        assert_eq!(sqlstate(&err), Some("55000"), "{create}: {err:?}");
+        assert!(
+            format!("{err:?}")
+                .contains("would publish reaper.log while pg_reaper.node_name is not set"),
+            "{err:?}"
+        );
+    }
+    su.batch_execute("CREATE PUBLICATION p FOR TABLE reaper.policies")
+        .unwrap();
+    let err = su
+        .batch_execute("ALTER PUBLICATION p ADD TABLE reaper.log")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("55000"), "{err:?}");
+    assert_eq!(
+        count(
+            &mut su,
+            "SELECT count(*) FROM pg_catalog.pg_publication_tables WHERE tablename = 'log'"
+        ),
+        0
+    );
+    // Named, it may.
+    su.batch_execute("ALTER SYSTEM SET pg_reaper.node_name = 'n1'")
+        .unwrap();
+    su.batch_execute("SELECT pg_catalog.pg_reload_conf()")
+        .unwrap();
+    wait_for(&mut su, "SELECT reaper.node() = 'n1'");
+    su.batch_execute("ALTER PUBLICATION p ADD TABLE reaper.log")
+        .unwrap();
 }

@@ -464,3 +464,104 @@ fn acting_as_a_policys_owner_means_what_set_role_means() {
         assert_eq!(victim.run("SELECT 1"), Ended::Ok);
     }
 }
+
+/// The detail of the `failed` row a policy's last run left in reaper.log.
+fn last_failure(su: &mut Client, policy: &str) -> String {
+    su.query_one(
+        "SELECT detail FROM reaper.log WHERE policy = $1 AND outcome = 'failed' \
+          ORDER BY id DESC LIMIT 1",
+        &[&policy],
+    )
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn a_policy_stays_with_the_role_it_was_written_for() {
+    let cluster = Cluster::start();
+    cluster.create_role("app", "");
+    cluster.create_role("ops", "IN ROLE pg_signal_backend");
+    let target = cluster.session("app", "owned_target");
+    let mut su = cluster.superuser();
+    insert_policy(
+        &mut su,
+        "owned",
+        r#"{"application_name": "owned_target"}"#,
+        "'terminate', 2000, 0, 'ops'",
+    );
+    let written: u32 = su
+        .query_one(
+            "SELECT owner_oid FROM reaper.policies WHERE name = 'owned'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let ops: u32 = su
+        .query_one("SELECT 'ops'::regrole::oid", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(written, ops);
+    // Whatever a writer puts there, the trigger keeps this node's role.
+    su.batch_execute("UPDATE reaper.policies SET owner_oid = 1 WHERE name = 'owned'")
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut su,
+            "SELECT count(*) FROM reaper.policies WHERE owner_oid = 'ops'::regrole"
+        ),
+        1
+    );
+
+    // Renamed: the name is nobody's; the failure says what the role is called now.
+    su.batch_execute("ALTER ROLE ops RENAME TO ops_renamed")
+        .unwrap();
+    let _ = call(&mut su, "reaper.run_policies()", "");
+    let detail = last_failure(&mut su, "owned");
+    assert!(
+        detail.contains("does not exist on this node (the role it was written for is now named \"ops_renamed\")"),
+        "{detail}"
+    );
+    assert!(cluster.alive(target.pid));
+
+    // Dropped, and another role takes the name: refused, not handed to it.
+    su.batch_execute("DROP ROLE ops_renamed; CREATE ROLE ops IN ROLE pg_signal_backend")
+        .unwrap();
+    let _ = call(&mut su, "reaper.run_policies()", "");
+    let detail = last_failure(&mut su, "owned");
+    assert!(
+        detail.contains("is not the role the policy was written for on this node"),
+        "{detail}"
+    );
+    assert!(cluster.alive(target.pid));
+    // Writing the same name again changes nothing; owner_oid = NULL gives it to the new role.
+    su.batch_execute("UPDATE reaper.policies SET owner = 'ops' WHERE name = 'owned'")
+        .unwrap();
+    let _ = call(&mut su, "reaper.run_policies()", "");
+    assert!(cluster.alive(target.pid));
+    su.batch_execute("UPDATE reaper.policies SET owner_oid = NULL WHERE name = 'owned'")
+        .unwrap();
+    let rows = call(&mut su, "reaper.run_policies()", "").unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].outcome, "terminated");
+    assert!(!cluster.alive(target.pid));
+
+    // A policy whose owner is gone can still be disabled; nothing else keeps the dead name.
+    su.batch_execute("DROP ROLE ops").unwrap();
+    su.batch_execute("UPDATE reaper.policies SET enabled = false WHERE name = 'owned'")
+        .unwrap();
+    let err = su
+        .batch_execute("UPDATE reaper.policies SET enabled = true WHERE name = 'owned'")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("42704"), "{err}");
+    let err = su
+        .batch_execute(
+            "INSERT INTO reaper.policies (name, filter, owner) VALUES ('x', '{\"all\": true}', 'nobody_by_that_name')",
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("42704"), "{err}");
+    let message = err.as_db_error().unwrap().message();
+    assert!(
+        message.contains("its owner, role \"nobody_by_that_name\", does not exist"),
+        "{message}"
+    );
+}

@@ -6,17 +6,6 @@ use pg_reaper_integration::*;
 use postgres::fallible_iterator::FallibleIterator;
 use std::time::Duration;
 
-fn preloaded(extra: &[&str]) -> Cluster {
-    let mut settings = vec!["shared_preload_libraries = 'pg_reaper'".to_string()];
-    settings.extend(extra.iter().map(|s| s.to_string()));
-    let cluster = Cluster::start_with(Options {
-        settings,
-        ..Options::default()
-    });
-    cluster.create_role("app", "");
-    cluster
-}
-
 fn add_policy(su: &mut Client, name: &str, filter: &str, action: &str, cap: Option<i32>) {
     su.execute(
         "INSERT INTO reaper.policies (name, filter, action, max_signals_per_minute) \
@@ -41,7 +30,7 @@ fn log_rows(su: &mut Client, policy: &str, outcome: &str) -> i64 {
 
 #[test]
 fn a_report_policy_records_what_it_would_signal_and_signals_nothing() {
-    let cluster = preloaded(&[]);
+    let cluster = Cluster::preloaded(&[]);
     let mut su = cluster.superuser();
     let t = tag("report");
     let victims: Vec<Session> = (0..3)
@@ -91,7 +80,7 @@ fn a_report_policy_records_what_it_would_signal_and_signals_nothing() {
 
 #[test]
 fn the_breaker_trips_at_its_cap_says_so_once_and_resets() {
-    let cluster = preloaded(&["pg_reaper.worker = off"]);
+    let cluster = Cluster::preloaded(&["pg_reaper.worker = off"]);
     let (mut su, notices) = cluster.collecting_client("postgres");
     let t = tag("breaker");
     let sessions: Vec<Session> = (0..5).map(|_| cluster.session("app", &t)).collect();
@@ -248,7 +237,7 @@ fn the_breaker_trips_at_its_cap_says_so_once_and_resets() {
 
 #[test]
 fn an_escalation_counts_its_cancel_and_its_terminate() {
-    let cluster = preloaded(&["pg_reaper.worker = off"]);
+    let cluster = Cluster::preloaded(&["pg_reaper.worker = off"]);
     let mut su = cluster.superuser();
     let t = tag("breaker_escalation");
     // Idle in a transaction: a cancel does not help, so each is cancelled, then terminated.
@@ -277,7 +266,7 @@ fn an_escalation_counts_its_cancel_and_its_terminate() {
 
 #[test]
 fn the_setting_caps_a_policy_without_its_own_and_the_worker_shows_the_trip() {
-    let cluster = preloaded(&["pg_reaper.max_signals_per_minute = 2"]);
+    let cluster = Cluster::preloaded(&["pg_reaper.max_signals_per_minute = 2"]);
     let mut su = cluster.superuser();
     let t = tag("breaker_worker");
     let sessions: Vec<Session> = (0..4).map(|_| cluster.session("app", &t)).collect();
@@ -334,7 +323,7 @@ fn the_setting_caps_a_policy_without_its_own_and_the_worker_shows_the_trip() {
 
 #[test]
 fn a_call_that_signalled_notifies_listeners() {
-    let cluster = preloaded(&["cluster_name = 'fleet-a'", "pg_reaper.worker = off"]);
+    let cluster = Cluster::preloaded(&["cluster_name = 'fleet-a'", "pg_reaper.worker = off"]);
     let mut su = cluster.superuser();
     let mut listener = cluster.superuser();
     listener.batch_execute("LISTEN pg_reaper").unwrap();
@@ -398,7 +387,7 @@ fn a_full_notification_queue_skips_the_notification_with_a_warning() {
         );
         return;
     }
-    let cluster = preloaded(&["max_notify_queue_pages = 64", "pg_reaper.worker = off"]);
+    let cluster = Cluster::preloaded(&["max_notify_queue_pages = 64", "pg_reaper.worker = off"]);
     let mut su = cluster.superuser();
     // A listener that reads nothing, in an open transaction, holds the queue's tail.
     let mut stuck = cluster.superuser();
