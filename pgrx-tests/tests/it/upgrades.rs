@@ -683,3 +683,149 @@ fn another_packages_broken_control_file_does_not_stop_create_extension() {
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The README's order for a fleet (a control cluster whose `reaper.policies` its members
+/// subscribe to): members first, then the control. A member still on 0.6.0 when the control
+/// updates stops applying (0.7.0's policies have a column it lacks) and catches up, with
+/// nothing lost, once it updates too.
+#[test]
+fn a_fleet_updates_members_first_and_a_member_left_behind_catches_up() {
+    let test = "upgrades::a_fleet_updates_members_first_and_a_member_left_behind_catches_up";
+    let Some((releases, current)) = current_tree(test) else {
+        return;
+    };
+    let from = "0.6.0";
+    // Two installations: the control's, and the one both members run from.
+    let node = |dir: &Path, name: &str| {
+        let cluster = Cluster::start_with(Options {
+            bin_dir: Some(dir.join("usr/lib/postgresql/15/bin")),
+            create_extension: false,
+            settings: vec![
+                "wal_level = logical".into(),
+                format!("pg_reaper.node_name = '{name}'"),
+            ],
+            ..Options::default()
+        });
+        cluster.create_role("ops", "IN ROLE pg_signal_backend");
+        cluster.create_role("app", "");
+        let mut su = cluster.superuser();
+        su.batch_execute(&format!("CREATE EXTENSION pg_reaper VERSION '{from}'"))
+            .unwrap();
+        cluster
+    };
+    let dirs: Vec<PathBuf> = ["control", "members"]
+        .iter()
+        .map(|d| {
+            let dir = PathBuf::from(format!(
+                "/tmp/pg_reaper_fleet_upgrade_{}_{d}",
+                std::process::id()
+            ));
+            private_postgres_15(&dir);
+            install_from(&releases.join(from).join("pkg"), &dir);
+            dir
+        })
+        .collect();
+    let control = node(&dirs[0], "control");
+    let m1 = node(&dirs[1], "m1");
+    let m2 = node(&dirs[1], "m2");
+    let mut c = control.superuser();
+    c.batch_execute("CREATE PUBLICATION reaper_policies FOR TABLE reaper.policies")
+        .unwrap();
+    for (name, m) in [("m1", &m1), ("m2", &m2)] {
+        m.superuser()
+            .batch_execute(&format!(
+                "CREATE SUBSCRIPTION reaper_policies_{name} \
+                   CONNECTION 'host=127.0.0.1 port={} user=postgres dbname=postgres' \
+                   PUBLICATION reaper_policies",
+                control.port
+            ))
+            .unwrap();
+    }
+    let add = |c: &mut Client, name: &str| {
+        c.execute(
+            "INSERT INTO reaper.policies (name, filter, action, timeout_ms, owner) \
+             VALUES ($1, $2::text::jsonb, 'terminate', 5000, 'ops')",
+            &[&name, &format!(r#"{{"application_name": "{name}"}}"#)],
+        )
+        .unwrap();
+    };
+    let has = |m: &Cluster, name: &str| {
+        wait_for(
+            &mut m.superuser(),
+            &format!("SELECT count(*) = 1 FROM reaper.policies WHERE name = '{name}'"),
+        )
+    };
+    // The policy runs on the member with the member's role named by the row.
+    let enforces = |m: &Cluster, name: &str| {
+        let victim = m.session("app", name);
+        let mut su = m.superuser();
+        let rows = call(&mut su, &format!("reaper.run_policy('{name}')"), "").unwrap();
+        assert_eq!(pids(&rows), vec![victim.pid], "{name}");
+        assert!(m.wait_gone(victim.pid));
+    };
+    add(&mut c, "before");
+    has(&m1, "before");
+    has(&m2, "before");
+
+    // m1 first: new files, a restart, ALTER EXTENSION UPDATE; the 0.6.0 control's rows apply.
+    // (m2 shares m1's files, so it restarts onto the new library too, with 0.6.0's SQL.)
+    let update = |m: &Cluster| {
+        m.superuser()
+            .batch_execute("ALTER EXTENSION pg_reaper UPDATE")
+            .unwrap();
+    };
+    m1.stop_server();
+    m2.stop_server();
+    install_from(&current, &dirs[1]);
+    m1.start_server();
+    m2.start_server();
+    update(&m1);
+    add(&mut c, "after-member");
+    has(&m1, "after-member");
+    has(&m2, "after-member");
+    enforces(&m1, "after-member");
+    enforces(&m2, "after-member");
+
+    // Then the control. m2, left behind on 0.6.0's SQL, stops applying, and says why.
+    control.stop_server();
+    install_from(&current, &dirs[0]);
+    control.start_server();
+    update(&control);
+    let mut c = control.superuser();
+    add(&mut c, "after-control");
+    has(&m1, "after-control");
+    enforces(&m1, "after-control");
+    let mut m2su = m2.superuser();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !m2.server_log().contains("missing replicated column") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "m2's apply did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        count(
+            &mut m2su,
+            "SELECT count(*) FROM reaper.policies WHERE name = 'after-control'"
+        ),
+        0
+    );
+    drop(m2su);
+    // Its update (it runs the new library since the restart) lets it catch up.
+    update(&m2);
+    has(&m2, "after-control");
+    enforces(&m2, "after-control");
+    for m in [&m1, &m2] {
+        assert_eq!(
+            count(
+                &mut m.superuser(),
+                "SELECT count(*) FROM reaper.policies WHERE owner_oid = 'ops'::regrole"
+            ),
+            3
+        );
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
