@@ -17,7 +17,9 @@ export LANG=C.UTF-8 LC_ALL=C.UTF-8
 
 cleanup() {
     for job in $(jobs -p); do kill "$job" 2>/dev/null || true; done
-    as_pg "$BIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    for data in "$DIR"/data*; do
+        as_pg "$BIN/pg_ctl" -D "$data" -m immediate stop >/dev/null 2>&1 || true
+    done
     rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -30,6 +32,9 @@ port = $PORT
 unix_socket_directories = '$DIR'
 # The postmaster starts pg_reaper's background worker.
 shared_preload_libraries = 'pg_reaper'
+# At the end this cluster is a fleet's control: it publishes its policies, gathers the audit.
+wal_level = logical
+pg_reaper.node_name = 'control'
 EOF
 as_pg "$BIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
 
@@ -192,4 +197,40 @@ show "What is left" \
     "SELECT pid, usename, application_name, state FROM pg_stat_activity
       WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() ORDER BY backend_start;"
 echo
-echo "==> done; stopping the cluster"
+echo "==> a fleet: two member clusters take this one's policies, and it gathers their audit"
+sql -c "CREATE PUBLICATION reaper_policies FOR TABLE reaper.policies"
+for m in 1 2; do
+    port=$((PORT + m))
+    as_pg "$BIN/initdb" -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D "$DIR/data-m$m" >/dev/null
+    cat >>"$DIR/data-m$m/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$DIR'
+shared_preload_libraries = 'pg_reaper'
+wal_level = logical
+pg_reaper.node_name = 'm$m'
+EOF
+    as_pg "$BIN/pg_ctl" -D "$DIR/data-m$m" -l "$DIR/server-m$m.log" -w start >/dev/null
+    # The README's recipe: the member subscribes to the policies and publishes its log (inserts
+    # only: its purges stay local); the control subscribes to that.
+    sql -p "$port" <<EOF
+CREATE EXTENSION pg_reaper;
+CREATE ROLE app LOGIN;
+CREATE ROLE ops LOGIN IN ROLE pg_signal_backend, pg_read_all_stats;
+CREATE SUBSCRIPTION reaper_policies_m$m CONNECTION 'host=127.0.0.1 port=$PORT dbname=postgres user=postgres'
+    PUBLICATION reaper_policies;
+CREATE PUBLICATION reaper_log FOR TABLE reaper.log WITH (publish = 'insert');
+EOF
+    sql -c "CREATE SUBSCRIPTION reaper_log_m$m CONNECTION 'host=127.0.0.1 port=$port dbname=postgres user=postgres'
+            PUBLICATION reaper_log"
+    # A checkout left idle in a transaction there: the member's worker enforces the control's
+    # 'idle-checkout' policy on it.
+    PGPORT=$port hold app "BEGIN; SELECT 1;" checkout-2
+done
+wait_for "both members' rows reach the control" \
+    "SELECT count(*) = 2 FROM reaper.log WHERE node IN ('m1', 'm2') AND policy = 'idle-checkout'"
+show "One audit for the fleet: the control's reaper.log, each row naming the node that wrote it" \
+    "SELECT node, policy, action, outcome, count(*) FROM reaper.log GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 4;"
+
+echo
+echo "==> done; stopping the clusters"

@@ -141,6 +141,14 @@ fn the_demo_shows_every_effect_it_announces() {
         &["idle-tx", "terminate", "terminated", "web-checkout"],
     );
     has("The audit trail", &["idle-checkout", "signalled"]);
+    // The fleet: each member's worker ended its checkout, and the control holds both rows.
+    for node in ["m1", "m2"] {
+        has(
+            "One audit for the fleet",
+            &[node, "idle-checkout", "terminate", "signalled", "1"],
+        );
+    }
+    has("One audit for the fleet", &["control", "idle-tx", "terminated"]);
     let left = rows(step(&steps, "What is left"));
     for gone in ["web-checkout", "nightly-batch", "checkout-2"] {
         assert!(
