@@ -148,7 +148,10 @@ fn the_demo_shows_every_effect_it_announces() {
             &[node, "idle-checkout", "terminate", "signalled", "1"],
         );
     }
-    has("One audit for the fleet", &["control", "idle-tx", "terminated"]);
+    has(
+        "One audit for the fleet",
+        &["control", "idle-tx", "terminated"],
+    );
     let left = rows(step(&steps, "What is left"));
     for gone in ["web-checkout", "nightly-batch", "checkout-2"] {
         assert!(

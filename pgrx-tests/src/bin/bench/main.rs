@@ -10,7 +10,7 @@ mod incidents;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pg_reaper_integration::{server_major, wait_for_within, Client, Cluster, Options};
+use pg_reaper_integration::{server_major, wait_for, wait_for_within, Client, Cluster, Options};
 use serde_json::{json, Value};
 
 const APP: &str = "bench_idle";
@@ -49,13 +49,19 @@ fn main() {
     let dir = bench_dir();
     // BENCH_RENDER_ONLY=1 rewrites BENCHMARKS.md from the figures already measured.
     // BENCH_ONLY_HA=1 measures the Patroni figures alone, into the figures already measured.
-    if std::env::var_os("BENCH_ONLY_HA").is_some() {
+    // BENCH_ONLY_METRICS=1 the same for reaper.metrics()'s cost.
+    let only_ha = std::env::var_os("BENCH_ONLY_HA").is_some();
+    if only_ha || std::env::var_os("BENCH_ONLY_METRICS").is_some() {
         let file = dir.join(format!("pg{}.json", server_major()));
         let mut results: Value = serde_json::from_str(
             &std::fs::read_to_string(&file).expect("an earlier run's figures"),
         )
         .unwrap();
-        results["ha"] = ha_gaps();
+        if only_ha {
+            results["ha"] = ha_gaps();
+        } else {
+            results["metrics"] = metrics_cost();
+        }
         std::fs::write(&file, serde_json::to_string_pretty(&results).unwrap()).unwrap();
         let all = load_all(&dir);
         std::fs::write(&out, render(&all)).expect("write benchmarks");
@@ -100,6 +106,7 @@ fn main() {
     if full {
         results["worker"] = worker_figures();
         results["ha"] = ha_gaps();
+        results["metrics"] = metrics_cost();
     }
     // The incidents: on every major measured (BENCHMARKS.md shows a column for each).
     if std::env::var_os("BENCH_SKIP_INCIDENTS").is_none() {
@@ -711,6 +718,7 @@ fn render(all: &[Value]) -> String {
     }
     md += &render_incidents(all);
     md += &render_ha(all);
+    md += &render_metrics(all);
     md
 }
 
@@ -1251,4 +1259,100 @@ fn today() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// What a scrape of `reaper.metrics()` costs with 100 scheduled, capped policies (each with its
+/// counters and the worker's gauges), in a read-only transaction, on a primary and on a hot
+/// standby whose own worker runs them too. The goal: under 10 ms.
+fn metrics_cost() -> Value {
+    let node = |name: &str| {
+        vec![
+            "shared_preload_libraries = 'pg_reaper'".to_string(),
+            format!("pg_reaper.node_name = '{name}'"),
+        ]
+    };
+    let primary = Cluster::start_with(Options {
+        settings: node("primary"),
+        ..Options::default()
+    });
+    let mut su = primary.superuser();
+    su.batch_execute(
+        "INSERT INTO reaper.policies (name, filter, action, run_every, max_signals_per_minute) \
+         SELECT pg_catalog.format('policy-%s', g), \
+                pg_catalog.jsonb_build_object('application_name', pg_catalog.format('nobody-%s', g)), \
+                'terminate', '1 s', 100 \
+           FROM pg_catalog.generate_series(1, 100) g",
+    )
+    .unwrap();
+    let standby = Cluster::standby_of(
+        &primary,
+        Options {
+            settings: node("standby"),
+            ..Options::default()
+        },
+    );
+    let mut out = Vec::new();
+    for (role, cluster) in [("primary", &primary), ("hot standby", &standby)] {
+        let mut c = cluster.superuser();
+        // Every policy has run here once: each has its counters and its gauges.
+        wait_for(
+            &mut c,
+            "SELECT count(*) = 100 FROM reaper.metrics() WHERE metric = 'last_run_age_seconds'",
+        );
+        let mut times = Vec::new();
+        let mut series = 0i64;
+        for i in 0..520 {
+            let mut tx = c.build_transaction().read_only(true).start().unwrap();
+            let t = Instant::now();
+            series = tx
+                .query_one("SELECT count(*) FROM reaper.metrics()", &[])
+                .unwrap()
+                .get(0);
+            let took = t.elapsed();
+            tx.commit().unwrap();
+            if i >= 20 {
+                times.push(millis(took));
+            }
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+        println!(
+            "metrics on the {role}: {series} series, median {:.3} ms",
+            at(0.5)
+        );
+        out.push(json!({
+            "node": role,
+            "series": series,
+            "median_ms": at(0.5),
+            "p99_ms": at(0.99),
+            "max_ms": at(1.0),
+        }));
+    }
+    json!({ "policies": 100, "runs": out })
+}
+
+fn render_metrics(all: &[Value]) -> String {
+    let Some(v) = all.iter().find(|v| v["metrics"]["runs"].is_array()) else {
+        return String::new();
+    };
+    let mut md = format!(
+        "\n## Metrics: what a scrape costs\n\n\
+         `SELECT count(*) FROM reaper.metrics()` in a read-only transaction, 500 times (after 20 to warm up), \
+         timed by the client over loopback, with {} scheduled and capped policies that have all run on the node \
+         (so every policy has its counters and its worker gauges). PostgreSQL {}. Goal: under 10 ms.\n\n\
+         | node | series | median | p99 | max |\n| --- | --- | --- | --- | --- |\n",
+        v["metrics"]["policies"],
+        v["major"]
+    );
+    for r in v["metrics"]["runs"].as_array().unwrap() {
+        md += &format!(
+            "| {} | {} | {:.3} ms | {:.3} ms | {:.3} ms |\n",
+            r["node"].as_str().unwrap_or(""),
+            r["series"],
+            r["median_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["max_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    md
 }
