@@ -217,7 +217,7 @@ BEGIN
     IF subscription IS NOT NULL THEN
         RAISE EXCEPTION 'reaper.policies is replicated here from a control cluster (subscription "%"): change the policies there', subscription
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'To make this node''s policies its own again: ALTER PUBLICATION on the control, or DROP SUBSCRIPTION here.';
+                  HINT = 'To make this node''s policies its own again: ALTER PUBLICATION on the control, or DROP SUBSCRIPTION here. A superuser may still write here with SET session_replication_role = replica (to empty the table before a copy starts over, say).';
     END IF;
     RETURN NULL;
 END
