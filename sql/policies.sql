@@ -9,8 +9,6 @@ CREATE TABLE reaper.policies (
     -- A policy signals with its owner's privileges, whoever runs it. A role name, not a
     -- regrole: a policy replicated to a node that lacks the role must not stop replication.
     owner      text        NOT NULL DEFAULT CURRENT_USER,
-    -- This node's role that owner named when the row was written here (policies_owner_oid).
-    owner_oid  oid,
     note       text,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     -- The background worker runs the policy this often; NULL: only run_policies() runs it.
@@ -18,7 +16,9 @@ CREATE TABLE reaper.policies (
     -- Where the worker runs it, since the same rows reach every node of a replicated cluster.
     run_on     text        NOT NULL DEFAULT 'any',
     -- The circuit breaker: signals a minute before the policy trips; NULL: the setting's.
-    max_signals_per_minute integer
+    max_signals_per_minute integer,
+    -- This node's role that owner named when the row was written here (policies_owner_oid).
+    owner_oid  oid
 );
 REVOKE ALL ON reaper.policies FROM PUBLIC;
 
