@@ -6,6 +6,8 @@ set -euo pipefail
 BIN=$("${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}" --bindir)
 DIR=$(mktemp -d /tmp/pg_reaper_demo.XXXXXX)
 PORT=${DEMO_PORT:-$((20000 + RANDOM % 10000))}
+# The fleet's two members, at the end.
+read -r -a MEMBER_PORTS <<<"${DEMO_MEMBER_PORTS:-$((PORT + 1)) $((PORT + 2))}"
 chown postgres "$DIR"
 # Every command runs from the demo's own directory, which the postgres OS user can read (from
 # root's, its programs would complain that they cannot change to it).
@@ -200,7 +202,7 @@ echo
 echo "==> a fleet: two member clusters take this one's policies, and it gathers their audit"
 sql -c "CREATE PUBLICATION reaper_policies FOR TABLE reaper.policies"
 for m in 1 2; do
-    port=$((PORT + m))
+    port=${MEMBER_PORTS[$((m - 1))]}
     as_pg "$BIN/initdb" -A trust -U postgres -E UTF8 --locale=C.UTF-8 -D "$DIR/data-m$m" >/dev/null
     cat >>"$DIR/data-m$m/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'

@@ -49,26 +49,58 @@ SELECT pg_catalog.pg_extension_config_dump('reaper.log_id_seq', '');
 -- A fleet gathers its members' logs into one by logical replication, keyed (node, id). Without
 -- pg_reaper.node_name a node is named by cluster_name, which nodes often share (Debian's
 -- '15/main', one Patroni scope), and two nodes' rows with one key stop the subscriber that
--- gathers them. So publishing reaper.log needs the setting.
+-- gathers them. So naming reaper.log in a publication needs the setting; a publication that
+-- takes it along with every table (FOR ALL TABLES, a schema) is for something else, and gets
+-- a WARNING. Only the publications the command made or changed are looked at.
 CREATE FUNCTION reaper.log_publication_check() RETURNS event_trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    publication text;
+    changed oid[];
+    schemas oid[];
+    named text;
+    along text;
 BEGIN
     IF coalesce(current_setting('pg_reaper.node_name', true), '') <> '' THEN
         RETURN;
     END IF;
-    SELECT p.pubname INTO publication
-      FROM pg_publication_tables p
-     WHERE p.schemaname = 'reaper' AND p.tablename = 'log'
+    SELECT array_agg(c.objid) INTO changed
+      FROM pg_event_trigger_ddl_commands() c
+     WHERE c.classid = 'pg_publication'::regclass;
+    changed := changed || ARRAY(
+        SELECT pr.prpubid
+          FROM pg_event_trigger_ddl_commands() c JOIN pg_publication_rel pr ON pr.oid = c.objid
+         WHERE c.classid = 'pg_publication_rel'::regclass);
+    -- FOR TABLES IN SCHEMA: PostgreSQL 15 and later.
+    IF to_regclass('pg_catalog.pg_publication_namespace') IS NOT NULL THEN
+        EXECUTE 'SELECT pg_catalog.array_agg(pn.pnpubid)
+                   FROM pg_catalog.pg_event_trigger_ddl_commands() c
+                   JOIN pg_catalog.pg_publication_namespace pn ON pn.oid OPERATOR(pg_catalog.=) c.objid
+                  WHERE c.classid OPERATOR(pg_catalog.=) ''pg_catalog.pg_publication_namespace''::pg_catalog.regclass'
+           INTO schemas;
+        changed := changed || schemas;
+    END IF;
+    IF changed IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT p.pubname INTO named
+      FROM pg_publication p JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+     WHERE p.oid = ANY (changed) AND pr.prrelid = 'reaper.log'::regclass
      LIMIT 1;
-    IF publication IS NOT NULL THEN
-        RAISE EXCEPTION 'publication "%" would publish reaper.log while pg_reaper.node_name is not set', publication
+    IF named IS NOT NULL THEN
+        RAISE EXCEPTION 'publication "%" would publish reaper.log while pg_reaper.node_name is not set', named
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = format('This node''s rows are named %L (its cluster_name or system identifier), which other nodes may share: rows of two nodes with the same (node, id) stop the subscription that gathers them.', reaper.node()),
                   HINT = 'Give this node a name no other node has: ALTER SYSTEM SET pg_reaper.node_name = ''...''; SELECT pg_reload_conf(); then publish again.';
+    END IF;
+    SELECT t.pubname INTO along
+      FROM pg_publication_tables t JOIN pg_publication p ON p.pubname = t.pubname
+     WHERE p.oid = ANY (changed) AND t.schemaname = 'reaper' AND t.tablename = 'log'
+     LIMIT 1;
+    IF along IS NOT NULL THEN
+        RAISE WARNING 'publication "%" publishes reaper.log, and pg_reaper.node_name is not set', along
+            USING DETAIL = format('This node''s rows are named %L: to gather them with other nodes'' rows into one log, give it a name no other node has first.', reaper.node());
     END IF;
 END
 $$;

@@ -68,26 +68,58 @@ COMMENT ON COLUMN reaper.log.id IS 'the row''s number on its node';
 -- A fleet gathers its members' logs into one by logical replication, keyed (node, id). Without
 -- pg_reaper.node_name a node is named by cluster_name, which nodes often share (Debian's
 -- '15/main', one Patroni scope), and two nodes' rows with one key stop the subscriber that
--- gathers them. So publishing reaper.log needs the setting.
+-- gathers them. So naming reaper.log in a publication needs the setting; a publication that
+-- takes it along with every table (FOR ALL TABLES, a schema) is for something else, and gets
+-- a WARNING. Only the publications the command made or changed are looked at.
 CREATE FUNCTION reaper.log_publication_check() RETURNS event_trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    publication text;
+    changed oid[];
+    schemas oid[];
+    named text;
+    along text;
 BEGIN
     IF coalesce(current_setting('pg_reaper.node_name', true), '') <> '' THEN
         RETURN;
     END IF;
-    SELECT p.pubname INTO publication
-      FROM pg_publication_tables p
-     WHERE p.schemaname = 'reaper' AND p.tablename = 'log'
+    SELECT array_agg(c.objid) INTO changed
+      FROM pg_event_trigger_ddl_commands() c
+     WHERE c.classid = 'pg_publication'::regclass;
+    changed := changed || ARRAY(
+        SELECT pr.prpubid
+          FROM pg_event_trigger_ddl_commands() c JOIN pg_publication_rel pr ON pr.oid = c.objid
+         WHERE c.classid = 'pg_publication_rel'::regclass);
+    -- FOR TABLES IN SCHEMA: PostgreSQL 15 and later.
+    IF to_regclass('pg_catalog.pg_publication_namespace') IS NOT NULL THEN
+        EXECUTE 'SELECT pg_catalog.array_agg(pn.pnpubid)
+                   FROM pg_catalog.pg_event_trigger_ddl_commands() c
+                   JOIN pg_catalog.pg_publication_namespace pn ON pn.oid OPERATOR(pg_catalog.=) c.objid
+                  WHERE c.classid OPERATOR(pg_catalog.=) ''pg_catalog.pg_publication_namespace''::pg_catalog.regclass'
+           INTO schemas;
+        changed := changed || schemas;
+    END IF;
+    IF changed IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT p.pubname INTO named
+      FROM pg_publication p JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+     WHERE p.oid = ANY (changed) AND pr.prrelid = 'reaper.log'::regclass
      LIMIT 1;
-    IF publication IS NOT NULL THEN
-        RAISE EXCEPTION 'publication "%" would publish reaper.log while pg_reaper.node_name is not set', publication
+    IF named IS NOT NULL THEN
+        RAISE EXCEPTION 'publication "%" would publish reaper.log while pg_reaper.node_name is not set', named
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = format('This node''s rows are named %L (its cluster_name or system identifier), which other nodes may share: rows of two nodes with the same (node, id) stop the subscription that gathers them.', reaper.node()),
                   HINT = 'Give this node a name no other node has: ALTER SYSTEM SET pg_reaper.node_name = ''...''; SELECT pg_reload_conf(); then publish again.';
+    END IF;
+    SELECT t.pubname INTO along
+      FROM pg_publication_tables t JOIN pg_publication p ON p.pubname = t.pubname
+     WHERE p.oid = ANY (changed) AND t.schemaname = 'reaper' AND t.tablename = 'log'
+     LIMIT 1;
+    IF along IS NOT NULL THEN
+        RAISE WARNING 'publication "%" publishes reaper.log, and pg_reaper.node_name is not set', along
+            USING DETAIL = format('This node''s rows are named %L: to gather them with other nodes'' rows into one log, give it a name no other node has first.', reaper.node());
     END IF;
 END
 $$;
@@ -122,6 +154,7 @@ AS $$
 DECLARE
     act_as text := CASE WHEN current_setting('server_version_num')::int >= 160000
                         THEN 'SET' ELSE 'MEMBER' END;
+    old_role oid;
 BEGIN
     PERFORM reaper.validate_filter(NEW.filter);
     IF NEW.action NOT IN ('terminate', 'cancel', 'cancel_then_terminate', 'report') THEN
@@ -149,9 +182,20 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use any, primary or standby.';
     END IF;
-    -- A policy whose owner was dropped may still be disabled (or deleted, or given an owner).
-    IF to_regrole(quote_ident(NEW.owner)) IS NULL THEN
-        IF TG_OP = 'UPDATE' AND NEW.owner = OLD.owner AND NOT NEW.enabled THEN
+    -- Who changes a policy must be able to act for the role it belongs to here: the one it
+    -- was written for (owner_oid; renamed, it still is that role), else the one its name gives.
+    IF TG_OP = 'UPDATE' THEN
+        old_role := coalesce((SELECT r.oid FROM pg_roles r WHERE r.oid = OLD.owner_oid),
+                             to_regrole(quote_ident(NULLIF(OLD.owner, '')))::oid);
+        IF old_role IS NOT NULL AND NOT pg_has_role(current_user, old_role, act_as) THEN
+            RAISE EXCEPTION 'permission denied to change policy "%" owned by role %', OLD.name, pg_get_userbyid(old_role)
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    IF to_regrole(quote_ident(NULLIF(NEW.owner, ''))) IS NULL THEN
+        -- A policy whose owner is gone may still be disabled (or deleted), and nothing more.
+        IF TG_OP = 'UPDATE' AND NOT NEW.enabled
+           AND to_jsonb(NEW) - 'enabled' - 'owner_oid' = to_jsonb(OLD) - 'enabled' - 'owner_oid' THEN
             RETURN NEW;
         END IF;
         RAISE EXCEPTION 'policy "%": its owner, role "%", does not exist', NEW.name, NEW.owner
@@ -162,12 +206,6 @@ BEGIN
         RAISE EXCEPTION 'permission denied to write policy "%" owned by role %', NEW.name, NEW.owner
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'A policy''s owner must be a role you may SET ROLE to.';
-    END IF;
-    IF TG_OP = 'UPDATE'
-       AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = OLD.owner)
-       AND NOT pg_has_role(current_user, OLD.owner, act_as) THEN
-        RAISE EXCEPTION 'permission denied to change policy "%" owned by role %', OLD.name, OLD.owner
-            USING ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN NEW;
 END
@@ -184,6 +222,14 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- A 0.6.0 control (owner a regrole) sends the role as regrole writes it, quoted where the
+    -- name needs it ("App-Ops"): the name itself is kept. Only for rows replication applies
+    -- (session_replication_role is a superuser's to set): a local writer could otherwise name
+    -- a role '"postgres"' of their own making and have the row given to postgres.
+    IF current_setting('session_replication_role') = 'replica'
+       AND length(NEW.owner) > 1 AND left(NEW.owner, 1) = '"' AND right(NEW.owner, 1) = '"' THEN
+        NEW.owner := replace(substr(NEW.owner, 2, length(NEW.owner) - 2), '""', '"');
+    END IF;
     IF TG_OP = 'UPDATE' AND NEW.owner IS NOT DISTINCT FROM OLD.owner AND OLD.owner_oid IS NOT NULL
        AND NEW.owner_oid IS NOT NULL THEN
         NEW.owner_oid := OLD.owner_oid;

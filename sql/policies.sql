@@ -49,6 +49,7 @@ AS $$
 DECLARE
     act_as text := CASE WHEN current_setting('server_version_num')::int >= 160000
                         THEN 'SET' ELSE 'MEMBER' END;
+    old_role oid;
 BEGIN
     PERFORM reaper.validate_filter(NEW.filter);
     IF NEW.action NOT IN ('terminate', 'cancel', 'cancel_then_terminate', 'report') THEN
@@ -76,9 +77,20 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use any, primary or standby.';
     END IF;
-    -- A policy whose owner was dropped may still be disabled (or deleted, or given an owner).
-    IF to_regrole(quote_ident(NEW.owner)) IS NULL THEN
-        IF TG_OP = 'UPDATE' AND NEW.owner = OLD.owner AND NOT NEW.enabled THEN
+    -- Who changes a policy must be able to act for the role it belongs to here: the one it
+    -- was written for (owner_oid; renamed, it still is that role), else the one its name gives.
+    IF TG_OP = 'UPDATE' THEN
+        old_role := coalesce((SELECT r.oid FROM pg_roles r WHERE r.oid = OLD.owner_oid),
+                             to_regrole(quote_ident(NULLIF(OLD.owner, '')))::oid);
+        IF old_role IS NOT NULL AND NOT pg_has_role(current_user, old_role, act_as) THEN
+            RAISE EXCEPTION 'permission denied to change policy "%" owned by role %', OLD.name, pg_get_userbyid(old_role)
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+    END IF;
+    IF to_regrole(quote_ident(NULLIF(NEW.owner, ''))) IS NULL THEN
+        -- A policy whose owner is gone may still be disabled (or deleted), and nothing more.
+        IF TG_OP = 'UPDATE' AND NOT NEW.enabled
+           AND to_jsonb(NEW) - 'enabled' - 'owner_oid' = to_jsonb(OLD) - 'enabled' - 'owner_oid' THEN
             RETURN NEW;
         END IF;
         RAISE EXCEPTION 'policy "%": its owner, role "%", does not exist', NEW.name, NEW.owner
@@ -89,12 +101,6 @@ BEGIN
         RAISE EXCEPTION 'permission denied to write policy "%" owned by role %', NEW.name, NEW.owner
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'A policy''s owner must be a role you may SET ROLE to.';
-    END IF;
-    IF TG_OP = 'UPDATE'
-       AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = OLD.owner)
-       AND NOT pg_has_role(current_user, OLD.owner, act_as) THEN
-        RAISE EXCEPTION 'permission denied to change policy "%" owned by role %', OLD.name, OLD.owner
-            USING ERRCODE = 'insufficient_privilege';
     END IF;
     RETURN NEW;
 END
@@ -115,6 +121,14 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- A 0.6.0 control (owner a regrole) sends the role as regrole writes it, quoted where the
+    -- name needs it ("App-Ops"): the name itself is kept. Only for rows replication applies
+    -- (session_replication_role is a superuser's to set): a local writer could otherwise name
+    -- a role '"postgres"' of their own making and have the row given to postgres.
+    IF current_setting('session_replication_role') = 'replica'
+       AND length(NEW.owner) > 1 AND left(NEW.owner, 1) = '"' AND right(NEW.owner, 1) = '"' THEN
+        NEW.owner := replace(substr(NEW.owner, 2, length(NEW.owner) - 2), '""', '"');
+    END IF;
     IF TG_OP = 'UPDATE' AND NEW.owner IS NOT DISTINCT FROM OLD.owner AND OLD.owner_oid IS NOT NULL
        AND NEW.owner_oid IS NOT NULL THEN
         NEW.owner_oid := OLD.owner_oid;

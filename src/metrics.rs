@@ -28,7 +28,7 @@ pub const ACTIONS: [&str; 5] = [
 const MAX_ENTRIES: usize = 512;
 
 /// The longest policy name kept as a label, in bytes.
-const NAME_BYTES: usize = 64;
+const NAME_BYTES: usize = 256;
 
 #[derive(Clone, Copy)]
 struct Entry {
@@ -159,6 +159,49 @@ pub fn count_run(policy: Option<&str>, action: &str, outcomes: impl Iterator<Ite
             *n += add;
         }
     });
+}
+
+/// A call or run being counted: `finish` counts its rows; if it ends in an error first (the
+/// guard dropped while the error unwinds), the signals it had sent count as `signalled`, their
+/// end unseen, and so does the run.
+pub struct RunCount {
+    policy: Option<String>,
+    action: &'static str,
+    sent_before: u64,
+    finished: bool,
+}
+
+impl RunCount {
+    pub fn start(policy: Option<&str>, action: &'static str) -> RunCount {
+        RunCount {
+            policy: policy.map(str::to_string),
+            action,
+            sent_before: crate::signal::delivered_so_far(),
+            finished: false,
+        }
+    }
+
+    pub fn finish(mut self, outcomes: impl Iterator<Item = Outcome>) {
+        self.finished = true;
+        count_run(self.policy.as_deref(), self.action, outcomes);
+    }
+}
+
+impl Drop for RunCount {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let sent = crate::signal::delivered_so_far() - self.sent_before;
+        if sent > 0 {
+            // Nothing here raises: a lock this backend never holds across an error, additions.
+            count_run(
+                self.policy.as_deref(),
+                self.action,
+                std::iter::repeat_n(Outcome::Signalled, sent as usize),
+            );
+        }
+    }
 }
 
 /// A policy's run that failed (its rows, if any, were counted by `count_run`).

@@ -112,6 +112,9 @@ pub fn run(
             );
         }
     }
+    // From here signals go out: an error before the end (a cancel during the wait, a
+    // statement_timeout) still counts those sent.
+    let counting = crate::metrics::RunCount::start(actor.policy.as_deref(), action.name());
     let mut backends: Vec<Option<Backend>> = snapshot.backends.into_iter().map(Some).collect();
     let victims: Vec<Backend> = chosen
         .victims
@@ -138,11 +141,7 @@ pub fn run(
         Some(b) if b.left() > 0 => report::still_tripped(b),
         _ => {}
     }
-    crate::metrics::count_run(
-        actor.policy.as_deref(),
-        action.name(),
-        rows.iter().map(|r| r.outcome),
-    );
+    counting.finish(rows.iter().map(|r| r.outcome));
     report::notify(&rows, action.name(), actor);
     rows
 }

@@ -21,8 +21,9 @@ use crate::{compat, role};
 /// someone created in another schema would win over pg_catalog's (CVE-2018-1058).
 const POLICY_COLUMNS: &str = "\
 SELECT p.name, p.filter::pg_catalog.text, p.action, p.timeout_ms, p.grace_ms,
-       COALESCE(pg_catalog.to_regrole(pg_catalog.quote_ident(NULLIF(p.owner, '')))::pg_catalog.oid,
-                0::pg_catalog.oid),
+       CASE WHEN p.owner OPERATOR(pg_catalog.=) '' THEN 0::pg_catalog.oid
+            ELSE COALESCE(pg_catalog.to_regrole(pg_catalog.quote_ident(p.owner))::pg_catalog.oid,
+                          0::pg_catalog.oid) END,
        p.enabled,
        CASE WHEN pg_catalog.isfinite(p.run_every) THEN pg_catalog.date_part('epoch', p.run_every) END,
        p.run_on, p.max_signals_per_minute, p.owner, p.owner_oid
@@ -452,7 +453,7 @@ fn run_prepared(policy: &Policy, prepared: &Prepared, actor: &Actor) -> Vec<Resu
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             &format!(
-                "its owner, role {:?}, is not the role the policy was written for on this node (that role was renamed, or dropped and another took its name); to give it to the role of that name now: UPDATE reaper.policies SET owner_oid = NULL WHERE name = '{}'",
+                "its owner, role {:?}, is not the role the policy was written for on this node (that role was renamed, or dropped and another took its name); to give it to the role of that name now: UPDATE reaper.policies SET owner_oid = NULL WHERE name = '{}' (on a member of a fleet, as a superuser after SET session_replication_role = replica)",
                 policy.owner_name,
                 policy.name.replace('\'', "''")
             ),

@@ -45,6 +45,10 @@ fn the_demo_shows_every_effect_it_announces() {
         .arg(&script)
         .env("PG_CONFIG", pg_config())
         .env("DEMO_PORT", free_port().to_string())
+        .env(
+            "DEMO_MEMBER_PORTS",
+            format!("{} {}", free_port(), free_port()),
+        )
         .output()
         .expect("run the demo");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();

@@ -110,11 +110,34 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
         "SELECT count(*) = 3 FROM reaper.log WHERE node = 'm1'",
     );
     assert_eq!(total, 2);
+    // Purging the control's gathered log leaves the members' own logs, and the rows that come
+    // after still arrive.
     c.query_one("SELECT reaper.purge_log('0')", &[]).unwrap();
     let (_, m2) = &members[1];
     assert_eq!(
         count(&mut m2.superuser(), "SELECT count(*) FROM reaper.log"),
         2
+    );
+    let _after_purge = m2.session("app", "fleet-idle");
+    wait_for(
+        &mut c,
+        "SELECT count(*) = 1 FROM reaper.log WHERE node = 'm2'",
+    );
+    // m2's numbers start again (as after the extension is created anew there): the README's
+    // setval before it writes, and its next row arrives.
+    let mut m2su = m2.superuser();
+    m2su.batch_execute("ALTER SEQUENCE reaper.log_id_seq RESTART")
+        .unwrap();
+    let held: i64 = c
+        .query_one("SELECT max(id) FROM reaper.log WHERE node = 'm2'", &[])
+        .unwrap()
+        .get(0);
+    m2su.execute("SELECT setval('reaper.log_id_seq', $1)", &[&held])
+        .unwrap();
+    let _after_restart = m2.session("app", "fleet-idle");
+    wait_for(
+        &mut c,
+        "SELECT count(*) = 2 FROM reaper.log WHERE node = 'm2'",
     );
 
     // A policy whose owner a member lacks does not stop replication there: the member says why.
@@ -236,7 +259,17 @@ fn a_members_dump_loses_the_logs_publication_membership_and_the_recipe_restores_
     let published = "SELECT count(*) FROM pg_publication_tables \
                      WHERE pubname = 'reaper_log' AND schemaname = 'reaper' AND tablename = 'log'";
     assert_eq!(count(&mut r, published), 0, "the membership is lost");
-    // The README's recipe, after a restore.
+    // The README's recipe, after a restore: the node's name first (the restored cluster has
+    // none of its own, and its log is not published without one), then the membership.
+    let err = r
+        .batch_execute("ALTER PUBLICATION reaper_log ADD TABLE reaper.log")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("55000"), "{err:?}");
+    r.batch_execute("ALTER SYSTEM SET pg_reaper.node_name = 'm-dump'")
+        .unwrap();
+    r.batch_execute("SELECT pg_catalog.pg_reload_conf()")
+        .unwrap();
+    wait_for(&mut r, "SELECT reaper.node() = 'm-dump'");
     r.batch_execute("ALTER PUBLICATION reaper_log ADD TABLE reaper.log")
         .unwrap();
     assert_eq!(count(&mut r, published), 1);

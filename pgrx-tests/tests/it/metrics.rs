@@ -174,12 +174,12 @@ fn a_standby_counts_its_own_and_the_counters_outlive_a_worker_restart() {
 
 /// A scraper refuses a whole scrape that has one series twice: labels that come out the same
 /// (a policy named '' like direct calls, one named like the overflow entry, names alike in
-/// their first 64 bytes) make one series, their counts added up.
+/// their first 256 bytes) make one series, their counts added up.
 #[test]
 fn no_series_comes_out_twice() {
     let cluster = preloaded(&[]);
     let mut su = cluster.superuser();
-    let long = "x".repeat(70);
+    let long = "x".repeat(300);
     let names = [
         String::new(),
         "(other)".to_string(),
@@ -223,50 +223,94 @@ fn no_series_comes_out_twice() {
         value(&mut su, "signals_total", "", "terminate", "terminated"),
         2.0
     );
-    let cut = &format!("{long}-a")[..64];
+    let cut = &format!("{long}-a")[..256];
     assert_eq!(
         value(&mut su, "signals_total", cut, "terminate", "terminated"),
         2.0
     );
 }
 
-/// Publishing reaper.log while the node has no name of its own would let two nodes' rows
-/// collide at the subscriber: refused, whatever form the publication takes.
+/// Naming reaper.log in a publication while the node has no name of its own would let two
+/// nodes' rows collide at the subscriber: refused. A publication that takes it along with every
+/// table gets a WARNING; publications that do not touch it are left alone.
 #[test]
 fn the_log_is_not_published_without_a_node_name() {
     let cluster = preloaded(&["wal_level = logical"]);
-    let mut su = cluster.superuser();
-    for create in [
-        "CREATE PUBLICATION p FOR TABLE reaper.log WITH (publish = 'insert')",
-        "CREATE PUBLICATION p FOR ALL TABLES",
-    ] {
-        let err = su.batch_execute(create).unwrap_err();
-        assert_eq!(sqlstate(&err), Some("55000"), "{create}: {err:?}");
-        assert!(
-            format!("{err:?}")
-                .contains("would publish reaper.log while pg_reaper.node_name is not set"),
-            "{err:?}"
-        );
-    }
+    let (mut su, notices) = cluster.collecting_client("postgres");
+    let err = su
+        .batch_execute("CREATE PUBLICATION p FOR TABLE reaper.log WITH (publish = 'insert')")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("55000"), "{err:?}");
+    let message = err.as_db_error().unwrap().message();
+    assert!(
+        message.contains("would publish reaper.log while pg_reaper.node_name is not set"),
+        "{message}"
+    );
     su.batch_execute("CREATE PUBLICATION p FOR TABLE reaper.policies")
         .unwrap();
     let err = su
         .batch_execute("ALTER PUBLICATION p ADD TABLE reaper.log")
         .unwrap_err();
     assert_eq!(sqlstate(&err), Some("55000"), "{err:?}");
-    assert_eq!(
-        count(
-            &mut su,
-            "SELECT count(*) FROM pg_catalog.pg_publication_tables WHERE tablename = 'log'"
-        ),
-        0
+    let published = "SELECT count(*) FROM pg_catalog.pg_publication_tables WHERE tablename = 'log'";
+    assert_eq!(count(&mut su, published), 0);
+    // Along with every table (for change data capture, say): allowed, with a WARNING.
+    assert!(notices.lock().unwrap().is_empty());
+    su.batch_execute("CREATE PUBLICATION everything FOR ALL TABLES")
+        .unwrap();
+    assert_eq!(count(&mut su, published), 1);
+    let said = notices.lock().unwrap().clone();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].starts_with("WARNING 01000: publication \"everything\" publishes reaper.log"),
+        "{said:?}"
     );
-    // Named, it may.
+    // Which does not hold up changes to other publications.
+    su.batch_execute("ALTER PUBLICATION p RENAME TO policies_only; ALTER PUBLICATION policies_only SET (publish = 'insert')")
+        .unwrap();
+    assert_eq!(notices.lock().unwrap().len(), 1);
+    // Named, the node may publish its log.
     su.batch_execute("ALTER SYSTEM SET pg_reaper.node_name = 'n1'")
         .unwrap();
     su.batch_execute("SELECT pg_catalog.pg_reload_conf()")
         .unwrap();
     wait_for(&mut su, "SELECT reaper.node() = 'n1'");
-    su.batch_execute("ALTER PUBLICATION p ADD TABLE reaper.log")
+    su.batch_execute("ALTER PUBLICATION policies_only ADD TABLE reaper.log")
         .unwrap();
+    assert_eq!(count(&mut su, published), 2);
+}
+
+/// A call stopped by an error after its signals went out (here statement_timeout during the
+/// grace a cancel_then_terminate gives its victim) still counts them.
+#[test]
+fn signals_sent_before_an_error_are_counted() {
+    let cluster = preloaded(&[]);
+    let mut su = cluster.superuser();
+    let t = tag("counted");
+    // Idle in a transaction: a cancel does not end it, so the call waits out its grace.
+    let victim = cluster.session("app", &t).idle_in_transaction();
+    su.batch_execute("SET statement_timeout = '300ms'").unwrap();
+    let err = call(
+        &mut su,
+        "reaper.cancel_then_terminate($1::text::jsonb, 60000, 1000)",
+        &format!(r#"{{"application_name": "{t}"}}"#),
+    )
+    .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("57014"), "{err:?}");
+    su.batch_execute("RESET statement_timeout").unwrap();
+    assert!(cluster.alive(victim.pid));
+    assert_eq!(
+        value(
+            &mut su,
+            "signals_total",
+            "",
+            "cancel_then_terminate",
+            "signalled"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&mut su, "runs_total", "", "cancel_then_terminate", ""),
+        1.0
+    );
 }

@@ -565,3 +565,53 @@ fn a_policy_stays_with_the_role_it_was_written_for() {
         "{message}"
     );
 }
+
+/// Renaming a policy's owner does not open the policy to writers who may not act for that role,
+/// and a policy whose owner is gone may be disabled, but not rewritten while it is.
+#[test]
+fn a_renamed_or_dropped_owner_does_not_open_the_policy_to_other_writers() {
+    let cluster = Cluster::start();
+    cluster.create_role("alice", "IN ROLE pg_signal_backend");
+    cluster.create_role("mallory", "");
+    let mut su = cluster.superuser();
+    su.batch_execute("GRANT SELECT, UPDATE ON reaper.policies TO mallory")
+        .unwrap();
+    insert_policy(
+        &mut su,
+        "alices",
+        r#"{"application_name": "alices_target"}"#,
+        "'terminate', 0, 0, 'alice'",
+    );
+    su.batch_execute("ALTER ROLE alice RENAME TO alice_tmp")
+        .unwrap();
+    let mut m = cluster.connect("mallory");
+    for change in [
+        "UPDATE reaper.policies SET owner = 'mallory' WHERE name = 'alices'",
+        "UPDATE reaper.policies SET enabled = false, filter = '{\"all\": true}' WHERE name = 'alices'",
+    ] {
+        let err = m.batch_execute(change).unwrap_err();
+        assert_eq!(sqlstate(&err), Some("42501"), "{change}: {err:?}");
+        let message = err.as_db_error().unwrap().message();
+        assert!(
+            message.contains("permission denied to change policy \"alices\" owned by role alice_tmp"),
+            "{message}"
+        );
+    }
+    su.batch_execute("DROP ROLE alice_tmp").unwrap();
+    let err = m
+        .batch_execute(
+            "UPDATE reaper.policies SET enabled = false, filter = '{\"all\": true}' WHERE name = 'alices'",
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("42704"), "{err:?}");
+    m.batch_execute("UPDATE reaper.policies SET enabled = false WHERE name = 'alices'")
+        .unwrap();
+    assert_eq!(
+        count(
+            &mut su,
+            "SELECT count(*) FROM reaper.policies \
+              WHERE name = 'alices' AND NOT enabled AND filter = '{\"application_name\": \"alices_target\"}'"
+        ),
+        1
+    );
+}

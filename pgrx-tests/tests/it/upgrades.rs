@@ -55,8 +55,12 @@ SELECT line FROM (
   SELECT pg_catalog.format('constraint %s.%s %s', co.conrelid::pg_catalog.regclass, co.conname, pg_catalog.pg_get_constraintdef(co.oid))
     FROM pg_catalog.pg_constraint co JOIN rel ON rel.oid OPERATOR(pg_catalog.=) co.conrelid
   UNION ALL
-  SELECT pg_catalog.format('trigger %s', pg_catalog.pg_get_triggerdef(t.oid))
+  SELECT pg_catalog.format('trigger %s enabled=%s', pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled)
     FROM pg_catalog.pg_trigger t JOIN rel ON rel.oid OPERATOR(pg_catalog.=) t.tgrelid WHERE NOT t.tgisinternal
+  UNION ALL
+  SELECT pg_catalog.format('event trigger %s on %s tags=%s enabled=%s function=%s', e.evtname, e.evtevent,
+           e.evttags, e.evtenabled, e.evtfoid::pg_catalog.regprocedure)
+    FROM pg_catalog.pg_event_trigger e
   UNION ALL
   SELECT pg_catalog.format('schema %s acl=%s comment=%s', n.nspname,
            (SELECT pg_catalog.string_agg(a.grantee::pg_catalog.regrole::pg_catalog.text || ':' || a.privilege_type, ',' ORDER BY 1)
@@ -709,8 +713,11 @@ fn a_fleet_updates_members_first_and_a_member_left_behind_catches_up() {
         cluster.create_role("ops", "IN ROLE pg_signal_backend");
         cluster.create_role("app", "");
         let mut su = cluster.superuser();
-        su.batch_execute(&format!("CREATE EXTENSION pg_reaper VERSION '{from}'"))
-            .unwrap();
+        su.batch_execute(&format!(
+            "CREATE ROLE \"App-Ops\" IN ROLE pg_signal_backend; \
+             CREATE EXTENSION pg_reaper VERSION '{from}'"
+        ))
+        .unwrap();
         cluster
     };
     let dirs: Vec<PathBuf> = ["control", "members"]
@@ -785,6 +792,25 @@ fn a_fleet_updates_members_first_and_a_member_left_behind_catches_up() {
     has(&m2, "after-member");
     enforces(&m1, "after-member");
     enforces(&m2, "after-member");
+    // The 0.6.0 control sends an owner as regrole writes it, quoted where the name needs it:
+    // the updated member keeps the name.
+    c.batch_execute(
+        "INSERT INTO reaper.policies (name, filter, action, timeout_ms, owner) VALUES \
+           ('mixed', '{\"application_name\": \"mixed\"}', 'terminate', 5000, '\"App-Ops\"')",
+    )
+    .unwrap();
+    has(&m1, "mixed");
+    assert_eq!(
+        count(
+            &mut m1.superuser(),
+            "SELECT count(*) FROM reaper.policies \
+              WHERE name = 'mixed' AND owner = 'App-Ops' AND owner_oid = '\"App-Ops\"'::regrole"
+        ),
+        1
+    );
+    enforces(&m1, "mixed");
+    has(&m2, "mixed");
+    enforces(&m2, "mixed");
 
     // Then the control. m2, left behind on 0.6.0's SQL, stops applying, and says why.
     control.stop_server();
