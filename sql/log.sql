@@ -51,7 +51,7 @@ SELECT pg_catalog.pg_extension_config_dump('reaper.log_id_seq', '');
 -- '15/main', one Patroni scope), and two nodes' rows with one key stop the subscriber that
 -- gathers them. So naming reaper.log in a publication needs the setting; a publication that
 -- takes it along with every table (FOR ALL TABLES, a schema) is for something else, and gets
--- a WARNING. Only the publications the command made or changed are looked at.
+-- a WARNING. Only what the command added is looked at.
 CREATE FUNCTION reaper.log_publication_check() RETURNS event_trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -65,13 +65,13 @@ BEGIN
     IF coalesce(current_setting('pg_reaper.node_name', true), '') <> '' THEN
         RETURN;
     END IF;
-    SELECT array_agg(c.objid) INTO changed
-      FROM pg_event_trigger_ddl_commands() c
-     WHERE c.classid = 'pg_publication'::regclass;
-    changed := changed || ARRAY(
-        SELECT pr.prpubid
-          FROM pg_event_trigger_ddl_commands() c JOIN pg_publication_rel pr ON pr.oid = c.objid
-         WHERE c.classid = 'pg_publication_rel'::regclass);
+    -- What this command added: a new publication whole; to an existing one, the tables and
+    -- schemas it reports (a RENAME or an OWNER TO of a publication that has the log adds none).
+    IF TG_TAG = 'CREATE PUBLICATION' THEN
+        SELECT array_agg(c.objid) INTO changed
+          FROM pg_event_trigger_ddl_commands() c
+         WHERE c.classid = 'pg_publication'::regclass;
+    END IF;
     -- FOR TABLES IN SCHEMA: PostgreSQL 15 and later.
     IF to_regclass('pg_catalog.pg_publication_namespace') IS NOT NULL THEN
         EXECUTE 'SELECT pg_catalog.array_agg(pn.pnpubid)
@@ -81,12 +81,12 @@ BEGIN
            INTO schemas;
         changed := changed || schemas;
     END IF;
-    IF changed IS NULL THEN
-        RETURN;
-    END IF;
     SELECT p.pubname INTO named
       FROM pg_publication p JOIN pg_publication_rel pr ON pr.prpubid = p.oid
-     WHERE p.oid = ANY (changed) AND pr.prrelid = 'reaper.log'::regclass
+     WHERE pr.prrelid = 'reaper.log'::regclass
+       AND (p.oid = ANY (changed)
+            OR pr.oid IN (SELECT c.objid FROM pg_event_trigger_ddl_commands() c
+                           WHERE c.classid = 'pg_publication_rel'::regclass))
      LIMIT 1;
     IF named IS NOT NULL THEN
         RAISE EXCEPTION 'publication "%" would publish reaper.log while pg_reaper.node_name is not set', named

@@ -70,7 +70,7 @@ COMMENT ON COLUMN reaper.log.id IS 'the row''s number on its node';
 -- '15/main', one Patroni scope), and two nodes' rows with one key stop the subscriber that
 -- gathers them. So naming reaper.log in a publication needs the setting; a publication that
 -- takes it along with every table (FOR ALL TABLES, a schema) is for something else, and gets
--- a WARNING. Only the publications the command made or changed are looked at.
+-- a WARNING. Only what the command added is looked at.
 CREATE FUNCTION reaper.log_publication_check() RETURNS event_trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -84,13 +84,13 @@ BEGIN
     IF coalesce(current_setting('pg_reaper.node_name', true), '') <> '' THEN
         RETURN;
     END IF;
-    SELECT array_agg(c.objid) INTO changed
-      FROM pg_event_trigger_ddl_commands() c
-     WHERE c.classid = 'pg_publication'::regclass;
-    changed := changed || ARRAY(
-        SELECT pr.prpubid
-          FROM pg_event_trigger_ddl_commands() c JOIN pg_publication_rel pr ON pr.oid = c.objid
-         WHERE c.classid = 'pg_publication_rel'::regclass);
+    -- What this command added: a new publication whole; to an existing one, the tables and
+    -- schemas it reports (a RENAME or an OWNER TO of a publication that has the log adds none).
+    IF TG_TAG = 'CREATE PUBLICATION' THEN
+        SELECT array_agg(c.objid) INTO changed
+          FROM pg_event_trigger_ddl_commands() c
+         WHERE c.classid = 'pg_publication'::regclass;
+    END IF;
     -- FOR TABLES IN SCHEMA: PostgreSQL 15 and later.
     IF to_regclass('pg_catalog.pg_publication_namespace') IS NOT NULL THEN
         EXECUTE 'SELECT pg_catalog.array_agg(pn.pnpubid)
@@ -100,12 +100,12 @@ BEGIN
            INTO schemas;
         changed := changed || schemas;
     END IF;
-    IF changed IS NULL THEN
-        RETURN;
-    END IF;
     SELECT p.pubname INTO named
       FROM pg_publication p JOIN pg_publication_rel pr ON pr.prpubid = p.oid
-     WHERE p.oid = ANY (changed) AND pr.prrelid = 'reaper.log'::regclass
+     WHERE pr.prrelid = 'reaper.log'::regclass
+       AND (p.oid = ANY (changed)
+            OR pr.oid IN (SELECT c.objid FROM pg_event_trigger_ddl_commands() c
+                           WHERE c.classid = 'pg_publication_rel'::regclass))
      LIMIT 1;
     IF named IS NOT NULL THEN
         RAISE EXCEPTION 'publication "%" would publish reaper.log while pg_reaper.node_name is not set', named
@@ -192,8 +192,15 @@ BEGIN
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
     END IF;
+    -- A name in double quotes is how a 0.6.0 control's rows name a role (regrole's output),
+    -- which members take apart (policies_owner_oid): no role name of that form is accepted.
+    IF NEW.owner ~ '^".*"$' THEN
+        RAISE EXCEPTION 'policy "%": owner % is in double quotes; name the role as it is, without them', NEW.name, NEW.owner
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF to_regrole(quote_ident(NULLIF(NEW.owner, ''))) IS NULL THEN
-        -- A policy whose owner is gone may still be disabled (or deleted), and nothing more.
+        -- A policy whose owner is gone may still be disabled (or deleted, or given an owner
+        -- its writer may act for); nothing else changes while its owner is missing.
         IF TG_OP = 'UPDATE' AND NOT NEW.enabled
            AND to_jsonb(NEW) - 'enabled' - 'owner_oid' = to_jsonb(OLD) - 'enabled' - 'owner_oid' THEN
             RETURN NEW;
@@ -226,8 +233,11 @@ BEGIN
     -- name needs it ("App-Ops"): the name itself is kept. Only for rows replication applies
     -- (session_replication_role is a superuser's to set): a local writer could otherwise name
     -- a role '"postgres"' of their own making and have the row given to postgres.
+    -- The exact form regrole writes, and only that; policies_check refuses such names from
+    -- any other writer, so a 0.7.0 control never sends one.
     IF current_setting('session_replication_role') = 'replica'
-       AND length(NEW.owner) > 1 AND left(NEW.owner, 1) = '"' AND right(NEW.owner, 1) = '"' THEN
+       AND length(NEW.owner) > 1 AND left(NEW.owner, 1) = '"' AND right(NEW.owner, 1) = '"'
+       AND quote_ident(replace(substr(NEW.owner, 2, length(NEW.owner) - 2), '""', '"')) = NEW.owner THEN
         NEW.owner := replace(substr(NEW.owner, 2, length(NEW.owner) - 2), '""', '"');
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.owner IS NOT DISTINCT FROM OLD.owner AND OLD.owner_oid IS NOT NULL

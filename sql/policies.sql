@@ -87,8 +87,15 @@ BEGIN
                 USING ERRCODE = 'insufficient_privilege';
         END IF;
     END IF;
+    -- A name in double quotes is how a 0.6.0 control's rows name a role (regrole's output),
+    -- which members take apart (policies_owner_oid): no role name of that form is accepted.
+    IF NEW.owner ~ '^".*"$' THEN
+        RAISE EXCEPTION 'policy "%": owner % is in double quotes; name the role as it is, without them', NEW.name, NEW.owner
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF to_regrole(quote_ident(NULLIF(NEW.owner, ''))) IS NULL THEN
-        -- A policy whose owner is gone may still be disabled (or deleted), and nothing more.
+        -- A policy whose owner is gone may still be disabled (or deleted, or given an owner
+        -- its writer may act for); nothing else changes while its owner is missing.
         IF TG_OP = 'UPDATE' AND NOT NEW.enabled
            AND to_jsonb(NEW) - 'enabled' - 'owner_oid' = to_jsonb(OLD) - 'enabled' - 'owner_oid' THEN
             RETURN NEW;
@@ -125,8 +132,11 @@ BEGIN
     -- name needs it ("App-Ops"): the name itself is kept. Only for rows replication applies
     -- (session_replication_role is a superuser's to set): a local writer could otherwise name
     -- a role '"postgres"' of their own making and have the row given to postgres.
+    -- The exact form regrole writes, and only that; policies_check refuses such names from
+    -- any other writer, so a 0.7.0 control never sends one.
     IF current_setting('session_replication_role') = 'replica'
-       AND length(NEW.owner) > 1 AND left(NEW.owner, 1) = '"' AND right(NEW.owner, 1) = '"' THEN
+       AND length(NEW.owner) > 1 AND left(NEW.owner, 1) = '"' AND right(NEW.owner, 1) = '"'
+       AND quote_ident(replace(substr(NEW.owner, 2, length(NEW.owner) - 2), '""', '"')) = NEW.owner THEN
         NEW.owner := replace(substr(NEW.owner, 2, length(NEW.owner) - 2), '""', '"');
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.owner IS NOT DISTINCT FROM OLD.owner AND OLD.owner_oid IS NOT NULL

@@ -162,12 +162,15 @@ pub fn count_run(policy: Option<&str>, action: &str, outcomes: impl Iterator<Ite
 }
 
 /// A call or run being counted: `finish` counts its rows; if it ends in an error first (the
-/// guard dropped while the error unwinds), the signals it had sent count as `signalled`, their
-/// end unseen, and so does the run.
+/// guard dropped while the error unwinds), the sessions it had signalled count as `signalled`,
+/// their end unseen, and so does the run. (A FATAL skips it: the caller's process ends.)
 pub struct RunCount {
     policy: Option<String>,
     action: &'static str,
     sent_before: u64,
+    /// Sessions signalled, once known to grow no more (a cancel_then_terminate's terminates go
+    /// to sessions it cancelled: signals then outnumber sessions).
+    sessions: std::cell::Cell<Option<u64>>,
     finished: bool,
 }
 
@@ -177,8 +180,15 @@ impl RunCount {
             policy: policy.map(str::to_string),
             action,
             sent_before: crate::signal::delivered_so_far(),
+            sessions: std::cell::Cell::new(None),
             finished: false,
         }
+    }
+
+    /// Every signal from now on goes to a session already signalled.
+    pub fn no_more_sessions(&self) {
+        self.sessions
+            .set(Some(crate::signal::delivered_so_far() - self.sent_before));
     }
 
     pub fn finish(mut self, outcomes: impl Iterator<Item = Outcome>) {
@@ -192,7 +202,8 @@ impl Drop for RunCount {
         if self.finished {
             return;
         }
-        let sent = crate::signal::delivered_so_far() - self.sent_before;
+        let signals = crate::signal::delivered_so_far() - self.sent_before;
+        let sent = self.sessions.get().map_or(signals, |n| n.min(signals));
         if sent > 0 {
             // Nothing here raises: a lock this backend never holds across an error, additions.
             count_run(

@@ -129,7 +129,7 @@ pub fn run(
         Action::Cancel => signal_all(&rules, victims, Signal::Cancel, actor),
         Action::Terminate { timeout } => terminate(&rules, victims, timeout, actor),
         Action::CancelThenTerminate { grace, timeout } => {
-            cancel_then_terminate(&rules, victims, grace, timeout, actor)
+            cancel_then_terminate(&rules, victims, grace, timeout, actor, &counting)
         }
     };
     if let Some(audit) = &audit {
@@ -495,9 +495,12 @@ fn cancel_then_terminate(
     grace: Duration,
     timeout: Duration,
     actor: &Actor,
+    counting: &crate::metrics::RunCount,
 ) -> Vec<ResultRow> {
     let filter = rules.filter;
     let mut rows = signal_all(rules, victims, Signal::Cancel, actor);
+    // The terminates go only to sessions cancelled now: no more sessions get a signal.
+    counting.no_more_sessions();
     let mut watching: Vec<usize> = (0..rows.len())
         .filter(|&i| rows[i].outcome == Outcome::Cancelled)
         .collect();

@@ -266,8 +266,12 @@ fn the_log_is_not_published_without_a_node_name() {
         "{said:?}"
     );
     // Which does not hold up changes to other publications.
-    su.batch_execute("ALTER PUBLICATION p RENAME TO policies_only; ALTER PUBLICATION policies_only SET (publish = 'insert')")
-        .unwrap();
+    su.batch_execute(
+        "ALTER PUBLICATION p RENAME TO policies_only; \
+         ALTER PUBLICATION policies_only SET (publish = 'insert'); \
+         ALTER PUBLICATION everything RENAME TO all_tables",
+    )
+    .unwrap();
     assert_eq!(notices.lock().unwrap().len(), 1);
     // Named, the node may publish its log.
     su.batch_execute("ALTER SYSTEM SET pg_reaper.node_name = 'n1'")
@@ -311,6 +315,40 @@ fn signals_sent_before_an_error_are_counted() {
     );
     assert_eq!(
         value(&mut su, "runs_total", "", "cancel_then_terminate", ""),
+        1.0
+    );
+}
+
+/// The same when the error comes while a cancel_then_terminate waits for its terminated
+/// victim: two signals went to one session, which counts once. (The victim is stopped with
+/// SIGSTOP, so that it cannot act on its SIGTERM until the call has failed.)
+#[test]
+fn a_session_signalled_twice_before_an_error_counts_once() {
+    let cluster = preloaded(&[]);
+    let mut su = cluster.superuser();
+    let t = tag("counted_once");
+    let victim = cluster.session("app", &t).idle_in_transaction();
+    signal_process(victim.pid, libc::SIGSTOP);
+    su.batch_execute("SET statement_timeout = '2s'").unwrap();
+    let err = call(
+        &mut su,
+        "reaper.cancel_then_terminate($1::text::jsonb, 200, 60000)",
+        &format!(r#"{{"application_name": "{t}"}}"#),
+    )
+    .unwrap_err();
+    su.batch_execute("RESET statement_timeout").unwrap();
+    signal_process(victim.pid, libc::SIGCONT);
+    assert_eq!(sqlstate(&err), Some("57014"), "{err:?}");
+    // Both signals went out: the SIGTERM ends the victim once it runs again.
+    assert!(cluster.wait_gone(victim.pid));
+    assert_eq!(
+        value(
+            &mut su,
+            "signals_total",
+            "",
+            "cancel_then_terminate",
+            "signalled"
+        ),
         1.0
     );
 }

@@ -564,6 +564,14 @@ fn a_policy_stays_with_the_role_it_was_written_for() {
         message.contains("its owner, role \"nobody_by_that_name\", does not exist"),
         "{message}"
     );
+    // A name in double quotes is a 0.6.0 control's form of a role name, not a name.
+    su.batch_execute("CREATE ROLE \"\"\"quoted\"\"\"").unwrap();
+    let err = su
+        .batch_execute(
+            "INSERT INTO reaper.policies (name, filter, owner) VALUES ('q', '{\"all\": true}', '\"quoted\"')",
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), Some("22023"), "{err:?}");
 }
 
 /// Renaming a policy's owner does not open the policy to writers who may not act for that role,
