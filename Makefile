@@ -121,10 +121,10 @@ test: deps
 
 test-all: lint unit-test pg-test integration-test reliability-report
 
-# The pure filter module: unit and property tests, no server.
+# The pure modules: the filter's unit and property tests, the breaker's and the metrics' merging; no server.
 unit-test: deps
 	@mkdir -p $(REPORT_DIR)
-	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --lib -p pg_reaper filter::
+	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --lib -p pg_reaper -- filter:: breaker:: metrics::tests
 	@printf '## Property tests of the filter module\n\n%s\n' \
 	    "Every property (\`src/filter/proptests.rs\`: arbitrary text and JSON never panic; matching agrees with an independent reference matcher; normalizing is idempotent) held for $(PROPTEST_CASES) generated cases each in \`make test\` (run \`make fuzz\` for $(FUZZ_CASES))." \
 	    > $(REPORT_DIR)/10-properties.md
