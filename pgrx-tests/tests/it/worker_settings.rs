@@ -262,6 +262,11 @@ fn what_a_run_calls_does_not_change_the_next_run_nor_does_renaming_the_superuser
     .unwrap();
     su.query_one("SELECT pg_terminate_backend($1)", &[&worker])
         .unwrap();
+    // Until the old worker has exited, reaper.worker() may still name it.
+    wait_for(
+        &mut su,
+        &format!("SELECT pid IS DISTINCT FROM {worker} FROM reaper.worker()"),
+    );
     let restarted = running_worker(&mut su);
     assert_ne!(restarted, worker);
     terminated(&mut su);
