@@ -419,10 +419,11 @@ impl ProcArrayPin {
         let query_room = into.query_room;
         loop {
             // The read protocol is pgstat_begin_read_activity / pgstat_end_read_activity's.
-            // SAFETY: `entry` and its two string buffers (at least track_activity_query_size
-            // and NAMEDATALEN bytes, of which no more than `into` has room for is read) are
-            // slots of shared-memory arrays that never move; every field is read volatile
-            // between two reads of the change count and used only if it was even and unchanged.
+            // `entry` and its two string buffers (at least track_activity_query_size and
+            // NAMEDATALEN bytes, of which no more than `into` has room for is read) are slots
+            // of shared-memory arrays that never move.
+            // SAFETY: as above; every field is read volatile between two reads of the change
+            // count and used only if it was even and unchanged.
             unsafe {
                 let before = addr_of!((*entry).st_changecount).read_volatile();
                 fence(Ordering::Acquire);
