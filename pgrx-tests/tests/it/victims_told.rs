@@ -117,8 +117,18 @@ impl Psycopg {
     }
 
     fn start_as(cluster: &Cluster, user: &str, tag: &str) -> Psycopg {
-        let script = std::env::temp_dir().join("pg_reaper_psycopg_client.py");
-        std::fs::write(&script, PSYCOPG_CLIENT).unwrap();
+        // Written once per test process, whole before anyone runs it (the tests run in
+        // parallel: one writing the file while another's python reads it ran an empty script).
+        static SCRIPT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| {
+            let dir = std::env::temp_dir();
+            let id = std::process::id();
+            let path = dir.join(format!("pg_reaper_psycopg_client_{id}.py"));
+            let partial = dir.join(format!("pg_reaper_psycopg_client_{id}.py.partial"));
+            std::fs::write(&partial, PSYCOPG_CLIENT).unwrap();
+            std::fs::rename(&partial, &path).unwrap();
+            path
+        });
         let dsn = format!(
             "host=127.0.0.1 port={} user={user} dbname=postgres application_name={tag}",
             cluster.port
