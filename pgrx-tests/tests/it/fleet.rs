@@ -160,6 +160,16 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
         "SELECT last_error LIKE '%role \"control_only\", does not exist on this node%' \
            FROM reaper.worker_status() WHERE policy = 'owned-elsewhere'",
     );
+    // Said once in the member's server log, however often the worker tries it since.
+    let said_once = |m: &Cluster, su: &mut Client, policy: &str| {
+        wait_for(
+            su,
+            &format!("SELECT runs >= 3 FROM reaper.worker_status() WHERE policy = '{policy}'"),
+        );
+        let said = format!("pg_reaper: policy \"{policy}\" failed");
+        assert_eq!(m.server_log().matches(&said).count(), 1, "{said}");
+    };
+    said_once(m3, &mut m3su, "owned-elsewhere");
     // The role a policy was written for is each node's own: the control's oid does not travel.
     assert_eq!(
         count(
@@ -198,6 +208,7 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
             "SELECT last_error LIKE 'its filter is invalid%' \
                FROM reaper.worker_status() WHERE policy = 'io-workers'",
         );
+        said_once(m3, &mut m3su, "io-workers");
     }
 }
 
