@@ -135,7 +135,7 @@ impl Psycopg {
         );
         // Debian's python3-psycopg (`make test` installs it), with Debian's libpq.
         let mut child = Command::new("/usr/bin/python3")
-            .arg(&script)
+            .arg(script)
             .arg(dsn)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
