@@ -15,7 +15,7 @@ use crate::report::Outcome;
 use crate::worker::status::Text;
 
 /// The actions a row can be counted under, in this order.
-pub const ACTIONS: [&str; 5] = [
+const ACTIONS: [&str; 5] = [
     "preview",
     "cancel",
     "terminate",
@@ -141,7 +141,7 @@ fn update(policy: Option<&str>, f: impl FnOnce(&mut Entry)) {
 
 /// A signalling call (policy None) or a policy's run, and its result rows. A direct preview
 /// is not counted: it signals nothing.
-pub fn count_run(policy: Option<&str>, action: &str, outcomes: impl Iterator<Item = Outcome>) {
+fn count_run(policy: Option<&str>, action: &str, outcomes: impl Iterator<Item = Outcome>) {
     let Some(a) = action_index(action) else {
         return;
     };
@@ -284,7 +284,7 @@ pub fn counter_series() -> Vec<Series> {
 }
 
 /// A PostgreSQL timestamp (microseconds since 2000-01-01) as Unix epoch seconds.
-pub fn epoch_seconds(t: i64) -> f64 {
+fn epoch_seconds(t: i64) -> f64 {
     const EPOCH_2000: f64 = 946_684_800.0;
     EPOCH_2000 + t as f64 / 1_000_000.0
 }

@@ -6,16 +6,10 @@
 use pg_reaper_integration::*;
 
 fn node(name: &str) -> Cluster {
-    let cluster = Cluster::start_with(Options {
-        settings: vec![
-            "shared_preload_libraries = 'pg_reaper'".into(),
-            "wal_level = logical".into(),
-            format!("pg_reaper.node_name = '{name}'"),
-        ],
-        ..Options::default()
-    });
-    cluster.create_role("app", "");
-    cluster
+    Cluster::preloaded(&[
+        "wal_level = logical",
+        &format!("pg_reaper.node_name = '{name}'"),
+    ])
 }
 
 fn conninfo(c: &Cluster) -> String {

@@ -284,6 +284,20 @@ fn the_log_is_not_published_without_a_node_name() {
     assert_eq!(count(&mut su, published), 2);
 }
 
+/// cancel_then_terminate of the sessions named `app`, stopped by `statement_timeout = timeout`.
+fn timed_out_escalating(su: &mut Client, app: &str, timeout: &str, grace_ms: i64, timeout_ms: i64) {
+    su.batch_execute(&format!("SET statement_timeout = '{timeout}'"))
+        .unwrap();
+    let err = call(
+        su,
+        &format!("reaper.cancel_then_terminate($1::text::jsonb, {grace_ms}, {timeout_ms})"),
+        &format!(r#"{{"application_name": "{app}"}}"#),
+    )
+    .unwrap_err();
+    su.batch_execute("RESET statement_timeout").unwrap();
+    assert_eq!(sqlstate(&err), Some("57014"), "{err:?}");
+}
+
 /// A call stopped by an error after its signals went out (here statement_timeout during the
 /// grace a cancel_then_terminate gives its victim) still counts them.
 #[test]
@@ -293,15 +307,7 @@ fn signals_sent_before_an_error_are_counted() {
     let t = tag("counted");
     // Idle in a transaction: a cancel does not end it, so the call waits out its grace.
     let victim = cluster.session("app", &t).idle_in_transaction();
-    su.batch_execute("SET statement_timeout = '300ms'").unwrap();
-    let err = call(
-        &mut su,
-        "reaper.cancel_then_terminate($1::text::jsonb, 60000, 1000)",
-        &format!(r#"{{"application_name": "{t}"}}"#),
-    )
-    .unwrap_err();
-    assert_eq!(sqlstate(&err), Some("57014"), "{err:?}");
-    su.batch_execute("RESET statement_timeout").unwrap();
+    timed_out_escalating(&mut su, &t, "300ms", 60000, 1000);
     assert!(cluster.alive(victim.pid));
     assert_eq!(
         value(
@@ -329,16 +335,8 @@ fn a_session_signalled_twice_before_an_error_counts_once() {
     let t = tag("counted_once");
     let victim = cluster.session("app", &t).idle_in_transaction();
     signal_process(victim.pid, libc::SIGSTOP);
-    su.batch_execute("SET statement_timeout = '2s'").unwrap();
-    let err = call(
-        &mut su,
-        "reaper.cancel_then_terminate($1::text::jsonb, 200, 60000)",
-        &format!(r#"{{"application_name": "{t}"}}"#),
-    )
-    .unwrap_err();
-    su.batch_execute("RESET statement_timeout").unwrap();
+    timed_out_escalating(&mut su, &t, "2s", 200, 60000);
     signal_process(victim.pid, libc::SIGCONT);
-    assert_eq!(sqlstate(&err), Some("57014"), "{err:?}");
     // Both signals went out: the SIGTERM ends the victim once it runs again.
     assert!(cluster.wait_gone(victim.pid));
     assert_eq!(

@@ -157,14 +157,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 #[test]
 fn every_shipped_query_runs_read_only_as_pg_monitor_and_names_pg_reaper_series() {
-    let cluster = Cluster::start_with(Options {
-        settings: vec![
-            "shared_preload_libraries = 'pg_reaper'".into(),
-            "pg_reaper.worker = off".into(),
-        ],
-        ..Options::default()
-    });
-    cluster.create_role("app", "");
+    let cluster = Cluster::preloaded(&["pg_reaper.worker = off"]);
     cluster.create_role("watcher", "IN ROLE pg_monitor");
     let mut su = cluster.superuser();
     // Series to find: a direct call and a policy run that signalled.
@@ -258,15 +251,8 @@ fn the_real_postgres_exporter_counts_a_policys_terminations() {
     if !std::path::Path::new(EXPORTER).exists() {
         panic!("{EXPORTER} is missing: make deps installs prometheus-postgres-exporter");
     }
-    let cluster = Cluster::start_with(Options {
-        settings: vec![
-            "shared_preload_libraries = 'pg_reaper'".into(),
-            "pg_reaper.worker = off".into(),
-            "pg_reaper.node_name = 'scraped'".into(),
-        ],
-        ..Options::default()
-    });
-    cluster.create_role("app", "");
+    let cluster =
+        Cluster::preloaded(&["pg_reaper.worker = off", "pg_reaper.node_name = 'scraped'"]);
     cluster.create_role("exporter", "IN ROLE pg_monitor");
     let mut su = cluster.superuser();
     let t = tag("scrape");
