@@ -20,6 +20,12 @@ major_of() { # log -> major
 
 status=0
 total_passed=0 total_failed=0 total_skipped=0
+why=""
+failures() { # label log -> each failed test's panic: its first lines, cut to 300 characters
+    awk -v label="$1" '/^thread .* panicked at / { n = 3; print label ": " substr($0, 1, 300); next }
+        NF == 0 || /^note: run with/ { n = 0 }
+        n > 0 { n--; print "    " substr($0, 1, 300) }' "$2"
+}
 summary() { # label log major
     local label=$1 log=$2 major=$3 passed failed skipped=0 names=""
     read -r passed failed < <(count "$log")
@@ -35,7 +41,7 @@ summary() { # label log major
     else
         echo "$label: $passed passed, $failed failed, $skipped skipped${names:+ ($names)}"
     fi
-    [ "$failed" -eq 0 ] || status=1
+    [ "$failed" -eq 0 ] || { status=1; why+=$(failures "$label" "$log")$'\n'; }
     total_passed=$((total_passed + passed)); total_failed=$((total_failed + failed))
     total_skipped=$((total_skipped + skipped))
 }
@@ -49,5 +55,7 @@ if [ "${1:-}" = --versions ]; then
 else
     summary "$1" "$2" "$(major_of "$2")"
 fi
+# What failed, last, where a log's tail shows it.
+[ -z "${why//$'\n'/}" ] || printf '%s' "$why"
 echo "$total_passed passed, $total_failed failed"
 exit $status

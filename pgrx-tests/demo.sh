@@ -71,9 +71,9 @@ hold_watched() {
     (echo "$statements"; sleep 600) | PGAPPNAME=$app "$BIN/psql" -X -q -U "$role" >/dev/null 2>"$DIR/$app.err" &
 }
 # Waits (up to 30 s) until the SQL condition $2 holds.
-wait_for() {
-    local what=$1 condition=$2
-    for _ in $(seq 300); do
+wait_for() { # what condition [seconds, 30 by default]
+    local what=$1 condition=$2 seconds=${3:-30}
+    for _ in $(seq $((seconds * 10))); do
         [ "$(sql -Atc "$condition")" = t ] && return 0
         sleep 0.1
     done
@@ -229,8 +229,10 @@ EOF
     # 'idle-checkout' policy on it.
     PGPORT=$port hold app "BEGIN; SELECT 1;" checkout-2
 done
+# Logical replication takes its time to start: 14 and 15 start a server's subscriptions one
+# wal_retrieve_retry_interval (5 s) apart.
 wait_for "both members' rows reach the control" \
-    "SELECT count(*) = 2 FROM reaper.log WHERE node IN ('m1', 'm2') AND policy = 'idle-checkout'"
+    "SELECT count(*) = 2 FROM reaper.log WHERE node IN ('m1', 'm2') AND policy = 'idle-checkout'" 90
 show "One audit for the fleet: the control's reaper.log, each row naming the node that wrote it" \
     "SELECT node, policy, action, outcome, count(*) FROM reaper.log GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 4;"
 

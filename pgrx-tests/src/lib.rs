@@ -515,6 +515,30 @@ pub fn wait_for(c: &mut Client, sql: &str) {
     wait_for_within(c, sql, PATIENCE)
 }
 
+/// How long a test waits for logical replication to start: PostgreSQL 14 and 15 start the
+/// workers of a server's subscriptions at most once per `wal_retrieve_retry_interval` (5 s),
+/// and a table's first copy waits for a free worker slot the same way.
+pub const REPLICATION_PATIENCE: Duration = Duration::from_secs(90);
+
+/// Waits until the `tables` subscribed tables of the database `c` is connected to have been
+/// copied and stream (each `ready` in pg_subscription_rel), REPLICATION_PATIENCE at most.
+pub fn wait_subscriptions_ready(c: &mut Client, tables: i64) {
+    wait_for_within(
+        c,
+        &format!(
+            "SELECT count(*) = {tables} AND bool_and(srsubstate = 'r') \
+               FROM pg_catalog.pg_subscription_rel"
+        ),
+        REPLICATION_PATIENCE,
+    )
+}
+
+/// `wait_for` a condition that waits on logical replication (an apply worker that lost its
+/// connection, or failed, starts again a `wal_retrieve_retry_interval` later).
+pub fn wait_replicated(c: &mut Client, sql: &str) {
+    wait_for_within(c, sql, REPLICATION_PATIENCE)
+}
+
 /// `wait_for` with a limit of its own.
 pub fn wait_for_within(c: &mut Client, sql: &str, limit: Duration) {
     let deadline = Instant::now() + limit;

@@ -12,6 +12,18 @@ fn node(name: &str) -> Cluster {
     ])
 }
 
+/// The control, sized as the README says: an apply worker per member and room for the table
+/// copies of subscriptions that start together (the default 4 would keep a fourth member's
+/// audit out, "out of logical replication worker slots").
+fn control() -> Cluster {
+    Cluster::preloaded(&[
+        "wal_level = logical",
+        "pg_reaper.node_name = 'control'",
+        "max_logical_replication_workers = 8",
+        "max_worker_processes = 16",
+    ])
+}
+
 fn conninfo(c: &Cluster) -> String {
     format!(
         "host=127.0.0.1 port={} user=postgres dbname=postgres",
@@ -21,7 +33,7 @@ fn conninfo(c: &Cluster) -> String {
 
 #[test]
 fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
-    let control = node("control");
+    let control = control();
     let members: Vec<(String, Cluster)> = ["m1", "m2", "m3"]
         .iter()
         .map(|n| (n.to_string(), node(n)))
@@ -47,6 +59,12 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
         ))
         .unwrap();
     }
+    // Every subscription copied and streaming before anything is written: the policies on
+    // each member, every member's log on the control.
+    for (_, m) in &members {
+        wait_subscriptions_ready(&mut m.superuser(), 1);
+    }
+    wait_subscriptions_ready(&mut c, 3);
     // Two idle sessions of the application on every member.
     let sessions: Vec<Vec<Session>> = members
         .iter()
@@ -58,7 +76,7 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
     )
     .unwrap();
     // Each member's worker ends its own two; the control's log gets every member's rows.
-    wait_for(
+    wait_replicated(
         &mut c,
         "SELECT count(*) = 6 FROM reaper.log WHERE policy = 'fleet-idle' AND outcome = 'terminated'",
     );
@@ -99,7 +117,7 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
     );
     // The control still has m1's rows after m1's next row arrived (the purge would have come first).
     let _more = m1.session("app", "fleet-idle");
-    wait_for(
+    wait_replicated(
         &mut c,
         "SELECT count(*) = 3 FROM reaper.log WHERE node = 'm1'",
     );
@@ -113,7 +131,7 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
         2
     );
     let _after_purge = m2.session("app", "fleet-idle");
-    wait_for(
+    wait_replicated(
         &mut c,
         "SELECT count(*) = 1 FROM reaper.log WHERE node = 'm2'",
     );
@@ -129,7 +147,7 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
     m2su.execute("SELECT setval('reaper.log_id_seq', $1)", &[&held])
         .unwrap();
     let _after_restart = m2.session("app", "fleet-idle");
-    wait_for(
+    wait_replicated(
         &mut c,
         "SELECT count(*) = 2 FROM reaper.log WHERE node = 'm2'",
     );
@@ -145,7 +163,7 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
     .unwrap();
     let (_, m3) = &members[2];
     let mut m3su = m3.superuser();
-    wait_for(
+    wait_replicated(
         &mut m3su,
         "SELECT count(*) = 1 FROM reaper.policies WHERE name = 'after-it'",
     );
@@ -192,7 +210,7 @@ fn a_control_cluster_drives_three_members_and_gathers_their_audit() {
          INSERT INTO reaper.policies (name, filter) VALUES ('after-that', '{\"application_name\": \"nobody\"}')",
     )
     .unwrap();
-    wait_for(
+    wait_replicated(
         &mut m3su,
         "SELECT count(*) = 1 FROM reaper.policies WHERE name = 'after-that'",
     );
@@ -294,7 +312,7 @@ fn members_on_two_majors_follow_one_control() {
             "no PostgreSQL 15 with this pg_reaper (make test-versions installs one)",
         );
     };
-    let control = node("control");
+    let control = control();
     let m17 = node("m17");
     let m15 = Cluster::start_with(Options {
         bin_dir: Some(bin15),
@@ -324,6 +342,9 @@ fn members_on_two_majors_follow_one_control() {
             conninfo(&control)
         ))
         .unwrap();
+    }
+    for (_, m) in members {
+        wait_subscriptions_ready(&mut m.superuser(), 1);
     }
     let victims: Vec<(&Cluster, Session)> = members
         .iter()

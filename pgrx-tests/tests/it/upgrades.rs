@@ -747,6 +747,7 @@ fn a_fleet_updates_members_first_and_a_member_left_behind_catches_up() {
                 control.port
             ))
             .unwrap();
+        wait_subscriptions_ready(&mut m.superuser(), 1);
     }
     let add = |c: &mut Client, name: &str| {
         c.execute(
@@ -757,7 +758,7 @@ fn a_fleet_updates_members_first_and_a_member_left_behind_catches_up() {
         .unwrap();
     };
     let has = |m: &Cluster, name: &str| {
-        wait_for(
+        wait_replicated(
             &mut m.superuser(),
             &format!("SELECT count(*) = 1 FROM reaper.policies WHERE name = '{name}'"),
         )
@@ -822,7 +823,7 @@ fn a_fleet_updates_members_first_and_a_member_left_behind_catches_up() {
     has(&m1, "after-control");
     enforces(&m1, "after-control");
     let mut m2su = m2.superuser();
-    let deadline = std::time::Instant::now() + PATIENCE;
+    let deadline = std::time::Instant::now() + REPLICATION_PATIENCE;
     while !m2.server_log().contains("missing replicated column") {
         assert!(
             std::time::Instant::now() < deadline,
