@@ -340,7 +340,12 @@ impl Cluster {
 
     /// Waits until the server log holds `needle` at least `times` times (PATIENCE at most).
     pub fn wait_for_log(&self, needle: &str, times: usize) {
-        let deadline = Instant::now() + PATIENCE;
+        self.wait_for_log_within(needle, times, PATIENCE)
+    }
+
+    /// `wait_for_log` with a limit of its own.
+    pub fn wait_for_log_within(&self, needle: &str, times: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
         while self.server_log().matches(needle).count() < times {
             assert!(
                 Instant::now() < deadline,
@@ -523,13 +528,12 @@ pub const REPLICATION_PATIENCE: Duration = Duration::from_secs(90);
 /// Waits until the `tables` subscribed tables of the database `c` is connected to have been
 /// copied and stream (each `ready` in pg_subscription_rel), REPLICATION_PATIENCE at most.
 pub fn wait_subscriptions_ready(c: &mut Client, tables: i64) {
-    wait_for_within(
+    wait_replicated(
         c,
         &format!(
             "SELECT count(*) = {tables} AND bool_and(srsubstate = 'r') \
                FROM pg_catalog.pg_subscription_rel"
         ),
-        REPLICATION_PATIENCE,
     )
 }
 

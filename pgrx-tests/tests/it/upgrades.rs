@@ -823,14 +823,7 @@ fn a_fleet_updates_members_first_and_a_member_left_behind_catches_up() {
     has(&m1, "after-control");
     enforces(&m1, "after-control");
     let mut m2su = m2.superuser();
-    let deadline = std::time::Instant::now() + REPLICATION_PATIENCE;
-    while !m2.server_log().contains("missing replicated column") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "m2's apply did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    m2.wait_for_log_within("missing replicated column", 1, REPLICATION_PATIENCE);
     assert_eq!(
         count(
             &mut m2su,
